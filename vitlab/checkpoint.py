@@ -1,0 +1,270 @@
+"""One loader for every ViT checkpoint format, and vitlab's own format.
+
+``load`` reads, without ever executing code from the file:
+    - vitlab's own ``.safetensors`` (config, preprocessing and class names in its metadata);
+    - timm state dicts (``.pth`` / ``.bin`` / ``.safetensors``) and timm hub folders;
+    - Hugging Face transformers ViT folders (``save_pretrained``), with or without a classifier;
+    - Google's official ``.npz`` (vision_transformer and big_vision layouts);
+    - torchvision ``vit_*`` state dicts;
+    - pretrained names and ``hf-hub:`` ids, through ``vitlab.hub``.
+It infers the architecture from the checkpoint, resamples the position embedding to ``img_size``,
+gives a fresh head for another ``num_classes``, and reports every missing or unexpected key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from vitlab.config import ViTConfig
+from vitlab.convert import CheckpointError, Converted, canonical_pos_embed, infer_config
+from vitlab.convert import hf as hf_convert
+from vitlab.convert import npz as npz_convert
+from vitlab.convert import timm as timm_convert
+from vitlab.convert import torchvision as tv_convert
+from vitlab.model import VisionTransformer
+from vitlab.pos_embed import resample_pos_embed
+from vitlab.preprocess import Preprocessing
+
+FORMAT = "vitlab"
+FORMAT_VERSION = 1
+FORMATS = "vitlab .safetensors, timm (.pth/.bin/.safetensors or hub folder), Hugging Face ViT folder, " \
+          "Google .npz (vision_transformer or big_vision), torchvision vit_* state dict"
+_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
+
+
+def _torch_load(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"refused to load {path}: it is a pickle holding objects other than tensors and plain containers, "
+            "and unpickling those can execute code. vitlab never does. If you trust the file, re-save its "
+            "state dict in Python (torch.save(obj['model'].state_dict(), 'clean.pth')) or as .safetensors"
+        ) from e
+    except (RuntimeError, EOFError, ValueError, OSError) as e:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {e}") from e
+
+
+def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    """Find the state dict inside common training-checkpoint wrappers; strip a DDP 'module.' prefix."""
+    for _ in range(3):
+        if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+            key = next((k for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
+            if key is None:
+                break
+            obj = obj[key]
+    if not isinstance(obj, dict) or not obj:
+        raise CheckpointError(f"{path} holds no state dict (found {type(obj).__name__})")
+    sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def read_state_dict(sd: dict[str, torch.Tensor], path: Path) -> Converted:
+    """Recognise a bare state dict's format by its key names."""
+    for fmt in (timm_convert, hf_convert, tv_convert):
+        if fmt.is_format(sd):
+            return fmt.read_state_dict(sd)
+    sample = ", ".join(list(sd)[:6])
+    raise CheckpointError(f"{path} is not a ViT checkpoint vitlab recognises (keys start: {sample}). "
+                          f"Readable formats: {FORMATS}")
+
+
+def _read_safetensors(path: Path) -> Converted:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            sd = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable .safetensors file (truncated or corrupt?): {e}") from e
+    if meta.get("format") != FORMAT:
+        return read_state_dict(sd, path)
+    version = int(meta.get("format_version", 0))
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path} was written by a newer vitlab (format {version} > {FORMAT_VERSION}); upgrade")
+    conv = Converted(sd, FORMAT, hints=json.loads(meta["config"]))
+    if "preprocessing" in meta:
+        conv.preprocessing = Preprocessing.from_dict(json.loads(meta["preprocessing"]))
+    if "class_names" in meta:
+        conv.class_names = json.loads(meta["class_names"])
+    return conv
+
+
+def _read_folder(path: Path) -> Converted:
+    cfg_path = path / "config.json"
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{path} is a folder without config.json: pass the weights file itself")
+    hub_cfg = json.loads(cfg_path.read_text())
+    if hub_cfg.get("model_type") == "vit":
+        return hf_convert.read_folder(path, hub_cfg)
+    weights = next((path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()), None)
+    if weights is None:
+        raise CheckpointError(f"{path} has a config.json but no model.safetensors or pytorch_model.bin")
+    conv = read_file(weights)
+    if "architecture" in hub_cfg:
+        hints, conv.preprocessing, conv.class_names = timm_convert.hints_from_hub_config(hub_cfg)
+        conv.hints.update(hints)
+    return conv
+
+
+def read_file(path: str | Path) -> Converted:
+    """Read any supported checkpoint into a :class:`Converted` (canonical names, hints, preprocessing)."""
+    path = Path(path)
+    if path.is_dir():
+        return _read_folder(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    if path.suffix == ".npz":
+        return npz_convert.read_npz(path)
+    return read_state_dict(_unwrap(_torch_load(path), path), path)
+
+
+def _resolve(source: str | Path) -> Path:
+    from vitlab import hub
+
+    path = Path(source)
+    if path.exists():
+        return path
+    if isinstance(source, str) and hub.is_hub_id(source):
+        return hub.download(source)
+    raise FileNotFoundError(f"checkpoint not found: {source} (neither a file or folder, nor a pretrained name "
+                            "like 'vit_base_patch16_224.augreg2_in21k_ft_in1k' or an 'hf-hub:org/repo' id)")
+
+
+def load(
+    source: str | Path,
+    *,
+    num_classes: int | None = None,
+    img_size: int | tuple[int, int] | None = None,
+    strict: bool = True,
+    **overrides: Any,
+) -> VisionTransformer:
+    """Build a model from any supported checkpoint; the architecture comes from the checkpoint itself.
+
+    num_classes: another class count gets a fresh zero-initialised head (a warning says so); 0 = no head.
+    img_size: resample the position embedding in 2D for this input size.
+    strict: raise on missing or unexpected keys (default); False downgrades them to a warning.
+    overrides: ViTConfig fields the checkpoint cannot state (num_heads for an unusual width) or that do
+        not change the weights (drop_path_rate, dropout, ...).
+    The model carries ``model.preprocessing`` and ``model.class_names`` from the checkpoint.
+    """
+    path = _resolve(source)
+    conv = read_file(path)
+    if conv.format == FORMAT:
+        cfg = ViTConfig.from_dict({**conv.hints, **overrides})
+    else:
+        cfg = infer_config(conv.state_dict, {**conv.hints, **overrides})
+    sd = canonical_pos_embed(conv.state_dict, cfg)
+    pre = conv.preprocessing or Preprocessing.default_for(cfg)
+    class_names = conv.class_names
+
+    if img_size is not None:
+        new = ViTConfig(**{**cfg.to_dict(), "img_size": img_size})
+        if "pos_embed" in sd:
+            sd["pos_embed"] = resample_pos_embed(sd["pos_embed"], new.grid_size, cfg.grid_size,
+                                                 num_prefix=int(cfg.class_token))
+        cfg, pre = new, pre.replace(input_size=new.img_size)
+    reset_head = num_classes is not None and num_classes != cfg.num_classes
+    if reset_head:
+        warnings.warn(f"{path}: the checkpoint has {cfg.num_classes} classes, {num_classes} were asked for: "
+                      "the head is new and zero-initialised (train it before use)", stacklevel=2)
+        sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
+        cfg, class_names = cfg.replace(num_classes=num_classes), None
+
+    model = VisionTransformer(cfg)
+    try:
+        result = model.load_state_dict(sd, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise CheckpointError(f"{path} does not fit the architecture read from it ({e}). If the checkpoint has "
+                              "an unusual head count or image size, pass num_heads=... or img_size=...") from e
+    missing = [k for k in result.missing_keys if not (reset_head and k.startswith("head."))]
+    if missing or result.unexpected_keys:
+        msg = f"{path} ({conv.format}): missing keys {missing}, unexpected keys {result.unexpected_keys}"
+        if strict:
+            raise CheckpointError(msg + "; pass strict=False to load anyway (missing tensors keep their init)")
+        warnings.warn(msg, stacklevel=2)
+    model.preprocessing = pre
+    model.class_names = class_names
+    model.source_format = conv.format
+    return model
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same folder, then rename: a crash or a full disk leaves the
+    previous file intact and no partial file behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _plain_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def save(
+    model: VisionTransformer,
+    path: str | Path,
+    *,
+    preprocessing: Preprocessing | None = None,
+    class_names: list[str] | None = None,
+    extra_metadata: dict[str, str] | None = None,
+) -> Path:
+    """Save weights as .safetensors with the config, preprocessing and class names in its metadata."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"vitlab checkpoints are .safetensors files, got {path.name!r}")
+    pre = preprocessing or getattr(model, "preprocessing", None) or Preprocessing.default_for(model.config)
+    names = class_names if class_names is not None else getattr(model, "class_names", None)
+    if names is not None and len(names) != model.config.num_classes:
+        raise ValueError(f"{len(names)} class names for a model with {model.config.num_classes} classes")
+    meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "config": json.dumps(model.config.to_dict()),
+            "preprocessing": json.dumps(pre.to_dict()), **(extra_metadata or {})}
+    if names is not None:
+        meta["class_names"] = json.dumps(list(names))
+    sd = _plain_state_dict(model)
+    _atomic_write(path, lambda tmp: save_file(sd, str(tmp), metadata=meta))
+    return path
+
+
+def export_timm(model: VisionTransformer, path: str | Path) -> Path:
+    """Save a state dict that timm's VisionTransformer (``timm_model_args(model.config)``) loads strictly.
+    ``.safetensors`` or ``.pth`` by the suffix of ``path``."""
+    path = Path(path)
+    sd = timm_convert.to_timm(_plain_state_dict(model), model.config)
+    if path.suffix == ".safetensors":
+        _atomic_write(path, lambda tmp: save_file(sd, str(tmp)))
+    else:
+        _atomic_write(path, lambda tmp: torch.save(sd, tmp))
+    return path
+
+
+def export_npz(model: VisionTransformer, path: str | Path) -> Path:
+    """Save Google's .npz layout (vision_transformer), readable by the official JAX code and timm."""
+    path = Path(path)
+    arrays = npz_convert.to_npz(_plain_state_dict(model), model.config)
+    import numpy as np
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    _atomic_write(path, write)
+    return path

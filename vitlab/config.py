@@ -1,0 +1,137 @@
+"""The one configuration of a Vision Transformer.
+
+Every architectural choice lives in :class:`ViTConfig`, a frozen dataclass. The defaults are ViT-B/16
+at 224 px as in the paper (Dosovitskiy et al. 2020, Table 1); the named variants are in
+``vitlab.registry``. A config round-trips through ``to_dict`` / ``from_dict`` (JSON-safe), which is
+how checkpoints describe the model they hold.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+POOLS = ("token", "gap")  # class token (paper Eq. 4) | global average of patch tokens (paper App. D.3)
+POS_EMBEDS = ("learned", "sincos2d", "none")  # paper: learned 1D; sincos2d as in big_vision / MoCo v3
+STEMS = ("patch", "conv")  # linear patch projection (Eq. 1) | conv stack (hybrid input, Sec. 3.1)
+MLP_ACTS = ("gelu", "gelu_tanh")  # exact erf GELU (timm, HF, torchvision) | tanh approximation (flax)
+
+
+def _pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    pair = tuple(int(v) for v in value)
+    if len(pair) != 2:
+        raise ValueError(f"expected an int or a (height, width) pair, got {value!r}")
+    return pair  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    # Input. img_size is the size the position embedding is laid out for; other sizes divisible by
+    # patch_size still work at forward time (the table is resampled in 2D).
+    img_size: tuple[int, int] = (224, 224)
+    patch_size: int = 16  # P; the paper's "/16"
+    in_chans: int = 3
+    num_classes: int = 1000  # 0 = no head, forward returns the pooled features
+
+    # Transformer size (paper Table 1: ViT-Base).
+    embed_dim: int = 768  # D, "Hidden size"
+    depth: int = 12  # L, "Layers"
+    num_heads: int = 12  # "Heads"
+    mlp_dim: int = 3072  # "MLP size" (4 D for every variant of Table 1)
+    qkv_bias: bool = True
+    qk_norm: bool = False  # LayerNorm on q and k per head (Dehghani et al. 2023, ViT-22B)
+    layer_scale_init: float | None = None  # LayerScale (Touvron et al. 2021, CaiT); None = off
+    norm_eps: float = 1e-6  # official JAX code and timm; Hugging Face ViT defaults to 1e-12
+    mlp_act: str = "gelu"
+
+    # Tokens and pooling.
+    pool: str = "token"
+    class_token: bool = True  # a gap model may still carry (and ignore) a class token
+    num_register_tokens: int = 0  # learned extra tokens (Darcet et al. 2023), no position embedding
+    pos_embed: str = "learned"
+    fc_norm: bool = False  # gap only: LayerNorm after pooling (timm) instead of on all tokens (paper)
+    representation_size: int | None = None  # paper's pre-logits layer: Linear + tanh before the head
+
+    # Stem.
+    stem: str = "patch"
+    stem_width: int = 0  # conv stem: channels of its first conv (0 = embed_dim // 2^(n_convs - 1))
+
+    # Regularisation (paper App. B.1: dropout after every dense layer except qkv, and after adding
+    # position embeddings; stochastic depth from DeiT).
+    dropout: float = 0.0
+    attn_dropout: float = 0.0
+    drop_path_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "img_size", _pair(self.img_size))
+        _check_choice("pool", self.pool, POOLS)
+        _check_choice("pos_embed", self.pos_embed, POS_EMBEDS)
+        _check_choice("stem", self.stem, STEMS)
+        _check_choice("mlp_act", self.mlp_act, MLP_ACTS)
+        if self.embed_dim % self.num_heads:
+            raise ValueError(
+                f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}; "
+                "choose a head count that divides the width"
+            )
+        if self.pool == "token" and not self.class_token:
+            raise ValueError("pool='token' needs class_token=True; use pool='gap' for a model without one")
+        if self.fc_norm and self.pool != "gap":
+            raise ValueError("fc_norm=True only applies to pool='gap'")
+        if self.pos_embed == "sincos2d" and self.embed_dim % 4:
+            raise ValueError(f"pos_embed='sincos2d' needs embed_dim divisible by 4, got {self.embed_dim}")
+        if self.stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
+            raise ValueError(f"stem='conv' downsamples by stride-2 convs: patch_size must be a power of 2 >= 2, "
+                             f"got {self.patch_size}")
+        for name in ("dropout", "attn_dropout", "drop_path_rate"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        h, w = self.img_size
+        if h % self.patch_size or w % self.patch_size:
+            raise ValueError(f"img_size={self.img_size} is not divisible by patch_size={self.patch_size}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return (self.img_size[0] // self.patch_size, self.img_size[1] // self.patch_size)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return int(self.class_token) + self.num_register_tokens
+
+    @property
+    def num_tokens(self) -> int:
+        """N: tokens the encoder sees at img_size (patches + class + registers)."""
+        return math.prod(self.grid_size) + self.num_prefix_tokens
+
+    @property
+    def num_features(self) -> int:
+        """Width of the pooled features that the head reads."""
+        return self.representation_size or self.embed_dim
+
+    def replace(self, **changes: Any) -> ViTConfig:
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            valid = ", ".join(f.name for f in dataclasses.fields(self))
+            raise TypeError(f"unknown ViTConfig field(s) {unknown}; valid fields: {valid}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["img_size"] = list(self.img_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ViTConfig:
+        return cls().replace(**d)
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not one of {', '.join(repr(c) for c in choices)}")

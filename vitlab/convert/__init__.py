@@ -1,0 +1,113 @@
+"""Checkpoint formats -> one canonical state dict, and the architecture read back from the weights.
+
+Every reader in this package returns a :class:`Converted`: a state dict with vitlab's parameter names
+(which are timm's), the config fields the source states outright (``hints``), and, where the source
+records them, the preprocessing and class names. :func:`infer_config` then reads the rest of the
+architecture off the tensor shapes, and :func:`canonical_pos_embed` puts the position table into
+vitlab's layout (a class-token row if there is a class token, then the grid; registers have none).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from vitlab.config import ViTConfig
+from vitlab.preprocess import Preprocessing
+
+# Heads by width for the standard sizes (ViT Table 1, DeiT Table 1); head counts are not in the weights.
+HEADS_BY_WIDTH = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, or does not fit the model asked for."""
+
+
+@dataclass
+class Converted:
+    state_dict: dict[str, torch.Tensor]
+    format: str  # "vitlab" | "timm" | "hf" | "torchvision" | "npz" | "npz-big_vision"
+    hints: dict[str, Any] = field(default_factory=dict)  # ViTConfig fields the source states outright
+    preprocessing: Preprocessing | None = None
+    class_names: list[str] | None = None
+
+
+def _grid_for(n: int, patch: int, hint_size: tuple[int, int] | None) -> tuple[int, int] | None:
+    if hint_size is not None:
+        g = (hint_size[0] // patch, hint_size[1] // patch)
+        return g if g[0] * g[1] == n else None
+    side = math.isqrt(n)
+    return (side, side) if side * side == n else None
+
+
+def infer_config(sd: dict[str, torch.Tensor], hints: dict[str, Any]) -> ViTConfig:
+    """Read a ViTConfig off a canonical (timm-named) state dict; ``hints`` win over what is inferred."""
+    if "patch_embed.proj.weight" not in sd:
+        raise CheckpointError("no patch embedding ('patch_embed.proj.weight') in the state dict: not a ViT")
+    D, C, P, P2 = sd["patch_embed.proj.weight"].shape
+    if P != P2:
+        raise CheckpointError(f"non-square patches ({P}x{P2}) are not supported")
+    depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks.") and k.endswith(".norm1.weight"))
+    cfg: dict[str, Any] = dict(
+        patch_size=P, in_chans=C, embed_dim=D, depth=depth, mlp_dim=sd["blocks.0.mlp.fc1.weight"].shape[0],
+        qkv_bias="blocks.0.attn.qkv.bias" in sd, qk_norm="blocks.0.attn.q_norm.weight" in sd,
+        class_token="cls_token" in sd, num_register_tokens=sd["reg_token"].shape[1] if "reg_token" in sd else 0,
+        pos_embed="learned" if "pos_embed" in sd else "none", fc_norm="fc_norm.weight" in sd,
+        num_classes=sd["head.weight"].shape[0] if "head.weight" in sd else 0,
+    )
+    if "blocks.0.ls1.gamma" in sd:
+        cfg["layer_scale_init"] = 1e-5  # the value is only an init; the trained gammas are loaded
+    if "pre_logits.0.weight" in sd:
+        cfg["representation_size"] = sd["pre_logits.0.weight"].shape[0]
+    cfg["pool"] = "gap" if (cfg["fc_norm"] or not cfg["class_token"]) else "token"
+    if cfg["qk_norm"]:
+        cfg["num_heads"] = D // sd["blocks.0.attn.q_norm.weight"].shape[0]
+    else:
+        cfg["num_heads"] = HEADS_BY_WIDTH.get(D, D // 64 if D % 64 == 0 else 0)
+    cfg.update(hints)
+    if not cfg["num_heads"]:
+        raise CheckpointError(f"cannot tell the number of heads of a width-{D} model from its weights; "
+                              "pass num_heads=... to vitlab.load")
+    if "img_size" not in hints:
+        n_grid = sd["pos_embed"].shape[1] if "pos_embed" in sd else 0
+        grid = None
+        for n_prefix in dict.fromkeys((int(cfg["class_token"]) + cfg["num_register_tokens"],
+                                       int(cfg["class_token"]), 0)):
+            grid = _grid_for(n_grid - n_prefix, P, None) if n_grid else None
+            if grid:
+                break
+        cfg["img_size"] = (grid[0] * P, grid[1] * P) if grid else (224, 224)
+    try:
+        return ViTConfig(**cfg)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"the checkpoint's architecture is not a valid ViTConfig: {e}") from e
+
+
+def canonical_pos_embed(sd: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, torch.Tensor]:
+    """Put ``pos_embed`` into vitlab's layout for ``cfg`` (its img_size as stored in the checkpoint).
+
+    Sources differ in which prefix tokens get a row: timm gives class and register tokens one each
+    (or none, with ``no_embed_class``); big_vision gives none. Register rows are added into the
+    register tokens and a class row into the class token when the table has none of its own (a token
+    plus a constant is the same model), so every source ends as [class row?, grid].
+    """
+    if "pos_embed" not in sd:
+        return sd
+    sd = dict(sd)
+    pos = sd["pos_embed"]
+    n_grid = cfg.grid_size[0] * cfg.grid_size[1]
+    n_prefix = pos.shape[1] - n_grid
+    n_cls, R = int(cfg.class_token), cfg.num_register_tokens
+    if n_prefix not in (0, n_cls, n_cls + R):
+        raise CheckpointError(f"pos_embed has {pos.shape[1]} rows, which does not fit a {cfg.grid_size} grid "
+                              f"with {n_cls} class and {R} register tokens; for a non-square grid pass img_size=...")
+    if n_prefix == n_cls + R and R:
+        sd["reg_token"] = sd["reg_token"] + pos[:, n_cls:n_cls + R]
+        pos = torch.cat([pos[:, :n_cls], pos[:, n_cls + R:]], dim=1)
+    elif n_prefix == 0 and n_cls:
+        pos = torch.cat([torch.zeros_like(pos[:, :1]), pos], dim=1)  # the class token had no position
+    sd["pos_embed"] = pos
+    return sd

@@ -1,0 +1,76 @@
+"""Pretrained weights by name, through huggingface_hub and its usual cache.
+
+``"vit_base_patch16_224.augreg2_in21k_ft_in1k"`` means the timm hub repo of that name;
+``"hf-hub:google/vit-base-patch16-224"`` any hub repo (timm or transformers layout). Downloads go to
+huggingface_hub's cache, and offline mode (``HF_HUB_OFFLINE=1``) is honoured: with no network and
+nothing cached, the error names the id and how to pass a local file instead.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+OPTIONAL_FILES = ("preprocessor_config.json",)
+_TIMM_NAME = re.compile(r"^[a-z0-9_]+\.[A-Za-z0-9_]+$")
+
+
+class HubError(RuntimeError):
+    """Weights that could not be fetched from, or found in the cache of, the Hugging Face Hub."""
+
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz", ".ckpt")
+
+
+def is_hub_id(source: str) -> bool:
+    """An ``hf-hub:`` id or a timm ``architecture.tag`` name (not a checkpoint file name)."""
+    if source.startswith("hf-hub:"):
+        return True
+    return bool(_TIMM_NAME.match(source)) and not source.endswith(CHECKPOINT_SUFFIXES)
+
+
+def repo_id_for(source: str) -> str:
+    if source.startswith("hf-hub:"):
+        return source[len("hf-hub:"):]
+    return f"timm/{source}"
+
+
+def download(source: str) -> Path:
+    """Fetch config and weights of a hub id into the cache; return the local folder that holds them."""
+    import huggingface_hub as hf
+    from huggingface_hub import errors
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
+
+    # A file missing from the repo (as opposed to missing from the cache while offline).
+    not_in_repo = getattr(errors, "RemoteEntryNotFoundError", errors.EntryNotFoundError)
+
+    repo_id = repo_id_for(source)
+    advice = ("Connect to the internet once (the files are then cached), or download the weights elsewhere "
+              "and pass the local file or folder, e.g. vitlab.load('path/to/model.safetensors')")
+    try:
+        config = hf.hf_hub_download(repo_id, "config.json")
+        for name in WEIGHT_FILES:
+            try:
+                hf.hf_hub_download(repo_id, name)
+                break
+            except LocalEntryNotFoundError:
+                raise
+            except not_in_repo:
+                continue
+        else:
+            raise HubError(f"hub repo {repo_id!r} has none of the weight files {WEIGHT_FILES}")
+        for name in OPTIONAL_FILES:
+            try:
+                hf.hf_hub_download(repo_id, name)
+            except (LocalEntryNotFoundError, not_in_repo):
+                pass  # optional
+    except RepositoryNotFoundError as e:
+        raise HubError(f"no hub repo {repo_id!r} (from {source!r}); check the name, e.g. "
+                       "'vit_base_patch16_224.augreg2_in21k_ft_in1k' or 'hf-hub:google/vit-base-patch16-224'") from e
+    except LocalEntryNotFoundError as e:
+        raise HubError(f"could not download {source!r} (hub repo {repo_id!r}): no network or offline mode, and "
+                       f"it is not in the local cache. {advice}") from e
+    except OSError as e:  # connection errors surface as OSError subclasses
+        raise HubError(f"could not download {source!r} (hub repo {repo_id!r}): {e}. {advice}") from e
+    return Path(config).parent

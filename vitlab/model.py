@@ -1,0 +1,351 @@
+"""Vision Transformer (Dosovitskiy et al. 2020, "An Image is Worth 16x16 Words"), to read beside the paper.
+
+Shape letters, used in every shape comment below:
+    B batch, C input channels, H x W image, P patch size, h x w patch grid (h = H / P, w = W / P),
+    N tokens = class token + register tokens + h*w patches, D width, Nh heads, Dh = D / Nh head width,
+    M MLP width.
+
+The paper's equations (Sec. 3.1):
+    Eq. 1  z_0  = [x_class; x_p^1 E; ...; x_p^hw E] + E_pos
+    Eq. 2  z'_l = MSA(LN(z_{l-1})) + z_{l-1}
+    Eq. 3  z_l  = MLP(LN(z'_l)) + z'_l
+    Eq. 4  y    = LN(z_L^0)
+Parameter names follow timm's, so a timm state dict loads with little renaming.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from vitlab.config import ViTConfig
+from vitlab.pos_embed import resample_pos_embed, sincos_2d
+
+
+def _trunc_normal_(t: torch.Tensor, std: float) -> torch.Tensor:
+    return nn.init.trunc_normal_(t, std=std, a=-2 * std, b=2 * std)
+
+
+class PatchEmbed(nn.Module):
+    """Eq. 1's x_p E: a Conv2d with kernel = stride = P is the linear map of each flattened patch."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.proj = nn.Conv2d(cfg.in_chans, cfg.embed_dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)  # (B, C, H, W) -> (B, D, h, w)
+
+
+class ConvStem(nn.Module):
+    """Hybrid input (paper Sec. 3.1) as in Xiao et al. 2021: log2(P) conv3x3-BN-ReLU layers of stride 2,
+    channels doubling up to D, then a 1x1 projection to D. Helps ViTs trained on small data."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        n_convs = cfg.patch_size.bit_length() - 1  # P = 2^n_convs
+        width = cfg.stem_width or max(cfg.embed_dim // 2 ** (n_convs - 1), 8)
+        layers, c_in = [], cfg.in_chans
+        for i in range(n_convs):
+            c_out = min(width * 2**i, cfg.embed_dim)
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                       nn.ReLU(inplace=True)]
+            c_in = c_out
+        self.convs = nn.Sequential(*layers)
+        self.proj = nn.Conv2d(c_in, cfg.embed_dim, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.convs(x))  # (B, C, H, W) -> (B, D, h, w)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention (paper App. A). One fused qkv Linear; the fused kernel by default, and an
+    explicit path that also returns the softmax probabilities when asked."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
+        self.fused = True  # False: use the explicit path everywhere (see VisionTransformer.set_fused_attn)
+        self.qkv = nn.Linear(cfg.embed_dim, 3 * cfg.embed_dim, bias=cfg.qkv_bias)
+        self.q_norm = nn.LayerNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else nn.Identity()
+        self.attn_drop = nn.Dropout(cfg.attn_dropout)
+        self.proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
+        self.proj_drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, N, D = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)  # (B, N, 3, Nh, Dh)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, Nh, N, Dh)
+        q, k = self.q_norm(q), self.k_norm(k)
+        probs = None
+        if self.fused and not return_attention:
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
+        else:  # softmax(q k^T / sqrt(Dh)) v, written out
+            probs = (q @ k.transpose(-2, -1) * self.head_dim**-0.5).softmax(dim=-1)  # (B, Nh, N, N)
+            x = self.attn_drop(probs) @ v  # (B, Nh, N, Dh)
+        x = x.transpose(1, 2).reshape(B, N, D)  # (B, N, Nh*Dh)
+        return self.proj_drop(self.proj(x)), probs
+
+
+class Mlp(nn.Module):
+    """The block's MLP: two layers with a GELU non-linearity (paper Sec. 3.1)."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.embed_dim, cfg.mlp_dim)
+        self.act = nn.GELU(approximate="tanh" if cfg.mlp_act == "gelu_tanh" else "none")
+        self.drop1 = nn.Dropout(cfg.dropout)
+        self.fc2 = nn.Linear(cfg.mlp_dim, cfg.embed_dim)
+        self.drop2 = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))  # (B, N, D) -> (B, N, M) -> (B, N, D)
+
+
+class LayerScale(nn.Module):
+    def __init__(self, dim: int, init: float):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), init))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop a sample's whole residual branch with probability p (Huang et al. 2016)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ViTConfig, drop_path: float):
+        super().__init__()
+        ls = cfg.layer_scale_init
+        self.norm1 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.ls1 = LayerScale(cfg.embed_dim, ls) if ls is not None else nn.Identity()
+        self.drop_path1 = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        self.mlp = Mlp(cfg)
+        self.ls2 = LayerScale(cfg.embed_dim, ls) if ls is not None else nn.Identity()
+        self.drop_path2 = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        y, probs = self.attn(self.norm1(x), return_attention)
+        x = x + self.drop_path1(self.ls1(y))  # Eq. 2
+        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))  # Eq. 3
+        return x, probs
+
+
+@dataclass
+class Intermediates:
+    """What ``VisionTransformer.forward_intermediates`` returns.
+
+    tokens:    block index -> (B, N, D), the residual stream after that block (before the final LN).
+    attention: block index -> (B, Nh, N, N) softmax probabilities (rows: queries, columns: keys);
+               filled only with return_attention=True, for the requested blocks.
+    features:  (B, N, D), the output of ``forward_features`` (the head reads it through ``forward_head``).
+    grid_size: (h, w) of the patch grid for this input. Token order: [class, registers..., patches].
+    num_prefix_tokens: class + register tokens before the patches.
+    """
+
+    tokens: dict[int, torch.Tensor]
+    attention: dict[int, torch.Tensor] = field(default_factory=dict)
+    features: torch.Tensor | None = None
+    grid_size: tuple[int, int] = (0, 0)
+    num_prefix_tokens: int = 0
+
+    def patch_tokens(self, layer: int) -> torch.Tensor:
+        """The patch tokens of a block as a grid, (B, h, w, D)."""
+        x = self.tokens[layer][:, self.num_prefix_tokens:]
+        return x.reshape(x.shape[0], *self.grid_size, x.shape[-1])
+
+
+class VisionTransformer(nn.Module):
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.config = cfg
+        D = cfg.embed_dim
+        self.patch_embed = PatchEmbed(cfg) if cfg.stem == "patch" else ConvStem(cfg)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.class_token else None
+        self.reg_token = nn.Parameter(torch.zeros(1, cfg.num_register_tokens, D)) if cfg.num_register_tokens else None
+        # E_pos of Eq. 1: a row for the class token (if any), then the h x w grid. Registers get no position.
+        n_pos = int(cfg.class_token) + cfg.grid_size[0] * cfg.grid_size[1]
+        self.pos_embed = nn.Parameter(torch.zeros(1, n_pos, D)) if cfg.pos_embed == "learned" else None
+        self.pos_drop = nn.Dropout(cfg.dropout)
+        rates = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()  # stochastic depth grows with depth
+        self.blocks = nn.ModuleList([Block(cfg, r) for r in rates])
+        self.norm = nn.Identity() if cfg.fc_norm else nn.LayerNorm(D, eps=cfg.norm_eps)
+        self.fc_norm = nn.LayerNorm(D, eps=cfg.norm_eps) if cfg.fc_norm else nn.Identity()
+        if cfg.representation_size:
+            self.pre_logits = nn.Sequential(nn.Linear(D, cfg.representation_size), nn.Tanh())
+        else:
+            self.pre_logits = nn.Identity()
+        self.head = nn.Linear(cfg.num_features, cfg.num_classes) if cfg.num_classes else nn.Identity()
+        self.grad_checkpointing = False
+        # Metadata that travels with weights; set by vitlab.load / vitlab.create_model.
+        self.preprocessing = None  # vitlab.Preprocessing
+        self.class_names: list[str] | None = None
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Initialise every tensor as the official JAX implementation and timm do.
+
+        "Truncated normal" is cut at +-2 std.
+        Linear weights (qkv, proj, fc1, fc2, pre_logits): truncated normal, std 0.02; their biases: 0.
+        Patch projection: LeCun normal (std = 1/sqrt(P*P*C)), flax's default for the official Conv; bias 0.
+        Conv stem: Kaiming normal (fan_out, ReLU), BatchNorm weight 1, bias 0.
+        Position embedding: truncated normal, std 0.02. Class token: 0 (official). Registers: normal,
+        std 1e-6 (timm; must differ from each other). LayerNorm: weight 1, bias 0. LayerScale: the
+        configured init. Head: weight and bias 0 (official: the first steps train the head only).
+        """
+        for name, m in self.named_modules():
+            if isinstance(m, nn.Linear):
+                _trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Conv2d) and name == "patch_embed.proj" and isinstance(self.patch_embed, PatchEmbed):
+                _trunc_normal_(m.weight, std=m.weight[0].numel() ** -0.5)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, (nn.LayerNorm, nn.BatchNorm2d)):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, LayerScale):
+                nn.init.constant_(m.gamma, self.config.layer_scale_init)
+        if self.pos_embed is not None:
+            _trunc_normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            nn.init.zeros_(self.cls_token)
+        if self.reg_token is not None:
+            nn.init.normal_(self.reg_token, std=1e-6)
+        if isinstance(self.head, nn.Linear):
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        cfg = self.config
+        if x.ndim != 4:
+            raise ValueError(f"expected images of shape (B, C, H, W), got a tensor of shape {tuple(x.shape)}")
+        if x.shape[1] != cfg.in_chans:
+            raise ValueError(f"expected {cfg.in_chans} input channels, got {x.shape[1]} (shape {tuple(x.shape)}); "
+                             "convert the images (e.g. grayscale/RGBA to RGB) or build the model with in_chans=...")
+        H, W = x.shape[-2:]
+        if H % cfg.patch_size or W % cfg.patch_size:
+            h, w = cfg.img_size
+            raise ValueError(f"image size {H}x{W} is not divisible by the patch size {cfg.patch_size}; "
+                             f"resize or crop to a multiple of {cfg.patch_size} (e.g. {h}x{w})")
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Eq. 1: images (B, C, H, W) -> tokens z_0 (B, N, D). Any H, W divisible by P."""
+        self._check_input(x)
+        x = self.patch_embed(x)  # (B, D, h, w)
+        B, D, h, w = x.shape
+        x = x.flatten(2).transpose(1, 2)  # (B, h*w, D)
+        n_cls = int(self.cls_token is not None)
+        cls_pos = None
+        if self.pos_embed is not None:  # learned E_pos, resampled in 2D when (h, w) differs from training
+            pos = resample_pos_embed(self.pos_embed, (h, w), self.config.grid_size, num_prefix=n_cls)
+            cls_pos, x = pos[:, :n_cls], x + pos[:, n_cls:]
+        elif self.config.pos_embed == "sincos2d":
+            x = x + sincos_2d((h, w), D).to(x)
+        prefix = []
+        if self.cls_token is not None:
+            cls = self.cls_token if cls_pos is None else self.cls_token + cls_pos
+            prefix.append(cls.expand(B, -1, -1))  # (B, 1, D)
+        if self.reg_token is not None:
+            prefix.append(self.reg_token.expand(B, -1, -1))  # (B, R, D)
+        return self.pos_drop(torch.cat(prefix + [x], dim=1))  # (B, N, D)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> final tokens (B, N, D), after the last LayerNorm (unless fc_norm)."""
+        x = self.embed(x)
+        for blk in self.blocks:
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x, _ = checkpoint(blk, x, use_reentrant=False)
+            else:
+                x, _ = blk(x)
+        return self.norm(x)  # Eq. 4's LN
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Tokens (B, N, D) -> logits (B, num_classes), or the pooled features (B, num_features)."""
+        if self.config.pool == "token":
+            x = x[:, 0]  # z_L^0, the class token (Eq. 4)
+        else:
+            x = x[:, self.config.num_prefix_tokens:].mean(dim=1)  # global average of the patch tokens
+        x = self.pre_logits(self.fc_norm(x))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+        self, x: torch.Tensor, layers: int | Sequence[int] | None = None, return_attention: bool = False
+    ) -> Intermediates:
+        """Run the model and keep the tokens of the requested blocks (and their attention probabilities).
+
+        layers: None = every block; an int n = the last n blocks; a sequence = those block indices
+        (negative counts from the end). Only the requested blocks compute explicit attention; every
+        other block keeps the fused kernel. See :class:`Intermediates` for what comes back.
+        """
+        keep = self._layer_indices(layers)
+        grid = (x.shape[-2] // self.config.patch_size, x.shape[-1] // self.config.patch_size)
+        tokens, attention = {}, {}
+        x = self.embed(x)
+        for i, blk in enumerate(self.blocks):
+            x, probs = blk(x, return_attention=return_attention and i in keep)
+            if i in keep:
+                tokens[i] = x
+                if probs is not None:
+                    attention[i] = probs
+        return Intermediates(tokens, attention, self.norm(x), grid, self.config.num_prefix_tokens)
+
+    def _layer_indices(self, layers: int | Sequence[int] | None) -> set[int]:
+        depth = len(self.blocks)
+        if layers is None:
+            return set(range(depth))
+        if isinstance(layers, int):
+            if not 0 < layers <= depth:
+                raise ValueError(f"layers={layers}: as an int it means the last n blocks, 1 <= n <= {depth}")
+            return set(range(depth - layers, depth))
+        out = set()
+        for i in layers:
+            if not -depth <= i < depth:
+                raise ValueError(f"layer index {i} is out of range for a model of {depth} blocks "
+                                 f"(valid: {-depth}..{depth - 1})")
+            out.add(i % depth)
+        return out
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the head with a fresh zero-initialised one (0 = no head)."""
+        self.config = self.config.replace(num_classes=num_classes)
+        self.head = nn.Linear(self.config.num_features, num_classes) if num_classes else nn.Identity()
+        if num_classes:
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def set_fused_attn(self, enable: bool = True) -> None:
+        """Fused scaled-dot-product attention (default) or the explicit softmax path in every block."""
+        for blk in self.blocks:
+            blk.attn.fused = enable

@@ -1,0 +1,68 @@
+"""Position embeddings: 2D resampling of a learned table, and fixed 2D sin-cos embeddings.
+
+A learned table is laid out as (1, n_prefix + h*w, D): an optional row for the class token followed
+by the h x w patch grid in row-major order. Changing the input size resamples the grid part in 2D
+(paper Sec. 3.2: "we perform 2D interpolation of the pre-trained position embeddings"); prefix rows
+are never touched, and a flattened table is never sliced.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def resample_pos_embed(
+    pos_embed: torch.Tensor,
+    new_grid: tuple[int, int],
+    old_grid: tuple[int, int] | None = None,
+    num_prefix: int = 1,
+    mode: str = "bicubic",
+    antialias: bool = True,
+) -> torch.Tensor:
+    """Resample (1, num_prefix + h*w, D) to (1, num_prefix + new_h*new_w, D).
+
+    ``old_grid`` defaults to a square grid. Interpolation is bicubic with antialiasing when shrinking,
+    done in float32 (the same result as timm's ``resample_abs_pos_embed``).
+    """
+    if pos_embed.ndim != 3 or pos_embed.shape[0] != 1:
+        raise ValueError(f"pos_embed must have shape (1, N, D), got {tuple(pos_embed.shape)}")
+    n_grid = pos_embed.shape[1] - num_prefix
+    if old_grid is None:
+        side = round(n_grid**0.5)
+        if side * side != n_grid:
+            raise ValueError(
+                f"cannot infer the grid of a position table with {n_grid} patch rows: it is not square; "
+                "pass old_grid=(h, w)"
+            )
+        old_grid = (side, side)
+    if old_grid[0] * old_grid[1] != n_grid:
+        raise ValueError(f"old_grid={old_grid} does not match the {n_grid} patch rows of the table")
+    new_grid = (int(new_grid[0]), int(new_grid[1]))
+    if tuple(old_grid) == new_grid:
+        return pos_embed
+    prefix, grid = pos_embed[:, :num_prefix], pos_embed[:, num_prefix:]
+    D = grid.shape[-1]
+    grid = grid.float().reshape(1, old_grid[0], old_grid[1], D).permute(0, 3, 1, 2)  # (1, D, h, w)
+    grid = F.interpolate(grid, size=new_grid, mode=mode, align_corners=False, antialias=antialias)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], D)  # (1, h'*w', D)
+    return torch.cat([prefix, grid.to(pos_embed.dtype)], dim=1)
+
+
+def sincos_2d(grid: tuple[int, int], dim: int, temperature: float = 10_000.0) -> torch.Tensor:
+    """Fixed 2D sin-cos position embedding, (1, h*w, dim), row-major over the grid.
+
+    A quarter of the channels each for sin(x), cos(x), sin(y), cos(y), with frequencies
+    1 / temperature^(k / (dim/4 - 1)) (the layout of big_vision's ``posemb_sincos_2d``).
+    """
+    if dim % 4:
+        raise ValueError(f"sincos_2d needs dim divisible by 4, got {dim}")
+    h, w = grid
+    y, x = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
+                          indexing="ij")
+    n_freq = dim // 4
+    omega = torch.arange(n_freq, dtype=torch.float32) / max(n_freq - 1, 1)
+    omega = 1.0 / temperature**omega  # (dim/4,)
+    x = x.flatten()[:, None] * omega[None, :]  # (h*w, dim/4)
+    y = y.flatten()[:, None] * omega[None, :]
+    return torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1)[None]  # (1, h*w, dim)

@@ -1,0 +1,100 @@
+"""The preprocessing that belongs to a set of weights, and image decoding.
+
+Weights are only right with the preprocessing they were trained with: the official augreg weights use
+mean = std = 0.5, DeiT and torchvision use the ImageNet statistics. A :class:`Preprocessing` travels
+inside every checkpoint vitlab writes and is read from every format that records one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INCEPTION_MEAN = (0.5, 0.5, 0.5)  # the official ViT / augreg weights
+INCEPTION_STD = (0.5, 0.5, 0.5)
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Eval-time preprocessing: resize the shorter side to input_size / crop_pct, centre-crop to
+    input_size, scale to [0, 1], normalise with mean and std (timm's ``crop_pct`` convention)."""
+
+    input_size: tuple[int, int] = (224, 224)
+    mean: tuple[float, ...] = INCEPTION_MEAN
+    std: tuple[float, ...] = INCEPTION_STD
+    interpolation: str = "bicubic"
+    crop_pct: float = 0.9
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input_size", tuple(int(s) for s in self.input_size))
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation={self.interpolation!r} is not one of {INTERPOLATIONS}")
+        if not 0 < self.crop_pct <= 1:
+            raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
+
+    @classmethod
+    def default_for(cls, config) -> Preprocessing:
+        """For a model without pretrained weights: its input size, mean = std = 0.5, no crop for small images."""
+        small = max(config.img_size) <= 64
+        return cls(input_size=config.img_size, crop_pct=1.0 if small else 0.9)
+
+    def replace(self, **changes: Any) -> Preprocessing:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.update(input_size=list(self.input_size), mean=list(self.mean), std=list(self.std))
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def transform(self):
+        """A torchvision.transforms.v2 pipeline: PIL image or uint8 tensor -> normalised float tensor."""
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms import v2 as T
+
+        mode = InterpolationMode(self.interpolation)
+        h, w = self.input_size
+        if h == w:
+            resize = T.Resize(math.floor(h / self.crop_pct), interpolation=mode, antialias=True)  # shorter side
+        else:
+            resize = T.Resize((math.floor(h / self.crop_pct), math.floor(w / self.crop_pct)), interpolation=mode,
+                              antialias=True)
+        return T.Compose([
+            resize,  # on a PIL image this is PIL's resampling, as in timm and torchvision's references
+            T.CenterCrop((h, w)),
+            T.ToImage(),
+            T.ToDtype(torch.float32, scale=True),
+            T.Normalize(self.mean, self.std),
+        ])
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Decode an image file as RGB (grayscale, palette, RGBA and CMYK are converted).
+
+    Raises ValueError naming the file when it is missing or is not an image PIL can decode.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise ValueError(f"{path} is not an image that can be decoded ({e}); pass a JPEG, PNG, WebP, BMP "
+                         "or other PIL-readable file") from e
