@@ -39,6 +39,7 @@ def test_load_with_new_size_and_class_count(tmp_path):
         loaded = vitlab.load(path, num_classes=10, img_size=96)
     assert loaded.config.num_classes == 10 and loaded.config.img_size == (96, 96)
     assert loaded.head.weight.abs().sum() == 0 and loaded.class_names is None
+    assert not any(t.is_meta for t in loaded.state_dict().values())
     assert loaded.preprocessing.input_size == (96, 96)
     assert loaded.pos_embed.shape == (1, 1 + 36, 192)
     torch.testing.assert_close(loaded.blocks[1].mlp.fc2.weight, model.blocks[1].mlp.fc2.weight)
@@ -122,7 +123,10 @@ def test_a_wrong_shaped_checkpoint_is_an_error_not_a_silent_partial_load(tmp_pat
     with pytest.raises(CheckpointError, match=r"missing keys \['blocks.0.norm2.weight'\].*blocks.0.extra.weight"):
         vitlab.load(tmp_path / "odd.safetensors")
     with pytest.warns(UserWarning, match="missing keys"):
-        vitlab.load(tmp_path / "odd.safetensors", strict=False)
+        loaded = vitlab.load(tmp_path / "odd.safetensors", strict=False)
+    assert torch.equal(loaded.blocks[0].norm2.weight, torch.ones(192))  # the missing tensor got its init
+    assert not any(t.is_meta for t in loaded.state_dict().values())
+    assert torch.isfinite(loaded(torch.randn(1, 3, 64, 64))).all()
 
 
 def test_a_vitlab_file_whose_config_does_not_match_its_weights(tmp_path):

@@ -105,7 +105,7 @@ def _read_folder(path: Path) -> Converted:
     if not cfg_path.is_file():
         raise CheckpointError(f"{path} is a folder without config.json: pass the weights file itself")
     hub_cfg = json.loads(cfg_path.read_text())
-    if hub_cfg.get("model_type") == "vit":
+    if "model_type" in hub_cfg and "architecture" not in hub_cfg:  # transformers; read_folder checks the type
         return hf_convert.read_folder(path, hub_cfg)
     weights = next((path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()), None)
     if weights is None:
@@ -183,9 +183,12 @@ def load(
         sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
         cfg, class_names = cfg.replace(num_classes=num_classes), None
 
-    model = VisionTransformer(cfg)
+    # Build without memory or random init (meta device), then take the checkpoint's tensors as they are.
+    with torch.device("meta"):
+        model = VisionTransformer(cfg)
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
     try:
-        result = model.load_state_dict(sd, strict=False)
+        result = model.load_state_dict(sd, strict=False, assign=True)
     except RuntimeError as e:  # shape mismatches
         raise CheckpointError(f"{path} does not fit the architecture read from it ({e}). If the checkpoint has "
                               "an unusual head count or image size, pass num_heads=... or img_size=...") from e
@@ -195,6 +198,11 @@ def load(
         if strict:
             raise CheckpointError(msg + "; pass strict=False to load anyway (missing tensors keep their init)")
         warnings.warn(msg, stacklevel=2)
+    if reset_head:
+        model.reset_classifier(num_classes)  # a real, zero-initialised head
+    if missing:  # only with strict=False: give those tensors the model's own init
+        fresh = VisionTransformer(cfg).state_dict()
+        model.load_state_dict({k: fresh[k] for k in missing}, strict=False, assign=True)
     model.preprocessing = pre
     model.class_names = class_names
     model.source_format = conv.format

@@ -187,7 +187,7 @@ class VisionTransformer(nn.Module):
         n_pos = int(cfg.class_token) + cfg.grid_size[0] * cfg.grid_size[1]
         self.pos_embed = nn.Parameter(torch.zeros(1, n_pos, D)) if cfg.pos_embed == "learned" else None
         self.pos_drop = nn.Dropout(cfg.dropout)
-        rates = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()  # stochastic depth grows with depth
+        rates = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # grows with depth
         self.blocks = nn.ModuleList([Block(cfg, r) for r in rates])
         self.norm = nn.Identity() if cfg.fc_norm else nn.LayerNorm(D, eps=cfg.norm_eps)
         self.fc_norm = nn.LayerNorm(D, eps=cfg.norm_eps) if cfg.fc_norm else nn.Identity()

@@ -86,7 +86,8 @@ class Preprocessing:
 def load_image(path: str | Path) -> Image.Image:
     """Decode an image file as RGB (grayscale, palette, RGBA and CMYK are converted).
 
-    Raises ValueError naming the file when it is missing or is not an image PIL can decode.
+    Raises FileNotFoundError for a missing file, and ValueError naming the file when it is not an image
+    PIL can decode (not an image, truncated, corrupt).
     """
     path = Path(path)
     if not path.is_file():

@@ -1,0 +1,99 @@
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import vitlab
+from vitlab.flops import count_flops, count_params
+from vitlab.registry import MODELS
+
+# (alias, overrides): the variants whose FLOPs differ in kind. depth=2 keeps the forward passes fast;
+# the count is linear in depth, and the full-depth Ti/16 checks that.
+FLOP_CASES = {
+    "Ti/16": ("Ti/16", {}),
+    "non-square": ("Ti/16", dict(depth=2, img_size=(160, 224))),
+    "conv-stem": ("Ti/16", dict(depth=2, stem="conv")),
+    "conv-stem-width": ("Ti/16", dict(depth=2, stem="conv", stem_width=24, img_size=(96, 128))),
+    "representation": ("S/16", dict(depth=2, representation_size=256)),
+    "registers": ("Ti/16", dict(depth=2, num_register_tokens=4)),
+    "gap-fc-norm-qk-norm-ls": ("Ti/16", dict(depth=2, pool="gap", fc_norm=True, qk_norm=True, layer_scale_init=1e-5)),
+    "small-image": ("Ti/4@32", dict(depth=2)),
+    "no-head": ("Ti/16", dict(depth=2, num_classes=0)),
+}
+
+
+def measured_flops(model: vitlab.VisionTransformer, img_size: tuple[int, int]) -> int:
+    # On CPU the fused kernel runs as aten._scaled_dot_product_flash_attention_for_cpu, which
+    # flop_counter has no formula for (it counts the CUDA flash / efficient / cudnn kernels only), so
+    # the explicit q @ k^T, softmax, @ v path is measured instead: same FLOPs, counted as two bmm.
+    model.set_fused_attn(False)
+    x = torch.randn(1, model.config.in_chans, *img_size)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.eval()(x)
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize("case", list(FLOP_CASES))
+@pytest.mark.parametrize("other_size", [False, True], ids=["native", "other-size"])
+def test_count_flops_matches_flop_counter(case, other_size):
+    name, overrides = FLOP_CASES[case]
+    model = vitlab.create_model(name, **overrides)
+    cfg = model.config
+    size = cfg.img_size
+    if other_size:  # 4 more patch rows, 2 more columns (the position table is resampled in 2D)
+        size = (cfg.img_size[0] + 4 * cfg.patch_size, cfg.img_size[1] + 2 * cfg.patch_size)
+    analytic = count_flops(cfg, img_size=None if not other_size else size)
+    measured = measured_flops(model, size)
+    assert abs(analytic - measured) / measured < 0.02, (case, size, analytic, measured)
+
+
+def test_count_flops_known_values():
+    # Ti/16 at 224: 2 * (196 * 192 * 768 [patches] + 12 * (197 * 442368 + 2 * 197^2 * 192) + 192 * 1000)
+    assert count_flops(vitlab.get_config("Ti/16")) == 2_507_366_400
+    # ViT-B/16: timm and fvcore list 17.6 GMACs, i.e. 35.1 GFLOPs at 2 FLOPs per multiply-add.
+    assert round(count_flops(vitlab.get_config("B/16")) / 1e9, 1) == 35.1
+    # An int img_size means a square image; the default is the config's own.
+    cfg = vitlab.get_config("Ti/16")
+    assert count_flops(cfg, 224) == count_flops(cfg) == count_flops(cfg, (224, 224))
+    assert count_flops(cfg, 384) > count_flops(cfg)
+
+
+def test_count_flops_rejects_indivisible_size():
+    with pytest.raises(ValueError, match="not divisible by the patch size 16"):
+        count_flops(vitlab.get_config("Ti/16"), 100)
+
+
+def build_on_meta(cfg: vitlab.ViTConfig) -> vitlab.VisionTransformer:
+    with torch.device("meta"):
+        return vitlab.VisionTransformer(cfg)
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_count_params_registered(name):
+    cfg = MODELS[name]
+    assert count_params(cfg) == n_params(build_on_meta(cfg))
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(stem="conv"), dict(stem="conv", stem_width=24, patch_size=8, img_size=64),
+    dict(qk_norm=True, layer_scale_init=1e-5, qkv_bias=False), dict(num_register_tokens=4),
+    dict(representation_size=100), dict(pool="gap", fc_norm=True), dict(pool="gap", class_token=False),
+    dict(pos_embed="sincos2d"), dict(pos_embed="none"), dict(num_classes=0), dict(in_chans=1, img_size=(64, 96)),
+], ids=str)
+def test_count_params_variants(overrides):
+    model = vitlab.create_model("Ti/16", depth=2, **overrides)  # real tensors: the meta path is not involved
+    assert count_params(model.config) == n_params(model)
+
+
+@pytest.mark.parametrize("alias, millions", [
+    ("Ti/16", 5.72), ("S/16", 22.05), ("B/16", 86.57), ("L/16", 304.33),  # DeiT Table 1 / timm
+])
+def test_count_params_published(alias, millions):
+    assert round(count_params(vitlab.get_config(alias)) / 1e6, 2) == millions
+
+
+def test_count_params_huge():
+    assert round(count_params(vitlab.get_config("H/14")) / 1e6) == 632  # ViT paper Table 1: 632M

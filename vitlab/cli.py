@@ -1,0 +1,332 @@
+"""The ``vitlab`` command: list models, inspect and convert checkpoints, classify images.
+
+Every subcommand is a plain function of its arguments (``models``, ``info``, ``convert``, ``predict``);
+``main`` only parses the command line and turns a user error (a bad checkpoint, an unknown model name,
+a missing file) into one line on stderr, ``vitlab: error: <message>``, and exit status 2.
+
+    vitlab models 'vit_base*'
+    vitlab info model.safetensors
+    vitlab convert timm_model.pth model.safetensors
+    vitlab predict cat.jpg dog.png --model vit_base_patch16_224 --pretrained
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import vitlab
+from vitlab.flops import count_flops, count_params
+from vitlab.hub import CHECKPOINT_SUFFIXES, HubError
+from vitlab.registry import DEFAULT_PRETRAINED_TAGS, get_config, resolve_name, split_pretrained_tag
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2  # 1: some images of `predict` failed; 2: user error (as argparse)
+USER_ERRORS = (ValueError, HubError, OSError)  # CheckpointError is a ValueError, FileNotFoundError an OSError
+ALIAS_HELP = "aliases: Ti|S|B|L|H/<patch>[@<img_size>], e.g. B/16 = vit_base_patch16_224, B/16@384, Ti/4@32"
+SUFFIX_FORMATS = {".safetensors": "vitlab", ".npz": "npz", ".pth": "timm", ".pt": "timm", ".bin": "timm"}
+
+
+def _err(message: str) -> None:
+    print(f"vitlab: error: {message}", file=sys.stderr)
+
+
+def _warn(message: str) -> None:
+    print(f"vitlab: warning: {message}", file=sys.stderr)
+
+
+def _cli_warnings(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call fn, printing its Python warnings (a fresh head, missing keys) as one-line CLI warnings."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = fn(*args, **kwargs)
+    for w in caught:
+        _warn(str(w.message))
+    return out
+
+
+def _size(text: str) -> int | tuple[int, int]:
+    """argparse type for an image size: ``384`` or ``384x512`` (height x width)."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts) <= 0:
+        raise argparse.ArgumentTypeError(f"expected a size like 384 or 384x512, got {text!r}")
+    return parts[0] if len(parts) == 1 else (parts[0], parts[1])
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _millions(n: int) -> str:
+    return f"{n / 1e6:.2f}M"
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+def models(pattern: str | None = None) -> int:
+    """Print the registered models matching ``pattern`` (glob or substring; an alias names one model)."""
+    names = vitlab.list_models(pattern)
+    if not names and pattern:
+        try:
+            names = [resolve_name(pattern)]  # "B/16" is not a substring of any name, but is an alias
+        except ValueError:
+            names = []
+    if not names:
+        raise ValueError(f"no registered model matches {pattern!r}; `vitlab models` lists them all")
+    header = ("name", "params", "GFLOPs", "image", "patch", "tokens", "default weights")
+    rows = []
+    for name in names:
+        cfg = get_config(name)
+        rows.append((name, _millions(count_params(cfg)), f"{count_flops(cfg) / 1e9:.2f}",
+                     "x".join(map(str, cfg.img_size)), str(cfg.patch_size), str(cfg.num_tokens),
+                     DEFAULT_PRETRAINED_TAGS.get(name, "-")))
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    left = {0, 6}  # text columns; numbers are right-aligned
+    for row in [header, *rows]:
+        cells = [c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        print("  ".join(cells).rstrip())
+    print(f"\n{len(names)} model(s). GFLOPs: one image forward, 1 multiply-add = 2 FLOPs (timm lists MACs, half "
+          "these). tokens: patches + class token.")
+    print(ALIAS_HELP + ".")
+    print("Weights: `vitlab predict --model NAME --pretrained` (or NAME.<timm tag>) fetches them from the "
+          "Hugging Face Hub.")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------------ info
+
+
+def info(checkpoint: str) -> int:
+    """Print what a checkpoint holds: its format, full config, size, preprocessing and class names."""
+    model = _cli_warnings(vitlab.load, checkpoint, strict=False)
+    cfg = model.config
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"checkpoint     {checkpoint}")
+    print(f"format         {getattr(model, 'source_format', 'unknown')}")
+    print(f"params         {_millions(n_params)} ({n_params:,})")
+    print(f"GFLOPs         {count_flops(cfg) / 1e9:.3f} per image at {cfg.img_size[0]}x{cfg.img_size[1]}")
+    print(f"tokens         {cfg.num_tokens} ({cfg.grid_size[0]}x{cfg.grid_size[1]} patches + "
+          f"{cfg.num_prefix_tokens} prefix)")
+    print("config")
+    for key, value in cfg.to_dict().items():
+        print(f"  {key:<20} {value}")
+    print("preprocessing")
+    for key, value in model.preprocessing.to_dict().items():
+        print(f"  {key:<20} {value}")
+    names = model.class_names
+    if names:
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        print(f"class names    {len(names)} ({shown})")
+    else:
+        fallback = "ImageNet-1k names are assumed by `predict`" if cfg.num_classes == 1000 else "none stored"
+        print(f"class names    0 ({fallback})")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------- convert
+
+
+def convert(src: str, dst: str, to: str | None = None, img_size: int | tuple[int, int] | None = None,
+            num_classes: int | None = None) -> int:
+    """Load any supported checkpoint and write it as vitlab, timm or npz (by ``to``, else by dst's suffix)."""
+    dst_path = Path(dst)
+    if to is None:
+        to = SUFFIX_FORMATS.get(dst_path.suffix)
+        if to is None:
+            raise ValueError(f"cannot tell the output format from {dst_path.name!r}: pass --to vitlab|timm|npz "
+                             f"or use one of the suffixes {', '.join(SUFFIX_FORMATS)}")
+    model = _cli_warnings(vitlab.load, src, img_size=img_size, num_classes=num_classes)
+    if to == "vitlab":
+        vitlab.save(model, dst_path)
+    elif to == "timm":
+        vitlab.export_timm(model, dst_path)
+    elif to == "npz":
+        vitlab.export_npz(model, dst_path)
+    else:  # argparse restricts the choices; this is for callers of the function
+        raise ValueError(f"--to must be one of vitlab, timm, npz, got {to!r}")
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"wrote {dst_path} ({to}; from {getattr(model, 'source_format', '?')}; {_millions(n_params)} params, "
+          f"image {model.config.img_size[0]}x{model.config.img_size[1]}, {model.config.num_classes} classes)")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------- predict
+
+
+def _is_checkpoint_path(spec: str) -> bool:
+    return Path(spec).exists() or spec.endswith(CHECKPOINT_SUFFIXES)
+
+
+def load_model_spec(spec: str, pretrained: bool = False) -> tuple[vitlab.VisionTransformer, bool]:
+    """A model from a checkpoint path, an ``hf-hub:`` id, ``name.tag`` or a registered name / alias.
+
+    Returns the model and whether its weights are trained (False: a registered name built randomly).
+    """
+    if spec.startswith("hf-hub:") or _is_checkpoint_path(spec):
+        return _cli_warnings(vitlab.load, spec), True
+    arch, tag = split_pretrained_tag(spec)
+    try:
+        resolve_name(arch)
+    except ValueError as e:
+        raise ValueError(f"--model {spec!r} is neither an existing checkpoint file nor a model name: {e}") from e
+    trained = pretrained or tag is not None
+    return _cli_warnings(vitlab.create_model, spec, pretrained=trained), trained
+
+
+def class_names_for(model: vitlab.VisionTransformer) -> list[str]:
+    """The checkpoint's class names; else ImageNet-1k's for a 1000-class head; else ``class_<i>``."""
+    k = model.config.num_classes
+    names = getattr(model, "class_names", None)
+    if names and len(names) == k:
+        return list(names)
+    if k == 1000:
+        from torchvision.models import ViT_B_16_Weights  # the names ship with torchvision: no download
+
+        return list(ViT_B_16_Weights.IMAGENET1K_V1.meta["categories"])
+    return [f"class_{i}" for i in range(k)]
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"--device {name!r} is not a device name (cpu, cuda, cuda:1, mps): {e}") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name}: MPS is not available on this machine; use --device cpu")
+    return device
+
+
+def predict(images: Sequence[str], model: str, topk: int = 5, device: str = "cpu", pretrained: bool = False) -> int:
+    """Print the top-k classes and probabilities of each image. A file that cannot be decoded gets an
+    error line and the rest are still classified; the exit status is then 1."""
+    dev = _device(device)
+    net, trained = load_model_spec(model, pretrained)
+    if not net.config.num_classes:
+        raise ValueError(f"--model {model!r} has no classification head (num_classes=0): nothing to predict")
+    if not trained:
+        _warn(f"{model!r} has random weights (its head is zero-initialised): the predictions below are "
+              "meaningless. Pass --pretrained, a name with a pretrained tag, or a checkpoint file")
+    names = class_names_for(net)
+    k = min(topk, len(names))
+    net = net.eval().to(dev)
+    transform = net.preprocessing.transform()
+    failed = 0
+    for image in images:
+        try:
+            x = transform(vitlab.load_image(image)).unsqueeze(0).to(dev)  # (1, C, H, W)
+        except (ValueError, OSError) as e:
+            _err(str(e))
+            failed += 1
+            continue
+        with torch.inference_mode():
+            probs = net(x).float().softmax(dim=-1)[0]  # (K,)
+        top = probs.topk(k)
+        print(image)
+        for rank, (p, i) in enumerate(zip(top.values.tolist(), top.indices.tolist(), strict=True), start=1):
+            print(f"  {rank:>2}. {p:.4f}  {names[i]}")
+    if failed:
+        _err(f"{failed} of {len(images)} image(s) could not be read")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vitlab", description="Build, load, convert and run Vision Transformers.",
+        epilog="Exit status: 0 success, 1 some images of `predict` failed, 2 a usage, file or checkpoint error.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {vitlab.__version__}",
+                        help="print vitlab's version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                help="`vitlab COMMAND --help` describes each")
+
+    p = sub.add_parser("models", help="list the registered models with their size and cost",
+                       description="List the registered models: parameters, GFLOPs per image, image size, "
+                                   "patch size, tokens and the default pretrained weights. " + ALIAS_HELP + ".")
+    p.add_argument("pattern", nargs="?", metavar="PATTERN",
+                   help="show only names matching this glob ('vit_base*') or substring ('patch16'), or an alias")
+    p.set_defaults(func=lambda a: models(a.pattern))
+
+    p = sub.add_parser("info", help="describe a checkpoint: format, config, params, preprocessing, classes",
+                       description="Load a checkpoint of any supported format (missing or unexpected keys are "
+                                   "warnings here) and print what it holds.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT",
+                   help="a checkpoint file or folder, a pretrained name (vit_base_patch16_224.augreg2_in21k_ft_in1k) "
+                        "or an hf-hub:org/repo id")
+    p.set_defaults(func=lambda a: info(a.checkpoint))
+
+    p = sub.add_parser("convert", help="convert a checkpoint to vitlab, timm or npz format",
+                       description="Load any supported checkpoint and write it in vitlab's format (.safetensors "
+                                   "with config, preprocessing and class names), as a timm state dict or as "
+                                   "Google's .npz.")
+    p.add_argument("src", metavar="SRC", help="the checkpoint to read (file, folder, pretrained name or hf-hub id)")
+    p.add_argument("dst", metavar="DST", help="the file to write")
+    p.add_argument("--to", choices=("vitlab", "timm", "npz"),
+                   help="output format; default from DST's suffix: .safetensors -> vitlab, .npz -> npz, "
+                        ".pth/.pt/.bin -> timm")
+    p.add_argument("--img-size", type=_size, metavar="N",
+                   help="resample the position embedding for this input size (N or HxW)")
+    p.add_argument("--num-classes", type=int, metavar="N",
+                   help="replace the head by a fresh zero-initialised one with N classes (0: no head)")
+    p.set_defaults(func=lambda a: convert(a.src, a.dst, a.to, a.img_size, a.num_classes))
+
+    p = sub.add_parser("predict", help="classify images and print the top-k classes",
+                       description="Classify images with a registered model or a checkpoint, using the "
+                                   "preprocessing that belongs to its weights.")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, WebP, ...)")
+    p.add_argument("--model", "-m", required=True, metavar="NAME_OR_CHECKPOINT",
+                   help="a checkpoint path, an hf-hub:org/repo id, a name with a pretrained tag "
+                        "(vit_base_patch16_224.augreg2_in21k_ft_in1k), or a registered name or alias "
+                        "(random weights unless --pretrained)")
+    p.add_argument("--pretrained", action="store_true",
+                   help="with a registered name: download its default pretrained weights")
+    p.add_argument("--topk", "-k", type=_positive, default=5, metavar="K",
+                   help="how many classes to print per image (default: 5)")
+    p.add_argument("--device", default="cpu", help="torch device to run on: cpu, cuda, cuda:1, mps (default: cpu)")
+    p.set_defaults(func=lambda a: predict(a.images, a.model, a.topk, a.device, a.pretrained))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a usage error argparse already printed
+        return EXIT_OK if e.code is None else e.code if isinstance(e.code, int) else EXIT_USAGE
+    try:
+        return args.func(args)
+    except BrokenPipeError:  # `vitlab models | head`: the reader left; stop quietly, as Unix tools do
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        except (OSError, ValueError):
+            pass
+        return EXIT_FAILED
+    except USER_ERRORS as e:
+        _err(str(e))
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

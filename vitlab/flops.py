@@ -1,0 +1,128 @@
+"""Analytic FLOP and parameter counts of a :class:`~vitlab.config.ViTConfig`, without building the model.
+
+Shape letters are those of ``vitlab.model``: C input channels, H x W image, P patch size, h x w patch
+grid (h = H / P), N tokens = class + register tokens + h*w, D width, Nh heads, Dh = D / Nh, M MLP
+width, L depth; below also K classes, R representation_size (pre-logits width), F = R or D (the width
+the head reads).
+
+FLOPs are counted as ``torch.utils.flop_counter.FlopCounterMode`` counts them: one multiply-add is
+2 FLOPs, and only matrix products and convolutions count (their bias additions do not). LayerNorm,
+BatchNorm, softmax, GELU, tanh, the attention scale, residual additions, LayerScale and the 2D
+resampling of the position table at another image size are all left out, as flop_counter leaves
+them out; together they are well under 1% of a ViT's FLOPs. Note that timm's and fvcore's tables
+list multiply-adds (MACs) under the name "FLOPs": their figures are half of these (ViT-B/16 at
+224 px: 17.6 GMACs = 35.1 GFLOPs here).
+"""
+
+from __future__ import annotations
+
+from vitlab.config import ViTConfig
+
+
+def _conv_stem_layers(cfg: ViTConfig) -> list[tuple[int, int]]:
+    """(c_in, c_out) of each 3x3 stride-2 conv of ``model.ConvStem``, in order."""
+    n_convs = cfg.patch_size.bit_length() - 1  # P = 2^n_convs
+    width = cfg.stem_width or max(cfg.embed_dim // 2 ** (n_convs - 1), 8)
+    layers, c_in = [], cfg.in_chans
+    for i in range(n_convs):
+        c_out = min(width * 2**i, cfg.embed_dim)
+        layers.append((c_in, c_out))
+        c_in = c_out
+    return layers
+
+
+def count_flops(config: ViTConfig, img_size: int | tuple[int, int] | None = None) -> int:
+    """Forward-pass FLOPs of one image (batch 1) at ``config.img_size`` or at ``img_size``.
+
+    With T = h*w patches and N = T + prefix tokens, the terms are (2 FLOPs per multiply-add):
+
+        patch projection  2 T D C P^2                       (Eq. 1's x_p E, a Conv2d with stride P)
+        or conv stem      sum_i 2 H_i W_i c_out_i c_in_i 9  (3x3 stride-2 convs, H_i = ceil(H_{i-1} / 2))
+                          + 2 T D c_last                    (the 1x1 projection)
+        per block (x L):
+            qkv           2 N D (3 D)
+            q @ k^T       2 Nh N N Dh = 2 N^2 D
+            attn @ v      2 Nh N N Dh = 2 N^2 D
+            proj          2 N D D
+            fc1, fc2      2 N D M each
+        pre_logits        2 D R                             (if representation_size; on the pooled vector)
+        head              2 F K                             (on the pooled vector)
+
+    So a block costs 2 N (4 D^2 + 2 D M) + 4 N^2 D. Whatever the pool, the head reads one vector per
+    image (the gap average itself is not counted). At another image size T and N follow the new grid,
+    as in the model's forward pass.
+    """
+    if img_size is None:
+        H, W = config.img_size
+    else:
+        H, W = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        if H % config.patch_size or W % config.patch_size:
+            raise ValueError(f"img_size={(H, W)} is not divisible by the patch size {config.patch_size}")
+    P, C, D, M, L = config.patch_size, config.in_chans, config.embed_dim, config.mlp_dim, config.depth
+    T = (H // P) * (W // P)  # h * w patches
+    N = T + config.num_prefix_tokens
+
+    if config.stem == "patch":
+        flops = 2 * T * D * C * P * P
+    else:
+        flops, h_i, w_i, c_last = 0, H, W, C
+        for c_in, c_out in _conv_stem_layers(config):
+            h_i, w_i = -(-h_i // 2), -(-w_i // 2)  # kernel 3, stride 2, padding 1: ceil(H / 2)
+            flops += 2 * h_i * w_i * c_out * c_in * 9
+            c_last = c_out
+        flops += 2 * T * D * c_last  # 1x1 projection to D
+
+    block = 2 * N * D * 3 * D  # qkv
+    block += 2 * (2 * N * N * D)  # q @ k^T and attn @ v, summed over the Nh heads of width Dh
+    block += 2 * N * D * D  # proj
+    block += 2 * (2 * N * D * M)  # fc1 and fc2
+    flops += L * block
+
+    if config.representation_size:
+        flops += 2 * D * config.representation_size
+    if config.num_classes:
+        flops += 2 * config.num_features * config.num_classes
+    return flops
+
+
+def count_params(config: ViTConfig) -> int:
+    """Trainable parameters of ``VisionTransformer(config)``, counted from the config (exact).
+
+        patch projection  D C P^2 + D
+        or conv stem      sum_i (9 c_in_i c_out_i + 2 c_out_i)   (bias-free convs + BatchNorm scale, shift)
+                          + c_last D + D                         (1x1 projection)
+        class token D, register tokens R_tok D, position table (class + h w) D if learned
+        per block (x L):  2 D (norm1) + 3 D^2 [+ 3 D qkv bias] [+ 4 Dh qk_norm] + D^2 + D (proj)
+                          [+ 2 D LayerScale] + 2 D (norm2) + D M + M (fc1) + M D + D (fc2)
+        final norm        2 D (on all tokens, or fc_norm after pooling)
+        pre_logits        D R + R;  head  F K + K
+
+    BatchNorm running statistics are buffers, not parameters, and are not counted.
+    """
+    D, M, P, C = config.embed_dim, config.mlp_dim, config.patch_size, config.in_chans
+    if config.stem == "patch":
+        n = D * C * P * P + D
+    else:
+        layers = _conv_stem_layers(config)
+        n = sum(9 * c_in * c_out + 2 * c_out for c_in, c_out in layers)
+        n += layers[-1][1] * D + D
+    n += D * int(config.class_token) + D * config.num_register_tokens
+    if config.pos_embed == "learned":
+        h, w = config.grid_size
+        n += (int(config.class_token) + h * w) * D
+
+    block = 2 * D  # norm1
+    block += 3 * D * D + (3 * D if config.qkv_bias else 0)  # qkv
+    block += 2 * 2 * config.head_dim if config.qk_norm else 0  # q_norm, k_norm
+    block += D * D + D  # proj
+    block += 2 * D if config.layer_scale_init is not None else 0  # ls1, ls2
+    block += 2 * D  # norm2
+    block += D * M + M + M * D + D  # fc1, fc2
+    n += config.depth * block
+
+    n += 2 * D  # norm (or fc_norm)
+    if config.representation_size:
+        n += D * config.representation_size + config.representation_size
+    if config.num_classes:
+        n += config.num_features * config.num_classes + config.num_classes
+    return n
