@@ -8,14 +8,13 @@ import json
 
 import pytest
 import torch
+import transformers  # noqa: E402
 from conftest import randomize_
 from safetensors.torch import load_file
 
 import vitlab
 from vitlab.convert import hf as hf_convert
 from vitlab.pos_embed import resample_pos_embed
-
-transformers = pytest.importorskip("transformers")
 
 TOL = 1e-4
 LABELS = ["ant", "bee", "cat", "dog", "eel", "fox", "gnu"]

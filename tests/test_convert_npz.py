@@ -3,16 +3,15 @@ layout written by this test's own mapping from a timm model -> vitlab.load; brok
 
 import numpy as np
 import pytest
+import timm  # noqa: E402
 import torch
 from conftest import randomize_
+from timm.models.vision_transformer import VisionTransformer as TimmViT  # noqa: E402
+from timm.models.vision_transformer import _load_weights as timm_load_npz  # noqa: E402
 
 import vitlab
 from vitlab import VisionTransformer, ViTConfig
 from vitlab.convert.npz import to_npz
-
-timm = pytest.importorskip("timm")
-from timm.models.vision_transformer import VisionTransformer as TimmViT  # noqa: E402
-from timm.models.vision_transformer import _load_weights as timm_load_npz  # noqa: E402
 
 TOL = 1e-4
 

@@ -2,12 +2,11 @@
 
 import pytest
 import torch
+import torchvision.models as tv_models  # noqa: E402
 from conftest import randomize_
 
 import vitlab
 from vitlab.preprocess import IMAGENET_MEAN, IMAGENET_STD
-
-tv_models = pytest.importorskip("torchvision.models")
 
 TOL = 1e-4
 

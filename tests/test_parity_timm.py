@@ -4,18 +4,17 @@ Runs in CI (timm is a dev dependency), never skipped there.
 """
 
 import pytest
+import timm  # noqa: E402
 import torch
 from conftest import randomize_
 from safetensors.torch import save_file
+from timm.layers import resample_abs_pos_embed  # noqa: E402
+from timm.models.vision_transformer import VisionTransformer as TimmViT  # noqa: E402
+from timm.models.vision_transformer import checkpoint_filter_fn  # noqa: E402
 
 import vitlab
 from vitlab.convert.timm import timm_model_args
 from vitlab.pos_embed import resample_pos_embed
-
-timm = pytest.importorskip("timm")
-from timm.layers import resample_abs_pos_embed  # noqa: E402
-from timm.models.vision_transformer import VisionTransformer as TimmViT  # noqa: E402
-from timm.models.vision_transformer import checkpoint_filter_fn  # noqa: E402
 
 TOL = 1e-4
 MODELS = [
