@@ -209,7 +209,7 @@ def load(
     return model
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """Write through a temporary file in the same folder, then rename: a crash or a full disk leaves the
     previous file intact and no partial file behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -248,7 +248,7 @@ def save(
     if names is not None:
         meta["class_names"] = json.dumps(list(names))
     sd = _plain_state_dict(model)
-    _atomic_write(path, lambda tmp: save_file(sd, str(tmp), metadata=meta))
+    atomic_write(path, lambda tmp: save_file(sd, str(tmp), metadata=meta))
     return path
 
 
@@ -258,9 +258,9 @@ def export_timm(model: VisionTransformer, path: str | Path) -> Path:
     path = Path(path)
     sd = timm_convert.to_timm(_plain_state_dict(model), model.config)
     if path.suffix == ".safetensors":
-        _atomic_write(path, lambda tmp: save_file(sd, str(tmp)))
+        atomic_write(path, lambda tmp: save_file(sd, str(tmp)))
     else:
-        _atomic_write(path, lambda tmp: torch.save(sd, tmp))
+        atomic_write(path, lambda tmp: torch.save(sd, tmp))
     return path
 
 
@@ -274,5 +274,5 @@ def export_npz(model: VisionTransformer, path: str | Path) -> Path:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
     return path

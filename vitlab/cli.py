@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,9 +27,11 @@ import vitlab
 from vitlab.flops import count_flops, count_params
 from vitlab.hub import CHECKPOINT_SUFFIXES, HubError
 from vitlab.registry import DEFAULT_PRETRAINED_TAGS, get_config, resolve_name, split_pretrained_tag
+from vitlab.train.config import TrainingError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2  # 1: some images of `predict` failed; 2: user error (as argparse)
-USER_ERRORS = (ValueError, HubError, OSError)  # CheckpointError is a ValueError, FileNotFoundError an OSError
+# CheckpointError and ConfigError are ValueErrors, FileNotFoundError an OSError.
+USER_ERRORS = (ValueError, HubError, OSError, TrainingError)
 ALIAS_HELP = "aliases: Ti|S|B|L|H/<patch>[@<img_size>], e.g. B/16 = vit_base_patch16_224, B/16@384, Ti/4@32"
 SUFFIX_FORMATS = {".safetensors": "vitlab", ".npz": "npz", ".pth": "timm", ".pt": "timm", ".bin": "timm"}
 
@@ -248,6 +251,103 @@ def predict(images: Sequence[str], model: str, topk: int = 5, device: str = "cpu
     return EXIT_OK
 
 
+# ----------------------------------------------------------------------------------------------- train
+
+
+def train(recipe: str | None, config: str | None, overrides: Sequence[str], out: str | None, name: str | None,
+          resume: str | None, progress: bool = True) -> int:
+    """Train per a recipe / config file / overrides into a new run folder, or continue one (``resume``)."""
+    from datetime import datetime
+
+    from vitlab.train.config import load_config
+    from vitlab.train.trainer import load_resume_config
+    from vitlab.train.trainer import train as run_training
+
+    if resume:
+        if recipe or config or overrides:
+            raise ValueError("--resume continues a run with the config it was started with; drop --recipe, "
+                             "--config and --set")
+        cfg, run_dir = load_resume_config(resume), Path(resume)
+    else:
+        cfg = load_config(recipe, config, list(overrides))
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        label = name or cfg.run_name or f"{recipe or Path(config).stem if (recipe or config) else 'run'}-{stamp}"
+        run_dir = Path(out or cfg.out_dir) / label
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise ValueError(f"run folder {run_dir} already exists and is not empty; pick another --name, "
+                             f"or continue it with --resume {run_dir}")
+    result = run_training(cfg, run_dir=run_dir, resume=bool(resume), progress=progress)
+    if result.interrupted:
+        return EXIT_FAILED
+    acc = f"{result.val_acc:.4f}" if result.val_acc is not None else "n/a"
+    print(f"done: {result.step} steps, {result.epoch} epochs, val accuracy {acc}; run folder {run_dir}")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------ eval, demo
+
+
+def evaluate(checkpoint: str, data: str, split: str = "test", data_dir: str | None = None, out: str | None = None,
+             batch_size: int = 256, device: str = "cpu") -> int:
+    """Top-1/top-5 and per-class accuracy of a checkpoint on a data set; writes eval.json and confusion.png."""
+    from vitlab.data import load_dataset
+    from vitlab.evaluate import evaluate_model
+    from vitlab.plot import plot_confusion
+
+    model = _cli_warnings(vitlab.load, checkpoint)
+    dataset = load_dataset(data, split, data_dir=data_dir)
+    result = evaluate_model(model, dataset, batch_size=batch_size, device=_device(device))
+    ckpt = Path(checkpoint)
+    label = data.replace(":", "_").replace("/", "_")
+    default_out = (ckpt.parent if ckpt.is_file() else Path(".")) / f"eval-{label}-{split}"
+    out_dir = Path(out) if out else default_out
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result.save_json(out_dir / "eval.json")
+    plot_confusion(result.confusion, result.class_names, out_dir / "confusion.png")
+    print(f"{checkpoint} on {data} ({split}, {result.num_images} images): top-1 {result.top1:.4f}, "
+          f"top-5 {result.top5:.4f}")
+    worst = sorted(result.per_class.items(), key=lambda kv: kv[1])[:5]
+    print("lowest per-class accuracy: " + ", ".join(f"{n} {a:.3f}" for n, a in worst))
+    print(f"wrote {out_dir / 'eval.json'} and {out_dir / 'confusion.png'}")
+    return EXIT_OK
+
+
+def demo(out: str = "runs", progress: bool = True) -> int:
+    """Train the demo recipe on `shapes` (offline), evaluate it and draw what it learned."""
+    from datetime import datetime
+
+    from vitlab.attention import last_layer_attention, upsample_map
+    from vitlab.data import load_dataset
+    from vitlab.evaluate import evaluate_model
+    from vitlab.plot import plot_attention_overlays, plot_confusion
+    from vitlab.train.config import load_config
+    from vitlab.train.trainer import train as run_training
+
+    run_dir = Path(out) / f"demo-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    started = time.perf_counter()
+    run_training(load_config("demo"), run_dir=run_dir, progress=progress)
+    model = vitlab.load(run_dir / "model.safetensors")
+    test = load_dataset("shapes", "test")
+    result = evaluate_model(model, test)
+    result.save_json(run_dir / "eval.json")
+    plot_confusion(result.confusion, result.class_names, run_dir / "confusion.png")
+    pre = model.preprocessing
+    images = test.images[:8]
+    x = (images.float() / 255 - torch.tensor(pre.mean)[:, None, None]) / torch.tensor(pre.std)[:, None, None]
+    maps = upsample_map(last_layer_attention(model, x), tuple(images.shape[-2:]))
+    pred = model(x).argmax(-1).tolist()
+    titles = [f"{test.class_names[t]} -> {model.class_names[p]}" for t, p in zip(test.labels[:8].tolist(), pred,
+                                                                                 strict=True)]
+    plot_attention_overlays(images.permute(0, 2, 3, 1).numpy(), maps.numpy(), titles, run_dir / "attention.png")
+    minutes = (time.perf_counter() - started) / 60
+    print(f"\nshapes test accuracy: top-1 {result.top1:.4f} ({result.num_images} images) after {minutes:.1f} min")
+    print(f"run folder {run_dir}: model.safetensors, metrics.jsonl, curves.png, confusion.png, attention.png")
+    print("next: vitlab predict IMAGE --model " + str(run_dir / "model.safetensors"))
+    print("      vitlab train --recipe demo --set data.dataset=cifar10   (or folder:PATH for your own images)")
+    print("      vitlab eval --checkpoint " + str(run_dir / "model.safetensors") + " --data shapes")
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------------------------------------ main
 
 
@@ -305,6 +405,41 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how many classes to print per image (default: 5)")
     p.add_argument("--device", default="cpu", help="torch device to run on: cpu, cuda, cuda:1, mps (default: cpu)")
     p.set_defaults(func=lambda a: predict(a.images, a.model, a.topk, a.device, a.pretrained))
+    p = sub.add_parser("train", help="train or fine-tune a ViT (recipes, config files, overrides, resume)",
+                       description="Train from scratch or fine-tune. The config is a built-in recipe "
+                                   "(vitlab/recipes/*.toml, copy one to start your own) or --config FILE, then "
+                                   "--set overrides. Checkpoints are written atomically; Ctrl-C or SIGTERM "
+                                   "writes one and stops; --resume RUN_DIR continues exactly.")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--recipe", "-r", metavar="NAME", help="a built-in recipe: demo, finetune, ...")
+    src.add_argument("--config", "-c", metavar="FILE", help="a TOML config file (a recipe's format)")
+    p.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set optim.lr=3e-4 --set data.dataset=cifar10 (repeatable)")
+    p.add_argument("--out", metavar="DIR", help="parent folder of run folders (default: the config's out_dir)")
+    p.add_argument("--name", metavar="NAME", help="run folder name (default: <recipe>-<timestamp>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest checkpoint")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(func=lambda a: train(a.recipe, a.config, a.overrides, a.out, a.name, a.resume, a.progress))
+    p = sub.add_parser("eval", help="accuracy of a checkpoint on a data set (top-1/5, per class, confusion)",
+                       description="Evaluate a checkpoint on a data set: top-1, top-5 and per-class accuracy, "
+                                   "written with the confusion matrix to eval.json and confusion.png.")
+    p.add_argument("--checkpoint", required=True, metavar="CHECKPOINT", help="a checkpoint of any supported format")
+    p.add_argument("--data", required=True, metavar="DATASET", help="shapes, cifar10, cifar100 or folder:PATH")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"), help="which split (default: test)")
+    p.add_argument("--data-dir", metavar="DIR", help="an existing copy of the data set")
+    p.add_argument("--out", metavar="DIR", help="where to write eval.json and confusion.png "
+                                                 "(default: eval-<data>-<split> beside the checkpoint)")
+    p.add_argument("--batch-size", type=_positive, default=256, metavar="N", help="images per batch (default: 256)")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.set_defaults(func=lambda a: evaluate(a.checkpoint, a.data, a.split, a.data_dir, a.out, a.batch_size, a.device))
+
+    p = sub.add_parser("demo", help="train a small ViT on the built-in shapes data, offline, and show what it learned",
+                       description="Train the `demo` recipe on the synthetic shapes data set (no download), "
+                                   "evaluate it, and leave a run folder with the model, curves, confusion matrix "
+                                   "and attention overlays.")
+    p.add_argument("--out", default="runs", metavar="DIR", help="parent folder of the run folder (default: runs)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(func=lambda a: demo(a.out, a.progress))
     return parser
 
 

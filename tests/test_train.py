@@ -1,0 +1,152 @@
+"""The trainer never loses work: exact resume after SIGKILL, after a kill mid-write, after SIGTERM;
+a non-finite loss stops with the last good checkpoint intact."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import vitlab
+from vitlab.train.config import TrainingError, load_config
+from vitlab.train.state import latest_state, list_checkpoints
+from vitlab.train.trainer import train
+
+# A tiny model on `shapes`; drop_path uses the global RNG, so its state must be restored on resume.
+TINY = ["model.overrides={embed_dim = 32, depth = 2, num_heads = 2, mlp_dim = 64, drop_path_rate = 0.1}",
+        "data.batch_size=32", "max_steps=8", "ckpt_every_steps=4", "log_every_steps=1", "keep_last=3",
+        "data.auto_augment=\"trivial\"", "data.mixup_alpha=0.2", "data.cutmix_alpha=1.0", "data.random_erasing=0.25"]
+
+
+def tiny_config(*extra):
+    return load_config("demo", overrides=TINY + list(extra))
+
+
+def run_script(code: str, run_dir, timeout=300) -> subprocess.CompletedProcess:
+    """Train in a child process; ``code`` runs first (to inject a fault)."""
+    script = textwrap.dedent(code) + textwrap.dedent(f"""
+        from vitlab.train.config import load_config
+        from vitlab.train.trainer import train
+        cfg = load_config("demo", overrides={TINY!r})
+        train(cfg, run_dir={str(run_dir)!r}, progress=False)
+    """)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("straight")
+    result = train(tiny_config(), run_dir=run_dir, progress=False)
+    assert result.step == 8 and not result.interrupted
+    return run_dir
+
+
+def final_weights(run_dir):
+    return load_file(str(run_dir / "model.safetensors"))
+
+
+def assert_same_weights(a, b):
+    wa, wb = final_weights(a), final_weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+def test_run_folder_is_complete(straight):
+    assert {"config.json", "environment.json", "metrics.jsonl", "model.safetensors", "best.safetensors"} <= {
+        p.name for p in straight.iterdir()}
+    env = json.loads((straight / "environment.json").read_text())
+    assert env["torch"] == torch.__version__ and "git" in env
+    records = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == list(range(1, 9))
+    assert any("val_acc" in r for r in records)
+    model = vitlab.load(straight / "model.safetensors")
+    assert model.class_names and len(model.class_names) == model.config.num_classes
+    assert [p.name for p in list_checkpoints(straight)] == ["ckpt-step00000008.pt", "ckpt-step00000004.pt"]
+
+
+def test_sigkill_then_resume_gives_identical_weights(straight, tmp_path):
+    run_dir = tmp_path / "killed"
+    proc = run_script("""
+        import os, signal
+        import vitlab.train.trainer as T
+        real = T.save_state
+        def save_then_die(run_dir, state, keep_last):
+            path = real(run_dir, state, keep_last)
+            if state["step"] == 4:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return path
+        T.save_state = save_then_die
+    """, run_dir)
+    assert proc.returncode == -9, proc.stderr
+    assert [p.name for p in list_checkpoints(run_dir)] == ["ckpt-step00000004.pt"]
+    assert not (run_dir / "model.safetensors").exists()
+    result = train(load_config("demo", overrides=TINY), run_dir=run_dir, resume=True, progress=False)
+    assert result.step == 8
+    assert_same_weights(straight, run_dir)
+
+
+def test_killed_while_writing_a_checkpoint_resumes_from_the_previous_one(straight, tmp_path):
+    run_dir = tmp_path / "torn"
+    proc = run_script("""
+        import os, signal
+        import vitlab.train.state as S
+        real = S.torch.save
+        def torn_save(obj, f):
+            if obj["step"] == 8:
+                with open(f, "wb") as out:
+                    out.write(b"half a checkpoint")
+                os.kill(os.getpid(), signal.SIGKILL)
+            real(obj, f)
+        S.torch.save = torn_save
+    """, run_dir)
+    assert proc.returncode == -9, proc.stderr
+    assert [p.name for p in list_checkpoints(run_dir)] == ["ckpt-step00000004.pt"]  # the torn one never landed
+    path, state = latest_state(run_dir)
+    assert state["step"] == 4
+    train(load_config("demo", overrides=TINY), run_dir=run_dir, resume=True, progress=False)
+    assert_same_weights(straight, run_dir)
+
+
+def test_sigterm_writes_a_checkpoint_and_exits_cleanly(straight, tmp_path):
+    run_dir = tmp_path / "term"
+    proc = run_script("""
+        import os, signal
+        import vitlab.train.trainer as T
+        real = T.set_lr
+        def set_lr_then_term(opt, cfg, step, total):
+            if step == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return real(opt, cfg, step, total)
+        T.set_lr = set_lr_then_term
+    """, run_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert "stopped by signal" in proc.stderr and "--resume" in proc.stderr
+    assert [p.name for p in list_checkpoints(run_dir)] == ["ckpt-step00000003.pt"]
+    train(load_config("demo", overrides=TINY), run_dir=run_dir, resume=True, progress=False)
+    assert_same_weights(straight, run_dir)
+
+
+def test_non_finite_loss_stops_with_the_last_good_checkpoint(tmp_path, monkeypatch):
+    import vitlab.train.trainer as T
+
+    real, calls = T.F.cross_entropy, []
+
+    def poisoned(logits, target, *a, **k):
+        calls.append(1)
+        loss = real(logits, target, *a, **k)
+        return loss * float("nan") if len(calls) == 6 else loss
+
+    monkeypatch.setattr(T.F, "cross_entropy", poisoned)
+    with pytest.raises(TrainingError, match="non-finite loss .* at step 5 .*last good checkpoint"):
+        train(tiny_config(), run_dir=tmp_path, progress=False)
+    path, state = latest_state(tmp_path)
+    assert state["step"] == 4 and path.name == "ckpt-step00000004.pt"
+
+
+def test_resume_needs_a_checkpoint(tmp_path):
+    with pytest.raises(TrainingError, match="no readable checkpoint"):
+        train(tiny_config(), run_dir=tmp_path, resume=True, progress=False)

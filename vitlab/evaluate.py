@@ -1,0 +1,73 @@
+"""Evaluation of a classifier on a data set: top-1/top-5, per-class accuracy, confusion matrix."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vitlab.data import BatchLoader, ImageDataset
+from vitlab.model import VisionTransformer
+
+
+@dataclass
+class EvalResult:
+    top1: float
+    top5: float
+    per_class: dict[str, float]  # class name -> accuracy on that class
+    confusion: np.ndarray  # (K, K) counts, rows: true class, columns: predicted
+    class_names: list[str]
+    num_images: int
+
+    def to_dict(self) -> dict:
+        return {"top1": self.top1, "top5": self.top5, "num_images": self.num_images, "per_class": self.per_class,
+                "class_names": self.class_names, "confusion": self.confusion.tolist()}
+
+    def save_json(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=1))
+        return path
+
+
+def class_index_map(model: VisionTransformer, dataset: ImageDataset) -> torch.Tensor:
+    """For each dataset class, the model's output index (by name when the model knows its class names)."""
+    names, k = model.class_names, model.config.num_classes
+    if len(dataset.class_names) > k:
+        raise ValueError(f"the data set has {len(dataset.class_names)} classes, the model's head only {k}")
+    if not names:
+        return torch.arange(len(dataset.class_names))
+    missing = [c for c in dataset.class_names if c not in names]
+    if missing:
+        raise ValueError(f"the data set's classes {missing[:5]} are not among the model's classes "
+                         f"({', '.join(names[:10])}{', ...' if len(names) > 10 else ''}); was it trained on this data?")
+    return torch.tensor([names.index(c) for c in dataset.class_names])
+
+
+@torch.no_grad()
+def evaluate_model(model: VisionTransformer, dataset: ImageDataset, *, batch_size: int = 256,
+                   device: str | torch.device = "cpu") -> EvalResult:
+    """Accuracy of ``model`` on every image of ``dataset`` (no augmentation; the model's mean/std)."""
+    device = torch.device(device)
+    model = model.eval().to(device)
+    to_model = class_index_map(model, dataset).to(device)  # dataset label -> model class index
+    k = model.config.num_classes
+    pre = model.preprocessing
+    loader = BatchLoader(dataset, batch_size, train=False, augment=None, mean=pre.mean, std=pre.std,
+                         num_classes=len(dataset.class_names), device=device)
+    confusion = torch.zeros(k, k, dtype=torch.int64)
+    top5 = total = 0
+    for x, y in loader.epoch(0):
+        logits = model(x)
+        target = to_model[y]
+        pred = logits.argmax(-1)
+        confusion += torch.bincount(target * k + pred, minlength=k * k).reshape(k, k).cpu()
+        top5 += (logits.topk(min(5, k), dim=-1).indices == target[:, None]).any(-1).sum().item()
+        total += y.numel()
+    names = model.class_names or list(dataset.class_names) + [f"class_{i}" for i in range(len(dataset.class_names), k)]
+    per_class = {names[i]: (confusion[i, i] / confusion[i].sum()).item() for i in to_model.tolist()
+                 if confusion[i].sum() > 0}
+    return EvalResult(top1=confusion.diag().sum().item() / max(total, 1), top5=top5 / max(total, 1),
+                      per_class=per_class, confusion=confusion.numpy(), class_names=list(names), num_images=total)

@@ -1,0 +1,75 @@
+"""Optimizer, parameter groups and learning-rate schedule.
+
+- No weight decay on LayerNorm/BatchNorm weights, biases, LayerScale, position embeddings and the
+  class/register tokens (every 1-D tensor, plus ``pos_embed``, ``cls_token``, ``reg_token``).
+- Layer-wise learning-rate decay (BEiT; used for fine-tuning): block i gets lr * decay^(L - i), the
+  embeddings lr * decay^(L + 1), the final norm and head the full lr.
+- Schedule: linear warmup from 0 to the peak over ``warmup_steps``, then cosine to ``min_lr`` (paper
+  App. B.1 uses linear warmup then cosine or linear decay). The lr is a pure function of the step, so
+  resuming needs nothing but the step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from vitlab.model import VisionTransformer
+from vitlab.train.config import OptimConfig
+
+NO_DECAY_NAMES = ("pos_embed", "cls_token", "reg_token")
+
+
+def layer_id(name: str, depth: int) -> int:
+    """0 for the embeddings, i + 1 for block i, depth + 1 for the final norm, pre-logits and head."""
+    if name.startswith(("patch_embed", "pos_embed", "cls_token", "reg_token")):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return depth + 1
+
+
+def param_groups(model: VisionTransformer, weight_decay: float, layer_decay: float = 1.0) -> list[dict]:
+    depth = model.config.depth
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        decay = p.ndim > 1 and name not in NO_DECAY_NAMES
+        lid = layer_id(name, depth)
+        g = groups.setdefault((lid, decay), {
+            "params": [], "names": [], "weight_decay": weight_decay if decay else 0.0,
+            "lr_scale": layer_decay ** (depth + 1 - lid),
+        })
+        g["params"].append(p)
+        g["names"].append(name)
+    return list(groups.values())
+
+
+def build_optimizer(model: VisionTransformer, cfg: OptimConfig) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.weight_decay, cfg.layer_decay)
+    for g in groups:
+        g.pop("names")
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    raise ValueError(f"optim.optimizer={cfg.optimizer!r} is not one of 'adamw', 'sgd'")
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.0) -> float:
+    """Multiplier of the peak lr at optimizer step ``step`` (0-based): linear warmup, then cosine."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    progress = min(progress, 1.0)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, cfg: OptimConfig, step: int, total_steps: int) -> float:
+    """Set every group's lr for ``step``; return the peak-group lr."""
+    lr = cfg.lr * lr_factor(step, total_steps, cfg.warmup_steps, cfg.min_lr / cfg.lr if cfg.lr else 0.0)
+    for g in optimizer.param_groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)
+    return lr

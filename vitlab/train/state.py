@@ -1,0 +1,82 @@
+"""Training checkpoints that never lose work: atomic, self-describing, resumable exactly.
+
+A training checkpoint (``ckpt-step00001234.pt``) holds the model, optimizer, EMA and scaler state,
+the position in the data (epoch, batch within the epoch, optimizer step), every RNG state and the
+resolved config. It is written to a temporary file, flushed to disk and renamed, so a process killed
+mid-write (or a full disk) leaves the previous checkpoint intact; only the last ``keep_last`` are kept.
+It holds only tensors and plain containers, so it loads with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vitlab.checkpoint import atomic_write
+from vitlab.convert import CheckpointError
+
+TRAIN_FORMAT = "vitlab-train"
+TRAIN_FORMAT_VERSION = 1
+_CKPT = re.compile(r"^ckpt-step(\d+)\.pt$")
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    return run_dir / f"ckpt-step{step:08d}.pt"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Training checkpoints of a run folder, newest (highest step) first."""
+    found = [(int(m[1]), p) for p in run_dir.glob("ckpt-step*.pt") if (m := _CKPT.match(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def save_state(run_dir: Path, state: dict[str, Any], keep_last: int) -> Path:
+    """Write ``state`` as the checkpoint of its step, atomically; prune all but the newest ``keep_last``."""
+    path = checkpoint_path(run_dir, state["step"])
+    state = {"format": TRAIN_FORMAT, "format_version": TRAIN_FORMAT_VERSION, **state, "rng": rng_state()}
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    for old in list_checkpoints(run_dir)[max(keep_last, 1):]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure to read means: not a usable checkpoint
+        raise CheckpointError(f"{path} is not a readable training checkpoint (truncated or corrupt?): {e}") from e
+    if not isinstance(state, dict) or state.get("format") != TRAIN_FORMAT:
+        raise CheckpointError(f"{path} is not a vitlab training checkpoint")
+    if state["format_version"] > TRAIN_FORMAT_VERSION:
+        raise CheckpointError(f"{path} was written by a newer vitlab; upgrade to resume it")
+    return state
+
+
+def latest_state(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint of a run folder that reads back; a damaged one is skipped with a warning."""
+    import warnings
+
+    for path in list_checkpoints(run_dir):
+        try:
+            return path, load_state(path)
+        except CheckpointError as e:
+            warnings.warn(f"skipping {path.name}: {e}", stacklevel=2)
+    return None
