@@ -150,3 +150,35 @@ def test_non_finite_loss_stops_with_the_last_good_checkpoint(tmp_path, monkeypat
 def test_resume_needs_a_checkpoint(tmp_path):
     with pytest.raises(TrainingError, match="no readable checkpoint"):
         train(tiny_config(), run_dir=tmp_path, resume=True, progress=False)
+
+
+def test_finetune_from_a_checkpoint_at_another_resolution_and_class_count(tmp_path):
+    init = vitlab.create_model("Ti/4@32", img_size=16, num_classes=10, embed_dim=32, depth=2, num_heads=2, mlp_dim=64)
+    path = vitlab.save(init, tmp_path / "init.safetensors", class_names=[f"c{i}" for i in range(10)])
+    cfg = load_config("finetune", overrides=["data.batch_size=32", "max_steps=2", "ckpt_every_steps=100",
+                                             f"model.init={str(path)!r}", "optim.warmup_steps=1"])
+    with pytest.warns(UserWarning, match="10 classes, 6 were asked for"):
+        result = train(cfg, run_dir=tmp_path / "ft", progress=False)
+    model = vitlab.load(tmp_path / "ft" / "model.safetensors")
+    assert model.config.img_size == (32, 32) and model.config.num_classes == 6 and result.step == 2
+    assert model.class_names == vitlab.data.SHAPES_CLASS_NAMES
+    assert model.pos_embed.shape == (1, 1 + 64, 32)  # resampled from the 4x4 grid to 8x8
+
+
+def test_bf16_autocast_and_gradient_accumulation(tmp_path):
+    cfg = tiny_config("amp=\"bf16\"", "optim.accum_steps=2", "max_steps=3")
+    result = train(cfg, run_dir=tmp_path, progress=False)
+    assert result.step == 3 and 0.0 <= result.val_acc <= 1.0
+    assert all(torch.isfinite(t).all() for t in final_weights(tmp_path).values())
+
+
+def test_eval_command_writes_json_and_confusion(straight, tmp_path, capsys):
+    from vitlab.cli import main
+
+    assert main(["eval", "--checkpoint", str(straight / "model.safetensors"), "--data", "shapes",
+                 "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert result["num_images"] == 2000 and 0.0 <= result["top1"] <= result["top5"] <= 1.0
+    assert len(result["confusion"]) == 6 and sum(map(sum, result["confusion"])) == 2000
+    assert (tmp_path / "confusion.png").stat().st_size > 1000
+    assert "top-1" in capsys.readouterr().out
