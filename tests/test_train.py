@@ -182,3 +182,12 @@ def test_eval_command_writes_json_and_confusion(straight, tmp_path, capsys):
     assert len(result["confusion"]) == 6 and sum(map(sum, result["confusion"])) == 2000
     assert (tmp_path / "confusion.png").stat().st_size > 1000
     assert "top-1" in capsys.readouterr().out
+
+
+def test_fewshot_command(straight, capsys):
+    from vitlab.cli import main
+
+    assert main(["fewshot", "--checkpoint", str(straight / "model.safetensors"), "--data", "shapes",
+                 "--shots", "1,5", "--seeds", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "  1-shot" in out and "  5-shot" in out and "chance 0.167" in out

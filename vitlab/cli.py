@@ -312,6 +312,30 @@ def evaluate(checkpoint: str, data: str, split: str = "test", data_dir: str | No
     return EXIT_OK
 
 
+def fewshot(checkpoint: str, data: str, shots: str = "1,5,10,25", seeds: int = 5, l2_reg: float = 1.0,
+            data_dir: str | None = None, batch_size: int = 256, device: str = "cpu") -> int:
+    """Linear few-shot accuracy of a checkpoint's frozen features (the ViT paper's evaluation)."""
+    from vitlab.data import load_dataset
+    from vitlab.evaluate import extract_features
+    from vitlab.evaluate import fewshot as run_fewshot
+
+    try:
+        counts = sorted({int(n) for n in shots.split(",")})
+    except ValueError as e:
+        raise ValueError(f"--shots {shots!r}: expected comma-separated integers such as 1,5,10,25") from e
+    model = _cli_warnings(vitlab.load, checkpoint)
+    train_set, test_set = load_dataset(data, "train", data_dir=data_dir), load_dataset(data, "test", data_dir=data_dir)
+    dev = _device(device)
+    train_x = extract_features(model, train_set, batch_size=batch_size, device=dev)
+    test_x = extract_features(model, test_set, batch_size=batch_size, device=dev)
+    results = run_fewshot(train_x, train_set.labels, test_x, test_set.labels, counts, seeds, l2_reg)
+    print(f"{checkpoint} on {data}: linear few-shot top-1 ({seeds} seeds, l2_reg {l2_reg}, "
+          f"{len(test_set)} test images, chance {1 / len(train_set.class_names):.3f})")
+    for n, (mean, std) in results.items():
+        print(f"  {n:>3}-shot  {mean:.4f} +- {std:.4f}")
+    return EXIT_OK
+
+
 def demo(out: str = "runs", progress: bool = True) -> int:
     """Train the demo recipe on `shapes` (offline), evaluate it and draw what it learned."""
     from datetime import datetime
@@ -440,6 +464,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs", metavar="DIR", help="parent folder of the run folder (default: runs)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=lambda a: demo(a.out, a.progress))
+    p = sub.add_parser("fewshot", help="linear few-shot accuracy of frozen features (ViT paper Sec. 4.1)",
+                       description="Closed-form regularised least squares from the frozen pooled features of "
+                                   "N images per class to {-1, 1} targets, evaluated on the test split; mean and "
+                                   "std over several random subsets.")
+    p.add_argument("--checkpoint", required=True, metavar="CHECKPOINT", help="a checkpoint of any supported format")
+    p.add_argument("--data", required=True, metavar="DATASET", help="shapes, cifar10, cifar100 or folder:PATH")
+    p.add_argument("--shots", default="1,5,10,25", metavar="N,N,...", help="images per class (default: 1,5,10,25)")
+    p.add_argument("--seeds", type=_positive, default=5, metavar="S", help="random subsets per shot count (default 5)")
+    p.add_argument("--l2-reg", type=float, default=1.0, metavar="L", help="ridge regularisation (default: 1.0)")
+    p.add_argument("--data-dir", metavar="DIR", help="an existing copy of the data set")
+    p.add_argument("--batch-size", type=_positive, default=256, metavar="N", help="images per batch (default: 256)")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.set_defaults(func=lambda a: fewshot(a.checkpoint, a.data, a.shots, a.seeds, a.l2_reg, a.data_dir,
+                                          a.batch_size, a.device))
     return parser
 
 

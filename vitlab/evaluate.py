@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from vitlab.data import BatchLoader, ImageDataset
 from vitlab.model import VisionTransformer
@@ -71,3 +72,53 @@ def evaluate_model(model: VisionTransformer, dataset: ImageDataset, *, batch_siz
                  if confusion[i].sum() > 0}
     return EvalResult(top1=confusion.diag().sum().item() / max(total, 1), top5=top5 / max(total, 1),
                       per_class=per_class, confusion=confusion.numpy(), class_names=list(names), num_images=total)
+
+
+@torch.no_grad()
+def extract_features(model: VisionTransformer, dataset: ImageDataset, *, batch_size: int = 256,
+                     device: str | torch.device = "cpu") -> torch.Tensor:
+    """Frozen pooled representations (N, num_features): the input of the head (``pre_logits=True``)."""
+    device = torch.device(device)
+    model = model.eval().to(device)
+    pre = model.preprocessing
+    loader = BatchLoader(dataset, batch_size, train=False, augment=None, mean=pre.mean, std=pre.std,
+                         num_classes=len(dataset.class_names), device=device)
+    return torch.cat([model.forward_head(model.forward_features(x), pre_logits=True).float().cpu()
+                      for x, _ in loader.epoch(0)])
+
+
+def fewshot_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+                     shots: int, seed: int, l2_reg: float = 1.0) -> float:
+    """The ViT paper's linear few-shot evaluation (Sec. 4.1): closed-form regularised least squares from
+    frozen features of ``shots`` images per class to targets in {-1, 1}^K, then top-1 on the test set.
+
+    Features are L2-normalised and centred on the few-shot subset; W = X^T (X X^T + l2_reg I)^-1 Y
+    (the dual form: the subset has far fewer rows than features).
+    """
+    k = int(train_y.max()) + 1
+    g = torch.Generator().manual_seed(seed)
+    idx = []
+    for c in range(k):
+        members = (train_y == c).nonzero()[:, 0]
+        if len(members) < shots:
+            raise ValueError(f"class {c} has {len(members)} training images, fewer than {shots} shots")
+        idx.append(members[torch.randperm(len(members), generator=g)[:shots]])
+    idx = torch.cat(idx)
+    x = F.normalize(train_x[idx].double(), dim=-1)
+    mean = x.mean(dim=0, keepdim=True)
+    x = x - mean
+    y = -torch.ones(len(idx), k, dtype=torch.float64)
+    y[torch.arange(len(idx)), train_y[idx]] = 1.0
+    w = x.T @ torch.linalg.solve(x @ x.T + l2_reg * torch.eye(len(idx), dtype=torch.float64), y)  # (D, K)
+    pred = ((F.normalize(test_x.double(), dim=-1) - mean) @ w).argmax(dim=-1)
+    return (pred == test_y).double().mean().item()
+
+
+def fewshot(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+            shots: list[int], seeds: int = 5, l2_reg: float = 1.0) -> dict[int, tuple[float, float]]:
+    """{shots: (mean, std) of top-1 over ``seeds`` random subsets}."""
+    out = {}
+    for n in shots:
+        accs = torch.tensor([fewshot_accuracy(train_x, train_y, test_x, test_y, n, s, l2_reg) for s in range(seeds)])
+        out[n] = (accs.mean().item(), accs.std(unbiased=False).item())
+    return out
