@@ -191,3 +191,32 @@ def test_fewshot_command(straight, capsys):
                  "--shots", "1,5", "--seeds", "2"]) == 0
     out = capsys.readouterr().out
     assert "  1-shot" in out and "  5-shot" in out and "chance 0.167" in out
+
+
+def test_large_images_stream_through_the_trainer_and_eval(tmp_path):
+    from PIL import Image
+
+    rng = torch.Generator().manual_seed(0)
+    for split, n in (("train", 8), ("val", 4)):
+        for c, colour in enumerate(((200, 40, 40), (40, 40, 200))):
+            folder = tmp_path / "data" / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(n):
+                noise = torch.randint(0, 40, (96, 112, 3), generator=rng, dtype=torch.uint8)
+                img = (torch.tensor(colour, dtype=torch.uint8) + noise).numpy()
+                Image.fromarray(img).save(folder / f"{i}.png")
+    cfg = load_config("demo", overrides=[
+        f"data.dataset='folder:{tmp_path / 'data'}'", "data.image_size=96", "data.batch_size=8", "max_steps=2",
+        "data.num_workers=0", "model.name='vit_tiny_patch16_224'",
+        "model.overrides={embed_dim = 32, depth = 1, num_heads = 2, mlp_dim = 32}"])
+    # 96 px > 64 px: the images are streamed through a DataLoader, not held in memory
+    result = train(cfg, run_dir=tmp_path / "run", progress=False)
+    assert result.step == 2 and 0.0 <= result.val_acc <= 1.0
+    model = vitlab.load(tmp_path / "run" / "model.safetensors")
+    assert model.config.img_size == (96, 96) and model.class_names == ["class0", "class1"]
+    from vitlab.data import StreamingDataset, load_dataset
+    from vitlab.evaluate import evaluate_model
+
+    val = load_dataset(f"folder:{tmp_path / 'data'}", "val", image_size=96)
+    assert isinstance(val, StreamingDataset)
+    assert evaluate_model(model, val, batch_size=4).num_images == 8

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vitlab.data import BatchLoader, ImageDataset
+from vitlab.data import ImageDataset, StreamingDataset, make_loader
 from vitlab.model import VisionTransformer
 
 
@@ -33,7 +33,7 @@ class EvalResult:
         return path
 
 
-def class_index_map(model: VisionTransformer, dataset: ImageDataset) -> torch.Tensor:
+def class_index_map(model: VisionTransformer, dataset: ImageDataset | StreamingDataset) -> torch.Tensor:
     """For each dataset class, the model's output index (by name when the model knows its class names)."""
     names, k = model.class_names, model.config.num_classes
     if len(dataset.class_names) > k:
@@ -48,15 +48,14 @@ def class_index_map(model: VisionTransformer, dataset: ImageDataset) -> torch.Te
 
 
 @torch.no_grad()
-def evaluate_model(model: VisionTransformer, dataset: ImageDataset, *, batch_size: int = 256,
+def evaluate_model(model: VisionTransformer, dataset: ImageDataset | StreamingDataset, *, batch_size: int = 256,
                    device: str | torch.device = "cpu") -> EvalResult:
     """Accuracy of ``model`` on every image of ``dataset`` (no augmentation; the model's mean/std)."""
     device = torch.device(device)
     model = model.eval().to(device)
     to_model = class_index_map(model, dataset).to(device)  # dataset label -> model class index
     k = model.config.num_classes
-    pre = model.preprocessing
-    loader = BatchLoader(dataset, batch_size, train=False, augment=None, mean=pre.mean, std=pre.std,
+    loader = make_loader(dataset, batch_size, train=False, augment=None, preprocessing=model.preprocessing,
                          num_classes=len(dataset.class_names), device=device)
     confusion = torch.zeros(k, k, dtype=torch.int64)
     top5 = total = 0
@@ -75,13 +74,12 @@ def evaluate_model(model: VisionTransformer, dataset: ImageDataset, *, batch_siz
 
 
 @torch.no_grad()
-def extract_features(model: VisionTransformer, dataset: ImageDataset, *, batch_size: int = 256,
+def extract_features(model: VisionTransformer, dataset: ImageDataset | StreamingDataset, *, batch_size: int = 256,
                      device: str | torch.device = "cpu") -> torch.Tensor:
     """Frozen pooled representations (N, num_features): the input of the head (``pre_logits=True``)."""
     device = torch.device(device)
     model = model.eval().to(device)
-    pre = model.preprocessing
-    loader = BatchLoader(dataset, batch_size, train=False, augment=None, mean=pre.mean, std=pre.std,
+    loader = make_loader(dataset, batch_size, train=False, augment=None, preprocessing=model.preprocessing,
                          num_classes=len(dataset.class_names), device=device)
     return torch.cat([model.forward_head(model.forward_features(x), pre_logits=True).float().cpu()
                       for x, _ in loader.epoch(0)])

@@ -11,10 +11,11 @@ from vitlab.data.augment import AugmentConfig
 from vitlab.data.cifar import DownloadError
 from vitlab.data.datasets import NAMES, SPLITS, ImageDataset, default_cache_dir, load_dataset
 from vitlab.data.folder import StreamingDataset
-from vitlab.data.loader import BatchLoader, StreamLoader, make_stream_loader
+from vitlab.data.loader import BatchLoader, StreamEpochs, StreamLoader, make_loader, make_stream_loader
 from vitlab.data.shapes import CLASS_NAMES as SHAPES_CLASS_NAMES
 
 __all__ = [
     "NAMES", "SHAPES_CLASS_NAMES", "SPLITS", "AugmentConfig", "BatchLoader", "DownloadError", "ImageDataset",
-    "StreamLoader", "StreamingDataset", "default_cache_dir", "load_dataset", "make_stream_loader",
+    "StreamEpochs", "StreamLoader", "StreamingDataset", "default_cache_dir", "load_dataset", "make_loader",
+    "make_stream_loader",
 ]

@@ -224,3 +224,30 @@ def make_stream_loader(dataset: StreamingDataset, batch_size: int, *, train: boo
                                          persistent_workers=False)
     return StreamLoader(loader, augment if train else None, len(dataset.class_names), seed, epoch, start_step,
                         torch.device(device))
+
+
+class StreamEpochs:
+    """A :class:`StreamingDataset` served with :class:`BatchLoader`'s interface: ``len()`` and ``epoch(e, start)``."""
+
+    def __init__(self, dataset: StreamingDataset, batch_size: int, **kwargs) -> None:
+        self.dataset, self.batch_size, self.kwargs = dataset, batch_size, kwargs
+
+    def __len__(self) -> int:
+        return len(make_stream_loader(self.dataset, self.batch_size, **self.kwargs))
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return iter(make_stream_loader(self.dataset, self.batch_size, epoch=epoch, start_step=start_step,
+                                       **self.kwargs))
+
+
+def make_loader(dataset: ImageDataset | StreamingDataset, batch_size: int, *, train: bool, preprocessing,
+                augment: AugmentConfig | None, num_classes: int, seed: int = 0, device: str | torch.device = "cpu",
+                rank: int = 0, world_size: int = 1, num_workers: int = 0) -> BatchLoader | StreamEpochs:
+    """The loader that fits the data set: batched on-device augmentation for images held in memory, a
+    DataLoader with workers for streamed ones. Both give ``len()`` and ``epoch(e, start_step)``."""
+    if isinstance(dataset, StreamingDataset):
+        return StreamEpochs(dataset, batch_size, train=train, preprocessing=preprocessing, augment=augment,
+                            num_workers=num_workers, seed=seed, device=device, rank=rank, world_size=world_size)
+    return BatchLoader(dataset, batch_size, train=train, augment=augment, mean=preprocessing.mean,
+                       std=preprocessing.std, num_classes=num_classes, seed=seed, device=device, rank=rank,
+                       world_size=world_size)

@@ -40,6 +40,7 @@ class DataConfig:
     val_fraction: float = 0.1  # folder data sets without a val/ or test/ folder
     strict: bool = False  # images that do not decode: error instead of skip-and-warn
     num_workers: int = 2  # streaming (large-image) data sets only
+    image_size: int = 0  # training resolution; 0 = the images' own size (in memory) or the model's (streamed)
     # Augmentation (applied in batches on the training device for small images).
     crop_padding: int = 4
     hflip: bool = True

@@ -26,9 +26,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 import vitlab
-from vitlab.data import AugmentConfig, BatchLoader, ImageDataset, load_dataset
+from vitlab.data import AugmentConfig, ImageDataset, load_dataset, make_loader
 from vitlab.model import VisionTransformer
-from vitlab.preprocess import Preprocessing
 from vitlab.train.config import TrainConfig, TrainingError, to_dict
 from vitlab.train.optim import build_optimizer, set_lr
 from vitlab.train.state import latest_state, save_state, set_rng_state
@@ -82,23 +81,26 @@ def _environment() -> dict[str, str]:
             "numpy": numpy.__version__, "python": sys.version.split()[0], "git": _git_revision()}
 
 
-def _build_model(cfg: TrainConfig, train_set: ImageDataset) -> VisionTransformer:
-    H, W = train_set.images.shape[-2:]
+def _build_model(cfg: TrainConfig, train_set: Any) -> VisionTransformer:
+    """The model for the data: its classes, and its resolution (the images' own when held in memory)."""
     n = len(train_set.class_names)
-    if cfg.model.init:  # fine-tuning: resample the position table, fresh zero head if the class count differs
-        model = vitlab.load(cfg.model.init, num_classes=n, img_size=(H, W), **cfg.model.overrides)
-        pre = model.preprocessing
+    if isinstance(train_set, ImageDataset):
+        size: Any = tuple(train_set.images.shape[-2:])
     else:
-        model = vitlab.create_model(cfg.model.name, num_classes=n, img_size=(H, W), **cfg.model.overrides)
-        pre = model.preprocessing
-    model.preprocessing = Preprocessing(input_size=(H, W), mean=pre.mean, std=pre.std,
-                                        interpolation=pre.interpolation, crop_pct=1.0)
+        size = cfg.data.image_size or None  # None: the model's own img_size
+    if cfg.model.init:  # fine-tuning: resample the position table, fresh zero head if the class count differs
+        model = vitlab.load(cfg.model.init, num_classes=n, img_size=size, **cfg.model.overrides)
+    else:
+        model = vitlab.create_model(cfg.model.name, num_classes=n, img_size=size, **cfg.model.overrides)
+    pre = model.preprocessing
+    crop = 1.0 if isinstance(train_set, ImageDataset) else pre.crop_pct
+    model.preprocessing = pre.replace(input_size=model.config.img_size, crop_pct=crop)
     model.class_names = list(train_set.class_names)
     return model
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: BatchLoader, device: torch.device, amp: str = "none") -> dict[str, float]:
+def evaluate(model: torch.nn.Module, loader: Any, device: torch.device, amp: str = "none") -> dict[str, float]:
     """Top-1 accuracy and mean loss over the loader's data (every rank's share, summed across ranks)."""
     model.eval()
     correct = total = 0
@@ -152,12 +154,10 @@ def train(cfg: TrainConfig, *, run_dir: str | Path, resume: bool = False, progre
         raise TrainingError(f"--resume: no readable checkpoint in {run_dir}")
 
     d = cfg.data
-    train_set = load_dataset(d.dataset, "train", data_dir=d.data_dir or None, val_fraction=d.val_fraction,
-                             seed=cfg.seed, strict=d.strict)
-    val_set = load_dataset(d.dataset, "val", data_dir=d.data_dir or None, val_fraction=d.val_fraction,
-                           seed=cfg.seed, strict=d.strict)
-    if not isinstance(train_set, ImageDataset):
-        raise TrainingError(f"{d.dataset}: large-image (streaming) data sets are not supported by the trainer yet")
+    common = dict(data_dir=d.data_dir or None, val_fraction=d.val_fraction, seed=cfg.seed, strict=d.strict,
+                  image_size=d.image_size or None)
+    train_set = load_dataset(d.dataset, "train", **common)
+    val_set = load_dataset(d.dataset, "val", **common)
     model = _build_model(cfg, train_set).to(device)
     n_classes = len(train_set.class_names)
     accum = cfg.optim.accum_steps
@@ -169,11 +169,10 @@ def train(cfg: TrainConfig, *, run_dir: str | Path, resume: bool = False, progre
                         randaugment_n=d.randaugment_n, randaugment_m=d.randaugment_m,
                         random_erasing=d.random_erasing, mixup_alpha=d.mixup_alpha, cutmix_alpha=d.cutmix_alpha,
                         mix_prob=d.mix_prob, label_smoothing=d.label_smoothing)
-    pre = model.preprocessing
-    loader = BatchLoader(train_set, micro, train=True, augment=aug, mean=pre.mean, std=pre.std,
-                         num_classes=n_classes, seed=cfg.seed, device=device, rank=rank, world_size=world)
-    val_loader = BatchLoader(val_set, max(micro, 256), train=False, augment=None, mean=pre.mean, std=pre.std,
-                             num_classes=n_classes, seed=cfg.seed, device=device, rank=rank, world_size=world)
+    shared = dict(preprocessing=model.preprocessing, num_classes=n_classes, seed=cfg.seed, device=device, rank=rank,
+                  world_size=world, num_workers=d.num_workers)
+    loader = make_loader(train_set, micro, train=True, augment=aug, **shared)
+    val_loader = make_loader(val_set, max(micro, 256), train=False, augment=None, **shared)
     steps_per_epoch = len(loader) // accum
     if steps_per_epoch == 0:
         raise TrainingError(f"the training set ({len(train_set)} images) is smaller than one batch of {d.batch_size}")
