@@ -220,3 +220,14 @@ def test_large_images_stream_through_the_trainer_and_eval(tmp_path):
     val = load_dataset(f"folder:{tmp_path / 'data'}", "val", image_size=96)
     assert isinstance(val, StreamingDataset)
     assert evaluate_model(model, val, batch_size=4).num_images == 8
+
+
+def test_tensorboard_events(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(tiny_config("tensorboard=true", "max_steps=2"), run_dir=tmp_path, progress=False)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train_loss", "train_lr", "val_acc"} <= tags
+    assert [e.step for e in events.Scalars("train_loss")] == [1, 2]

@@ -203,6 +203,13 @@ def train(cfg: TrainConfig, *, run_dir: str | Path, resume: bool = False, progre
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     step_fn = torch.compile(net) if cfg.compile else net
     log = (run_dir / "metrics.jsonl").open("a") if main_proc else None
+    tb = None
+    if cfg.tensorboard and main_proc:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise TrainingError("tensorboard=true needs the tensorboard package: pip install tensorboard") from e
+        tb = SummaryWriter(str(run_dir / "tensorboard"))
 
     def snapshot() -> dict[str, Any]:
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -217,6 +224,10 @@ def train(cfg: TrainConfig, *, run_dir: str | Path, resume: bool = False, progre
         if log is not None:
             log.write(json.dumps(record) + "\n")
             log.flush()
+        if tb is not None:
+            for key, value in record.items():
+                if key not in ("step", "epoch"):
+                    tb.add_scalar(key if key.startswith("val_") else f"train_{key}", value, record["step"])
 
     bar = None
     if main_proc and progress:
@@ -296,6 +307,8 @@ def train(cfg: TrainConfig, *, run_dir: str | Path, resume: bool = False, progre
             final = ema.module if ema is not None else model
             final.preprocessing, final.class_names = model.preprocessing, model.class_names
             vitlab.save(final, run_dir / "model.safetensors")
+    if tb is not None:
+        tb.close()
     if log is not None:
         log.close()
         from vitlab.plot import plot_curves, read_metrics
