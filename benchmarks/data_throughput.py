@@ -7,8 +7,9 @@ uint8 tensors, and on PIL images), then Mixup/CutMix on the collated batch: what
     python benchmarks/data_throughput.py                      # shapes (no download), CPU
     python benchmarks/data_throughput.py --device cuda --data folder:/data/cifar10
 
-Images per second, mean ± std over ``--repeats`` timed runs after a warm-up. A training run is data-bound when
-its training img/s (printed by the trainer) is above these figures divided by the workers it has.
+Images per second, mean ± std over ``--repeats`` timed runs after a warm-up. Beside them it prints the training
+img/s of a model (default: the `demo` recipe's) on batches of the same shape (forward, backward, AdamW step), so
+the ratio says how far the data pipeline is from being the bottleneck.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2 as T
 
+import vitlab
 from vitlab.data import AugmentConfig, BatchLoader, load_dataset
+from vitlab.train.config import load_config
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  # CIFAR-10 train statistics
 
@@ -91,6 +94,29 @@ def reference(ds, cfg: AugmentConfig, batch_size: int, n_images: int, repeats: i
     return rates
 
 
+def training(ds, recipe: str, batch_size: int, device: torch.device, repeats: int, steps: int = 5) -> list[float]:
+    """Training img/s of the recipe's model: forward, backward and an AdamW step on batches of the data's shape."""
+    cfg = load_config(recipe)
+    model = vitlab.create_model(cfg.model.name, num_classes=ds.num_classes, img_size=tuple(ds.images.shape[-2:]),
+                                **cfg.model.overrides).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randn(batch_size, *ds.images.shape[1:], device=device)
+    y = torch.randint(0, ds.num_classes, (batch_size,), device=device)
+    rates = []
+    for r in range(repeats + 1):  # run 0 is the warm-up
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        _sync(device)
+        if r:
+            rates.append(steps * batch_size / (time.perf_counter() - t0))
+    return rates
+
+
 def _fmt(rates: list[float]) -> str:
     sd = statistics.stdev(rates) if len(rates) > 1 else 0.0
     return f"{statistics.mean(rates):>9,.0f} ± {sd:,.0f}"
@@ -104,6 +130,7 @@ def main() -> int:
     p.add_argument("--images", type=int, default=8192, help="images per timed run (batched pipeline)")
     p.add_argument("--ref-images", type=int, default=2048, help="images per timed run (per-image reference)")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--recipe", default="demo", help="whose model's training img/s to print beside (default: demo)")
     args = p.parse_args()
     device = torch.device(args.device)
     ds = load_dataset(args.data, "train")
@@ -111,11 +138,16 @@ def main() -> int:
           f"{device}; torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads, {date.today()}")
     print(f"{'pipeline':58} {'vitlab batched':>16} {'tv v2 per tensor':>16} {'tv v2 per PIL':>16}  (img/s)")
+    slowest_data = float("inf")
     for name, cfg in PIPELINES.items():
         ours = batched(ds, cfg, args.batch_size, args.images, device, args.repeats)
         tensor = reference(ds, cfg, args.batch_size, args.ref_images, args.repeats, pil=False)
         pil = reference(ds, cfg, args.batch_size, args.ref_images, args.repeats, pil=True)
         print(f"{name:58} {_fmt(ours):>16} {_fmt(tensor):>16} {_fmt(pil):>16}", flush=True)
+        slowest_data = min(slowest_data, statistics.mean(ours))
+    train_rates = training(ds, args.recipe, args.batch_size, device, args.repeats)
+    print(f"\ntraining, the `{args.recipe}` recipe's model (forward + backward + AdamW): {_fmt(train_rates)} img/s")
+    print(f"the slowest batched pipeline is {slowest_data / statistics.mean(train_rates):.1f}x faster than training")
     return 0
 
 
