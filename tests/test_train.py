@@ -244,3 +244,32 @@ def test_torch_compile_trains_like_eager(tmp_path):
     assert compiled["head.weight"].abs().sum() > 0
     for k in eager:
         torch.testing.assert_close(compiled[k], eager[k], atol=1e-5, rtol=1e-4, msg=k)
+
+
+def test_cli_resume_continues_a_run_folder_with_its_own_config(straight, tmp_path, capsys):
+    import shutil
+
+    from vitlab.cli import main
+
+    run = tmp_path / "r"
+    shutil.copytree(straight, run)
+    (run / "ckpt-step00000008.pt").unlink()  # as if stopped after step 4
+    (run / "model.safetensors").unlink()
+    assert main(["train", "--resume", str(run), "--set", "epochs=1"]) == 2  # a resume takes no new config
+    assert "drop --recipe, --config and --set" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    assert_same_weights(straight, run)
+    assert main(["train", "--recipe", "demo", "--out", str(tmp_path), "--name", "r"]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_for_the_previous_one(straight, tmp_path):
+    import shutil
+
+    run = tmp_path / "r"
+    shutil.copytree(straight, run)
+    (run / "ckpt-step00000008.pt").write_bytes(b"not a checkpoint")
+    with pytest.warns(UserWarning, match="skipping ckpt-step00000008.pt"):
+        path, state = latest_state(run)
+    assert path.name == "ckpt-step00000004.pt" and state["step"] == 4

@@ -271,7 +271,8 @@ def train(recipe: str | None, config: str | None, overrides: Sequence[str], out:
     else:
         cfg = load_config(recipe, config, list(overrides))
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        label = name or cfg.run_name or f"{recipe or Path(config).stem if (recipe or config) else 'run'}-{stamp}"
+        source = recipe or (Path(config).stem if config else "run")
+        label = name or cfg.run_name or f"{source}-{stamp}"
         run_dir = Path(out or cfg.out_dir) / label
         if run_dir.exists() and any(run_dir.iterdir()):
             raise ValueError(f"run folder {run_dir} already exists and is not empty; pick another --name, "

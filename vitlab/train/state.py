@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +73,6 @@ def load_state(path: Path) -> dict[str, Any]:
 
 def latest_state(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
     """The newest checkpoint of a run folder that reads back; a damaged one is skipped with a warning."""
-    import warnings
-
     for path in list_checkpoints(run_dir):
         try:
             return path, load_state(path)
