@@ -387,3 +387,80 @@ def test_predict_on_cuda_matches_cpu(capsys, tiny_ckpt, png):
     cpu, gpu = _predictions(on_cpu)[str(png)], _predictions(on_gpu)[str(png)]
     assert [label for _, label in gpu] == [label for _, label in cpu]
     np.testing.assert_allclose([p for p, _ in gpu], [p for p, _ in cpu], atol=1e-3)
+
+
+# --- attention ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["raw", "rollout", "grad-rollout"])
+def test_attention_writes_a_figure_with_the_prediction(capsys, tmp_path, tiny_ckpt, png, method):
+    out_png = tmp_path / "fig.png"
+    code, out, err = run(capsys, "attention", png, "--model", tiny_ckpt, "--method", method, "--out", out_png,
+                         "--discard-ratio", "0.1" if method != "raw" else "0")
+    assert code == 0 and err == ""
+    assert out_png.is_file() and Image.open(out_png).size[0] > 300
+    model = vitlab.load(tiny_ckpt).eval()
+    x = model.preprocessing.transform()(vitlab.load_image(png)).unsqueeze(0)
+    with torch.no_grad():
+        p, c = model(x).softmax(-1)[0].max(0)
+    assert f"predicted: {CIFAR10[c]} ({p:.2f}) -> {out_png}" in out
+
+
+def test_attention_whole_non_square_image_several_files_and_errors(capsys, tmp_path, tiny_ckpt, png):
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not an image")
+    folder = tmp_path / "maps"
+    code, out, err = run(capsys, "attention", png, bad, "--model", tiny_ckpt, "--whole", "--head", "2",
+                         "--out", folder)
+    assert code == 1 and "bad.jpg is not an image" in err
+    assert (folder / "noise.png").is_file() and not (folder / "bad.png").exists()
+    code, _, err = run(capsys, "attention", png, "--model", tiny_ckpt, "--head", "3")
+    assert code == 2 and "head=3 is out of range: the model has 3 heads" in err
+    code, _, err = run(capsys, "attention", png, "--model", tiny_ckpt, "--method", "rollout", "--head", "1")
+    assert code == 2 and "only be shown with method='raw'" in err
+
+
+def test_complexity_table_and_plot(capsys, tmp_path):
+    from vitlab.flops import attention_macs
+
+    plot = tmp_path / "cost.png"
+    code, out, err = run(capsys, "complexity", "--model", "B/16", "--img-size", "224,384x512", "--window", "7",
+                         "--plot", plot)
+    assert code == 0 and err == ""
+    assert "86.57M parameters" in out
+    lines = out.splitlines()
+    row_224 = next(line for line in lines if line.startswith("224x224") and "197" in line)
+    assert "35.13" in row_224  # GFLOPs, as `vitlab models`
+    assert any(line.startswith("384x512") and " 769 " in f" {line} " for line in lines)  # 24 x 32 + 1 tokens
+    cfg = vitlab.get_config("B/16")
+    ratio = attention_macs(cfg) / attention_macs(cfg, window=7)
+    assert f"{ratio:.2f}x" in out
+    assert plot.is_file()
+    code, _, err = run(capsys, "complexity", "--model", "B/16", "--img-size", "100")
+    assert code == 2 and "not divisible by the patch size 16" in err
+
+
+def test_analyze_writes_a_report_with_every_section(capsys, tmp_path):
+    from vitlab.data import SHAPES_CLASS_NAMES
+
+    def tiny(seed):
+        torch.manual_seed(seed)
+        model = randomize_(vitlab.create_model("Ti/4@32", num_classes=len(SHAPES_CLASS_NAMES), depth=2,
+                                               embed_dim=48, num_heads=3, mlp_dim=96), std=0.2)
+        return vitlab.save(model, tmp_path / f"m{seed}.safetensors", class_names=SHAPES_CLASS_NAMES)
+
+    out = tmp_path / "report"
+    code, stdout, err = run(capsys, "analyze", "--checkpoint", tiny(0), "--compare", tiny(1), "--data", "shapes",
+                            "--images", "40", "--probe-images", "60", "--out", out, "--no-progress")
+    assert code == 0, err
+    numbers = json.loads((out / "report.json").read_text())
+    assert {"accuracy", "faithfulness", "pointing_game", "mean_attention_distance", "linear_probes", "cka",
+            "soft_nearest_neighbor_loss", "residual_ablation", "compare"} <= set(numbers)
+    assert numbers["accuracy"]["images"] == 40
+    assert len(numbers["cka"]["within"]) == 2 and len(numbers["cka"]["across"][0]) == 2
+    assert numbers["cka"]["within"][0][0] == pytest.approx(1.0, abs=1e-4)
+    assert set(numbers["pointing_game"]) == {"raw", "rollout", "grad-rollout"}
+    page = (out / "report.html").read_text()
+    figures = ["attention.png", "deletion_insertion.png", "patch_pcs.png", "pos_similarity.png",
+               "attention_distance.png", "probes.png", "cka.png", "cka_across.png", "snn.png", "ablation.png"]
+    for name in figures:
+        assert (out / name).is_file() and f"src='{name}'" in page, name

@@ -97,3 +97,41 @@ def test_count_params_published(alias, millions):
 
 def test_count_params_huge():
     assert round(count_params(vitlab.get_config("H/14")) / 1e6) == 632  # ViT paper Table 1: 632M
+
+
+@pytest.mark.parametrize("case", ["registers", "conv-stem", "representation"])
+def test_flops_breakdown_matches_flop_counter_by_part(case):
+    from vitlab.flops import flops_breakdown
+
+    name, overrides = FLOP_CASES[case]
+    model = vitlab.create_model(name, **overrides).eval()
+    model.set_fused_attn(False)  # see measured_flops
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.randn(1, 3, *model.config.img_size))
+    counts = counter.get_flop_counts()  # {module path: {op: flops}}
+
+    def measured(suffix: str) -> int:
+        return sum(sum(ops.values()) for path, ops in counts.items() if path.endswith(suffix) and "blocks" in path)
+
+    parts = flops_breakdown(model.config)
+    depth = model.config.depth
+    assert parts["qkv"] == sum(measured(f"blocks.{i}.attn.qkv") for i in range(depth))
+    assert parts["proj"] == sum(measured(f"blocks.{i}.attn.proj") for i in range(depth))
+    assert parts["mlp"] == sum(measured(f"blocks.{i}.mlp") for i in range(depth))
+    attn_total = sum(measured(f"blocks.{i}.attn") for i in range(depth))
+    assert parts["attention_matrix"] == attn_total - parts["qkv"] - parts["proj"]  # q @ k^T and attn @ v
+    stem = sum(sum(ops.values()) for path, ops in counts.items() if path.endswith("patch_embed"))
+    assert abs(parts["patch_embed"] - stem) / stem < 0.02
+    assert sum(parts.values()) == count_flops(model.config)
+
+
+def test_swin_attention_cost_and_attention_memory():
+    from vitlab.flops import attention_macs, attention_matrix_bytes
+
+    cfg = vitlab.get_config("B/16")  # 14 x 14 = 196 patches, C = 768
+    hw, c = 196, 768
+    assert attention_macs(cfg) == 4 * hw * c * c + 2 * hw * hw * c
+    assert attention_macs(cfg, window=7) == 4 * hw * c * c + 2 * 49 * hw * c
+    assert attention_macs(cfg, 448, window=7) > 3.9 * attention_macs(cfg, window=7)  # W-MSA: linear in pixels
+    assert attention_macs(cfg, 448) > 5 * attention_macs(cfg)  # global MSA: more than linear
+    assert attention_matrix_bytes(cfg, batch=2) == 2 * 12 * 197 * 197 * 4

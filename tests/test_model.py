@@ -192,3 +192,18 @@ def test_create_model_overrides():
     assert model.preprocessing.input_size == (32, 32) and model.preprocessing.crop_pct == 1.0
     with pytest.raises(TypeError, match="unknown ViTConfig field"):
         vitlab.create_model("Ti/16", heads=3)
+
+
+def test_patch_dropout_keeps_a_random_subset_in_training_only():
+    model = vitlab.create_model("Ti/4@32", num_classes=10, depth=2, patch_drop_rate=0.25)
+    plain = vitlab.create_model("Ti/4@32", num_classes=10, depth=2)
+    plain.load_state_dict(model.state_dict())
+    x = torch.randn(8, 3, 32, 32)
+    model.train()
+    assert model.forward_features(x).shape == (8, 1 + 48, 192)  # class token + 75% of the 8x8 patches
+    model.forward_features(x).pow(2).sum().backward()
+    assert model.pos_embed.grad[0, 1:].abs().sum(-1).count_nonzero() == 64  # different patches per image
+    model.eval(), plain.eval()
+    torch.testing.assert_close(model(x), plain(x), rtol=0, atol=0)  # evaluation sees every patch
+    with pytest.raises(ValueError, match="patch_drop_rate"):
+        vitlab.create_model("Ti/4@32", patch_drop_rate=1.0)

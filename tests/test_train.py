@@ -117,10 +117,10 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(straight, tmp_path):
         import os, signal
         import vitlab.train.trainer as T
         real = T.set_lr
-        def set_lr_then_term(opt, cfg, step, total):
+        def set_lr_then_term(opt, cfg, step, total, *args):
             if step == 2:
                 os.kill(os.getpid(), signal.SIGTERM)
-            return real(opt, cfg, step, total)
+            return real(opt, cfg, step, total, *args)
         T.set_lr = set_lr_then_term
     """, run_dir)
     assert proc.returncode == 0, proc.stderr
@@ -273,3 +273,18 @@ def test_a_damaged_newest_checkpoint_is_skipped_for_the_previous_one(straight, t
     with pytest.warns(UserWarning, match="skipping ckpt-step00000008.pt"):
         path, state = latest_state(run)
     assert path.name == "ckpt-step00000004.pt" and state["step"] == 4
+
+
+def test_a_wall_clock_budget_ends_the_run_and_its_schedule(tmp_path):
+    cfg = load_config("demo", overrides=[TINY[0], "data.batch_size=32", "budget_minutes=0.05", "epochs=1000",
+                                         "log_every_steps=1", "ckpt_every_steps=100000", "optim.warmup_steps=3"])
+    result = train(cfg, run_dir=tmp_path, progress=False)
+    assert 3.0 <= result.train_seconds < 30 and result.val_acc is not None and not result.interrupted
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in records if "lr" in r]
+    assert len(lrs) == result.step > 10
+    assert lrs[2] == pytest.approx(cfg.optim.lr)  # the end of warmup
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:], strict=False))  # then only down
+    assert lrs[-1] < 0.2 * cfg.optim.lr  # ... to near zero at the end of the budget
+    _, state = latest_state(tmp_path)
+    assert state["train_seconds"] == pytest.approx(result.train_seconds)  # a resume continues the budget

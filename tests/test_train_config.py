@@ -35,7 +35,7 @@ def test_bad_overrides_name_the_key(override, message):
 
 
 def test_unknown_recipe_and_config_file(tmp_path):
-    with pytest.raises(ConfigError, match="unknown recipe 'nope'; built-in recipes: demo"):
+    with pytest.raises(ConfigError, match="unknown recipe 'nope'; built-in recipes: .*demo, finetune"):
         load_config("nope")
     path = tmp_path / "my.toml"
     path.write_text('epochs = 3\n[optim]\nlr = 0.1\n')
@@ -77,3 +77,10 @@ def test_warmup_then_cosine():
     assert all(a >= b for a, b in zip(factors, factors[1:], strict=False))
     assert not any(math.isnan(f) for f in factors)
     assert torch.tensor(factors).min() >= 0
+
+
+def test_a_time_budget_drives_the_cosine():
+    assert lr_factor(10, 1000, 10, time_progress=0.5) == pytest.approx(0.5)  # time ahead of steps: time decides
+    assert lr_factor(10, 1000, 10, time_progress=1.0) == pytest.approx(0.0)
+    assert lr_factor(55, 100, 10, time_progress=0.1) == pytest.approx(0.5)  # steps ahead of time: steps decide
+    assert lr_factor(5, 100, 10, time_progress=0.9) == pytest.approx(0.6)  # warmup is counted in steps

@@ -33,3 +33,16 @@ def test_two_processes_match_one(tmp_path):
     for k in a:
         # Gradient all-reduce sums in another order than one process does: equal up to float rounding.
         torch.testing.assert_close(b[k], a[k], atol=2e-5, rtol=1e-4, msg=k)
+
+
+def test_two_processes_stop_together_at_the_end_of_a_budget(tmp_path):
+    """Each process measures its own time; they agree on the slowest clock, so none waits for a step the other
+    never takes."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "vitlab",
+           "train", "--recipe", "demo", "--out", str(tmp_path), "--name", "budget", "--no-progress",
+           "--set", OVERRIDES[0], "--set", "data.batch_size=32", "--set", "budget_minutes=0.05",
+           "--set", "epochs=1000", "--set", "ckpt_every_steps=100000"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (tmp_path / "budget" / "model.safetensors").is_file()

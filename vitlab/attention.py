@@ -1,25 +1,173 @@
-"""Where the model looks: attention maps read through ``forward_intermediates`` (no hooks, fused
-attention stays on for every block that is not asked for)."""
+"""Where the model looks: attention maps, attention rollout and gradient rollout.
+
+Everything is read through ``forward_intermediates`` (no hooks): only the blocks a method needs compute explicit
+softmax probabilities, every other block keeps the fused kernel. The pure functions take attention tensors
+(B, Nh, N, N) (rows: queries, columns: keys; token order [class, registers..., patches]) and return maps
+(B, h, w) over the patch grid that sum to 1 per image.
+
+Which query is read. A model with a class token: the class token's row. A model without one (global average
+pooling): the mean over the patch queries' rows, since the head reads the mean of the patch tokens.
+
+- ``raw``: one layer's attention of that query to the patches, heads fused (mean, max or min) or one head.
+- ``rollout`` (Abnar & Zuidema 2020): per layer, heads fused, the residual added as 0.5 A + 0.5 I and rows
+  renormalised; the layers multiplied from the first to the last, R = A_L ... A_1. ``discard_ratio`` zeroes the
+  weakest fraction of each fused layer's weights first (vit-explain's trick against noise; the prefix tokens'
+  own attention to themselves is kept).
+- ``grad-rollout`` (Chefer et al. 2021's head weighting): the same product, each layer's heads fused as the
+  mean of relu(dy_c/dA * A), with y_c the logit of the chosen (default: predicted) class.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from vitlab.model import VisionTransformer
 
+METHODS = ("raw", "rollout", "grad-rollout")
+HEAD_FUSIONS = ("mean", "max", "min")
+
+
+def _check(name: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ValueError(f"{name}={value!r} is not one of {', '.join(valid)}")
+
+
+def fuse_heads(probs: torch.Tensor, how: str = "mean") -> torch.Tensor:
+    """(B, Nh, N, N) -> (B, N, N): the heads' mean, max or min."""
+    _check("head_fusion", how, HEAD_FUSIONS)
+    if how == "mean":
+        return probs.mean(dim=1)
+    return probs.amax(dim=1) if how == "max" else probs.amin(dim=1)
+
+
+def query_row(attn: torch.Tensor, num_prefix: int, class_token: bool) -> torch.Tensor:
+    """(..., N, N) -> (..., h*w): the class token's attention to the patches, or, without a class token, the mean
+    of the patch queries' rows; renormalised to sum to 1 over the patches."""
+    row = attn[..., 0, :] if class_token else attn[..., num_prefix:, :].mean(dim=-2)  # (..., N)
+    patches = row[..., num_prefix:]
+    return patches / patches.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def _discard(fused: torch.Tensor, ratio: float, num_prefix: int) -> torch.Tensor:
+    """Zero the smallest ``ratio`` of each image's (N, N) weights, keeping the prefix tokens' self-attention."""
+    if ratio <= 0:
+        return fused
+    b, n, _ = fused.shape
+    flat = fused.reshape(b, n * n).clone()
+    k = int(n * n * ratio)
+    keep = torch.zeros(n * n, dtype=torch.bool, device=fused.device)
+    keep[torch.arange(num_prefix, device=fused.device) * (n + 1)] = True  # diagonal entries of the prefix tokens
+    order = flat.masked_fill(keep, float("inf")).argsort(dim=1)[:, :k]  # (B, k) smallest first
+    flat.scatter_(1, order, 0.0)
+    return flat.view(b, n, n)
+
+
+def rollout(attentions: list[torch.Tensor], head_fusion: str = "mean", discard_ratio: float = 0.0,
+            num_prefix: int = 1, weights: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """Attention rollout over ``attentions`` (first block first), each (B, Nh, N, N) -> joint attention (B, N, N).
+
+    ``weights``: per-layer (B, Nh, N, N) gradients for gradient rollout (heads fused as mean(relu(grad * A)),
+    ``head_fusion`` unused). Row i of the result: how much token i at the output draws on each input token.
+    """
+    if not attentions:
+        raise ValueError("rollout needs the attention of at least one block")
+    if not 0.0 <= discard_ratio < 1.0:
+        raise ValueError(f"discard_ratio must be in [0, 1), got {discard_ratio}")
+    b, _, n, _ = attentions[0].shape
+    eye = torch.eye(n, device=attentions[0].device, dtype=attentions[0].dtype)
+    joint = eye.expand(b, n, n)
+    for i, a in enumerate(attentions):
+        if weights is not None:
+            fused = (weights[i] * a).clamp_min(0).mean(dim=1)  # (B, N, N)
+        else:
+            fused = fuse_heads(a, head_fusion)
+        fused = _discard(fused, discard_ratio, num_prefix)
+        a_res = 0.5 * fused + 0.5 * eye  # the residual stream carries the token itself
+        a_res = a_res / a_res.sum(dim=-1, keepdim=True)
+        joint = a_res @ joint  # (B, N, N)
+    return joint
+
+
+@dataclass
+class AttentionMaps:
+    """What :func:`attention_maps` returns.
+
+    maps:      (B, h, w) saliency over the patch grid, each map summing to 1.
+    head_maps: (B, Nh, h, w) per head of ``layer`` (``raw`` only; None otherwise).
+    logits:    (B, num_classes) of the same forward pass.
+    target:    (B,) the class explained by ``grad-rollout`` (the predicted one unless given); None otherwise.
+    """
+
+    maps: torch.Tensor
+    head_maps: torch.Tensor | None
+    logits: torch.Tensor
+    target: torch.Tensor | None
+
+
+def attention_maps(model: VisionTransformer, x: torch.Tensor, method: str = "raw", layer: int = -1,
+                   head: str | int = "mean", discard_ratio: float = 0.0, target: torch.Tensor | int | None = None
+                   ) -> AttentionMaps:
+    """Saliency maps of images ``x`` (B, C, H, W) by ``method`` (see the module docstring).
+
+    ``layer``: the block of ``raw``, or the last block ``rollout`` multiplies up to (default: the last). ``head``:
+    "mean" | "max" | "min" fuses the heads, an int picks one (``raw`` only). ``target``: the class for
+    ``grad-rollout`` (int or (B,) tensor; default the predicted class).
+    """
+    _check("method", method, METHODS)
+    cfg = model.config
+    depth = cfg.depth
+    if not -depth <= layer < depth:
+        raise ValueError(f"layer={layer} is out of range for a model of {depth} blocks (valid: {-depth}..{depth - 1})")
+    last = layer % depth
+    if isinstance(head, int) and not 0 <= head < cfg.num_heads:
+        raise ValueError(f"head={head} is out of range: the model has {cfg.num_heads} heads (0..{cfg.num_heads - 1})")
+    if isinstance(head, int) and method != "raw":
+        raise ValueError(f"head={head}: one head can only be shown with method='raw'; {method} fuses the heads")
+    if isinstance(head, str):
+        _check("head", head, HEAD_FUSIONS)
+    was_training = model.training
+    model.eval()
+    try:
+        layers = [last] if method == "raw" else list(range(last + 1))
+        with torch.set_grad_enabled(method == "grad-rollout"):
+            out = model.forward_intermediates(x, layers=layers, return_attention=True)
+            logits = model.forward_head(out.features)
+            attn = [out.attention[i] for i in layers]
+            cls_token, n_prefix = cfg.class_token, out.num_prefix_tokens
+            h, w = out.grid_size
+            b = x.shape[0]
+            if method == "raw":
+                per_head = query_row(attn[0], n_prefix, cls_token)  # (B, Nh, h*w)
+                if isinstance(head, int):
+                    m = per_head[:, head]
+                else:
+                    m = query_row(fuse_heads(attn[0], head), n_prefix, cls_token)
+                return AttentionMaps(m.reshape(b, h, w).detach(), per_head.reshape(b, -1, h, w).detach(),
+                                     logits.detach(), None)
+            grads = None
+            tgt = None
+            if method == "grad-rollout":
+                if cfg.num_classes == 0:
+                    raise ValueError("grad-rollout needs a classifier head: the model has num_classes=0")
+                tgt = logits.argmax(-1) if target is None else torch.as_tensor(target, device=logits.device).expand(b)
+                score = logits.gather(1, tgt[:, None]).sum()
+                grads = list(torch.autograd.grad(score, attn))
+            joint = rollout([a.detach() for a in attn], head if isinstance(head, str) else "mean", discard_ratio,
+                            n_prefix, grads)
+            m = query_row(joint, n_prefix, cls_token)
+            return AttentionMaps(m.reshape(b, h, w).detach(), None, logits.detach(), tgt)
+    finally:
+        model.train(was_training)
+
 
 @torch.no_grad()
 def last_layer_attention(model: VisionTransformer, x: torch.Tensor, layer: int = -1) -> torch.Tensor:
     """Attention of the class token (or, for a model without one, of the mean query) to every patch in
     ``layer``, averaged over heads, as a map (B, h, w) that sums to 1 over the patches of each image."""
-    out = model.forward_intermediates(x, layers=[layer], return_attention=True)
-    probs = next(iter(out.attention.values()))  # (B, Nh, N, N)
-    n_prefix = out.num_prefix_tokens
-    query = probs[:, :, 0] if model.config.class_token else probs[:, :, n_prefix:].mean(dim=2)  # (B, Nh, N)
-    patch = query[:, :, n_prefix:].mean(dim=1)  # (B, h*w)
-    patch = patch / patch.sum(dim=-1, keepdim=True)
-    return patch.reshape(x.shape[0], *out.grid_size)
+    return attention_maps(model, x, "raw", layer=layer).maps
 
 
 def upsample_map(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

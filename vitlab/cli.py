@@ -112,6 +112,56 @@ def models(pattern: str | None = None) -> int:
     return EXIT_OK
 
 
+# ------------------------------------------------------------------------------------------ complexity
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: set[int]) -> None:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        cells = [c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        print("  ".join(cells).rstrip())
+
+
+def complexity(model: str, img_sizes: Sequence[int | tuple[int, int]] = (), window: int = 7,
+               plot: str | None = None) -> int:
+    """Print parameters and FLOPs by part at each image size, the attention matrix's memory, and global MSA
+    against windowed W-MSA (Swin); optionally plot the attention cost against the resolution."""
+    from vitlab.flops import attention_macs, attention_matrix_bytes, flops_breakdown
+
+    net_cfg = load_model_spec(model)[0].config if _is_checkpoint_path(model) else get_config(model)
+    sizes = list(img_sizes) or [net_cfg.img_size]
+    print(f"{model}: {_millions(count_params(net_cfg))} parameters, D={net_cfg.embed_dim}, {net_cfg.depth} blocks, "
+          f"{net_cfg.num_heads} heads, patch {net_cfg.patch_size}\n")
+    parts = ("patch_embed", "qkv", "attention_matrix", "proj", "mlp", "head")
+    header = ("image", "tokens", "GFLOPs", *(f"{p} %" for p in parts), "attn matrix MiB")
+    rows, msa, wmsa, labels = [], [], [], []
+    for size in sizes:
+        hw = (size, size) if isinstance(size, int) else tuple(size)
+        terms = flops_breakdown(net_cfg, hw)
+        total = sum(terms.values())
+        n = (hw[0] // net_cfg.patch_size) * (hw[1] // net_cfg.patch_size) + net_cfg.num_prefix_tokens
+        share = [f"{100 * (terms[p] + (terms['pre_logits'] if p == 'head' else 0)) / total:.1f}" for p in parts]
+        mib = attention_matrix_bytes(net_cfg, hw) / 2**20
+        rows.append(("x".join(map(str, hw)), str(n), f"{total / 1e9:.2f}", *share, f"{mib:.2f}"))
+        msa.append(attention_macs(net_cfg, hw) * net_cfg.depth)
+        wmsa.append(attention_macs(net_cfg, hw, window) * net_cfg.depth)
+        labels.append("x".join(map(str, hw)))
+    _table(header, rows, left={0})
+    print("\nGFLOPs: one image forward, 1 multiply-add = 2 FLOPs. attn matrix: one block's (B=1, heads, N, N) "
+          "probabilities in fp32, what the explicit attention path holds (the fused kernel never stores it).\n")
+    print(f"Self-attention over the patches, all blocks, GMACs (Swin's count; W-MSA window M={window}):")
+    _table(("image", "global MSA", "W-MSA", "MSA / W-MSA"),
+           [(lab, f"{a / 1e9:.3f}", f"{b / 1e9:.3f}", f"{a / b:.2f}x") for lab, a, b in zip(labels, msa, wmsa,
+                                                                                            strict=True)], left={0})
+    print("MSA: 4 hw C^2 + 2 (hw)^2 C; W-MSA: 4 hw C^2 + 2 M^2 hw C (Liu et al. 2021, Eq. 1-2).")
+    if plot:
+        from vitlab.plot import plot_attention_cost
+
+        pixels = [int(lab.split("x")[0]) * int(lab.split("x")[-1]) for lab in labels]
+        print(f"plot: {plot_attention_cost(pixels, msa, wmsa, window, plot)}")
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------------------------------------ info
 
 
@@ -251,6 +301,80 @@ def predict(images: Sequence[str], model: str, topk: int = 5, device: str = "cpu
     return EXIT_OK
 
 
+# ----------------------------------------------------------------------------------------------- attention
+
+
+def _attention_input(image: Any, preprocessing: vitlab.Preprocessing, whole: bool, patch: int) -> torch.Tensor:
+    """(1, C, H, W): the weights' own preprocessing (resize + centre crop), or with ``whole`` the whole image,
+    its shorter side resized to the model's input size and both sides rounded to a multiple of the patch size."""
+    if not whole:
+        return preprocessing.transform()(image).unsqueeze(0)
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import v2 as T
+
+    w, h = image.size
+    scale = min(preprocessing.input_size) / min(h, w)
+    size = [max(patch, round(s * scale / patch) * patch) for s in (h, w)]
+    t = T.Compose([T.ToImage(), T.Resize(size, InterpolationMode(preprocessing.interpolation), antialias=True),
+                   T.ToDtype(torch.float32, scale=True), T.Normalize(preprocessing.mean, preprocessing.std)])
+    return t(image).unsqueeze(0)
+
+
+def attention(images: Sequence[str], model: str, method: str = "raw", layer: int = -1, head: str = "mean",
+              discard_ratio: float = 0.0, target: int | None = None, out: str | None = None, whole: bool = False,
+              device: str = "cpu", pretrained: bool = False) -> int:
+    """Write, per image, a figure of the image, its saliency map by ``method`` and the per-head maps of ``layer``,
+    with the predicted class; print the prediction and the figure's path."""
+    from vitlab.attention import attention_maps, upsample_map
+    from vitlab.plot import plot_attention_figure
+
+    dev = _device(device)
+    net, trained = load_model_spec(model, pretrained)
+    if not trained:
+        _warn(f"{model!r} has random weights: its attention shows no learned structure. Pass --pretrained, a name "
+              "with a pretrained tag, or a checkpoint file")
+    names = class_names_for(net) if net.config.num_classes else []
+    if target is not None and not 0 <= target < len(names):
+        raise ValueError(f"--target {target}: the model has {len(names)} classes (0..{len(names) - 1})")
+    head_arg: str | int = int(head) if head.isdigit() else head
+    net = net.eval().to(dev)
+    several = len(images) > 1
+    folder = Path(out or "attention") if several else None
+    failed = 0
+    for image in images:
+        try:
+            img = vitlab.load_image(image)
+        except (ValueError, OSError) as e:
+            _err(str(e))
+            failed += 1
+            continue
+        x = _attention_input(img, net.preprocessing, whole, net.config.patch_size).to(dev)
+        result = attention_maps(net, x, method, layer, head_arg, discard_ratio, target)
+        heads = result.head_maps if result.head_maps is not None else attention_maps(net, x, "raw", layer).head_maps
+        size = tuple(x.shape[-2:])
+        mean = torch.tensor(net.preprocessing.mean, device=dev).view(3, 1, 1)
+        std = torch.tensor(net.preprocessing.std, device=dev).view(3, 1, 1)
+        shown = ((x[0] * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+        title = Path(image).name
+        if names:
+            p, c = result.logits.float().softmax(-1)[0].max(0)
+            title += f"\npredicted: {names[c]} ({p:.2f})"
+        block = layer % net.config.depth
+        map_title = f"{method}, " + (f"block {block}" if method == "raw" else f"blocks 0-{block}")
+        if method == "raw":
+            map_title += f", head {head}" if isinstance(head_arg, int) else f", heads {head}"
+        if result.target is not None:
+            map_title += f"\nfor class {names[int(result.target[0])]}"
+        path = folder / f"{Path(image).stem}.png" if folder else Path(out or f"attention-{Path(image).stem}.png")
+        plot_attention_figure(shown, upsample_map(result.maps, size)[0].cpu().numpy(),
+                              upsample_map(heads[0], size).cpu().numpy(), title, map_title, f"block {block}", path)
+        print(f"{image}: {title.split(chr(10))[-1] if names else 'no head'} -> {path}")
+    if failed:
+        _err(f"{failed} of {len(images)} image(s) could not be read")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 # ----------------------------------------------------------------------------------------------- train
 
 
@@ -310,6 +434,25 @@ def evaluate(checkpoint: str, data: str, split: str = "test", data_dir: str | No
     worst = sorted(result.per_class.items(), key=lambda kv: kv[1])[:5]
     print("lowest per-class accuracy: " + ", ".join(f"{n} {a:.3f}" for n, a in worst))
     print(f"wrote {out_dir / 'eval.json'} and {out_dir / 'confusion.png'}")
+    return EXIT_OK
+
+
+def analyze(checkpoint: str, data: str, out: str | None = None, compare: str | None = None, split: str = "test",
+            data_dir: str | None = None, images: int = 512, probe_images: int = 2000, progress: bool = True) -> int:
+    """Write the analysis report (HTML, figures, JSON) of a checkpoint on a data set, optionally beside a second."""
+    from vitlab.analysis.report import analyze as run_analysis
+    from vitlab.data import load_dataset
+
+    model = _cli_warnings(vitlab.load, checkpoint)
+    other = _cli_warnings(vitlab.load, compare) if compare else None
+    test_set = load_dataset(data, split, data_dir=data_dir)
+    train_set = load_dataset(data, "train", data_dir=data_dir)
+    ckpt = Path(checkpoint)
+    out_dir = Path(out) if out else (ckpt.parent if ckpt.is_file() else Path(".")) / "analysis"
+    path = run_analysis(model, test_set, train_set, out_dir, compare=other,
+                        names=(ckpt.name, Path(compare).name if compare else ""), n_images=images,
+                        n_probe_train=probe_images, progress=progress)
+    print(f"wrote {path}, {path.parent / 'report.json'} and the figures beside them")
     return EXIT_OK
 
 
@@ -393,6 +536,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show only names matching this glob ('vit_base*') or substring ('patch16'), or an alias")
     p.set_defaults(func=lambda a: models(a.pattern))
 
+    p = sub.add_parser("complexity", help="parameters, FLOPs by part and attention cost against resolution",
+                       description="Parameters and FLOPs broken down by part at each image size, the attention "
+                                   "matrix's memory, and global self-attention against Swin's windowed W-MSA.")
+    p.add_argument("--model", "-m", required=True, metavar="NAME_OR_CHECKPOINT",
+                   help="a registered name or alias, or a checkpoint file")
+    p.add_argument("--img-size", default="", metavar="S[,S...]",
+                   help="image sizes, comma-separated, each 384 or 384x512 (default: the model's own)")
+    p.add_argument("--window", type=_positive, default=7, help="W-MSA window size M in patches (default: 7)")
+    p.add_argument("--plot", default=None, metavar="FILE.png", help="also plot attention cost against resolution")
+    p.set_defaults(func=lambda a: complexity(a.model, [_size(t) for t in a.img_size.split(",") if t.strip()],
+                                             a.window, a.plot))
+
     p = sub.add_parser("info", help="describe a checkpoint: format, config, params, preprocessing, classes",
                        description="Load a checkpoint of any supported format (missing or unexpected keys are "
                                    "warnings here) and print what it holds.")
@@ -430,6 +585,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how many classes to print per image (default: 5)")
     p.add_argument("--device", default="cpu", help="torch device to run on: cpu, cuda, cuda:1, mps (default: cpu)")
     p.set_defaults(func=lambda a: predict(a.images, a.model, a.topk, a.device, a.pretrained))
+    p = sub.add_parser("attention", help="attention maps, rollout or gradient rollout of images, as figures",
+                       description="Overlay where the model looks on each image: one block's attention (raw), "
+                                   "attention rollout over the blocks up to --layer (Abnar & Zuidema 2020), or "
+                                   "gradient rollout for a class; with the per-head maps of --layer and the "
+                                   "predicted class. Fused attention stays on for every block not needed.")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, WebP, ...)")
+    p.add_argument("--model", "-m", required=True, metavar="NAME_OR_CHECKPOINT",
+                   help="a checkpoint path, an hf-hub:org/repo id, a name with a pretrained tag, or a registered name")
+    p.add_argument("--pretrained", action="store_true", help="with a registered name: its default pretrained weights")
+    p.add_argument("--method", choices=("raw", "rollout", "grad-rollout"), default="raw",
+                   help="raw: one block's attention; rollout: attention rollout; grad-rollout: rollout weighted by "
+                        "the gradient of a class's logit (default: raw)")
+    p.add_argument("--layer", type=int, default=-1,
+                   help="the block (raw), or the last block rolled out; negative counts from the end (default: -1)")
+    p.add_argument("--head", default="mean", metavar="H|mean|max|min",
+                   help="one head (raw only) or how heads are fused (default: mean)")
+    p.add_argument("--discard-ratio", type=float, default=0.0,
+                   help="rollout: zero this fraction of the weakest attention weights per block first (default: 0)")
+    p.add_argument("--target", type=int, default=None, metavar="CLASS",
+                   help="grad-rollout: the class index to explain (default: the predicted class)")
+    p.add_argument("--whole", action="store_true",
+                   help="use the whole image at its aspect ratio (shorter side = the model's input size) instead "
+                        "of the weights' resize + centre crop")
+    p.add_argument("--out", "-o", default=None, metavar="PATH",
+                   help="the figure (one image; default attention-<image>.png) or a folder (several images; "
+                        "default attention/)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps (default: cpu)")
+    p.set_defaults(func=lambda a: attention(a.images, a.model, a.method, a.layer, a.head, a.discard_ratio,
+                                            a.target, a.out, a.whole, a.device, a.pretrained))
     p = sub.add_parser("train", help="train or fine-tune a ViT (recipes, config files, overrides, resume)",
                        description="Train from scratch or fine-tune. The config is a built-in recipe "
                                    "(vitlab/recipes/*.toml, copy one to start your own) or --config FILE, then "
@@ -445,6 +629,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest checkpoint")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=lambda a: train(a.recipe, a.config, a.overrides, a.out, a.name, a.resume, a.progress))
+    p = sub.add_parser("analyze", help="one HTML report: attention maps, faithfulness, Figure 7, CKA, probes",
+                       description="Every analysis of a checkpoint on a data set: attention maps, rollout and "
+                                   "gradient rollout with their deletion/insertion AUC (and the pointing game on "
+                                   "data with masks), the paper's Figure 7, and per-block linear probes, CKA, soft "
+                                   "nearest-neighbour loss and residual ablation; --compare adds CKA across models.")
+    p.add_argument("--checkpoint", required=True, metavar="CHECKPOINT", help="a checkpoint of any supported format")
+    p.add_argument("--data", required=True, metavar="DATASET", help="shapes, cifar10, cifar100 or folder:PATH")
+    p.add_argument("--compare", metavar="CHECKPOINT", help="a second checkpoint: CKA between the two models' blocks")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"), help="analysed split (default: test)")
+    p.add_argument("--data-dir", metavar="DIR", help="an existing copy of the data set")
+    p.add_argument("--images", type=_positive, default=512, metavar="N", help="images analysed (default: 512)")
+    p.add_argument("--probe-images", type=_positive, default=2000, metavar="N",
+                   help="training images for the linear probes (default: 2000)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: analysis/ beside the checkpoint)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(func=lambda a: analyze(a.checkpoint, a.data, a.out, a.compare, a.split, a.data_dir, a.images,
+                                          a.probe_images, a.progress))
     p = sub.add_parser("eval", help="accuracy of a checkpoint on a data set (top-1/5, per class, confusion)",
                        description="Evaluate a checkpoint on a data set: top-1, top-5 and per-class accuracy, "
                                    "written with the confusion matrix to eval.json and confusion.png.")

@@ -65,9 +65,20 @@ class ViTConfig:
     dropout: float = 0.0
     attn_dropout: float = 0.0
     drop_path_rate: float = 0.0
+    # Training only: this fraction of the patch tokens is dropped at random, per image, after the position
+    # embedding is added (FLIP, Li et al. 2023; timm's patch_drop_rate). Fewer tokens: faster steps.
+    patch_drop_rate: float = 0.0
+
+    # Ablation: blocks without their two residual connections (Raghu et al. 2021, Sec. 6), e.g. (3,).
+    no_residual_blocks: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "img_size", _pair(self.img_size))
+        object.__setattr__(self, "no_residual_blocks", tuple(int(i) for i in self.no_residual_blocks))
+        for i in self.no_residual_blocks:
+            if not 0 <= i < self.depth:
+                raise ValueError(f"no_residual_blocks: block {i} does not exist "
+                                 f"(depth={self.depth}: 0..{self.depth - 1})")
         _check_choice("pool", self.pool, POOLS)
         _check_choice("pos_embed", self.pos_embed, POS_EMBEDS)
         _check_choice("stem", self.stem, STEMS)
@@ -86,7 +97,7 @@ class ViTConfig:
         if self.stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
             raise ValueError(f"stem='conv' downsamples by stride-2 convs: patch_size must be a power of 2 >= 2, "
                              f"got {self.patch_size}")
-        for name in ("dropout", "attn_dropout", "drop_path_rate"):
+        for name in ("dropout", "attn_dropout", "drop_path_rate", "patch_drop_rate"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         h, w = self.img_size

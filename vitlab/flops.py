@@ -52,37 +52,64 @@ def count_flops(config: ViTConfig, img_size: int | tuple[int, int] | None = None
     image (the gap average itself is not counted). At another image size T and N follow the new grid,
     as in the model's forward pass.
     """
+    return sum(flops_breakdown(config, img_size).values())
+
+
+def _image_size(config: ViTConfig, img_size: int | tuple[int, int] | None) -> tuple[int, int]:
     if img_size is None:
-        H, W = config.img_size
-    else:
-        H, W = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-        if H % config.patch_size or W % config.patch_size:
-            raise ValueError(f"img_size={(H, W)} is not divisible by the patch size {config.patch_size}")
+        return config.img_size
+    H, W = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    if H % config.patch_size or W % config.patch_size:
+        raise ValueError(f"img_size={(H, W)} is not divisible by the patch size {config.patch_size}")
+    return H, W
+
+
+def flops_breakdown(config: ViTConfig, img_size: int | tuple[int, int] | None = None) -> dict[str, int]:
+    """The terms of :func:`count_flops` by part, summed over the blocks: ``patch_embed`` (projection or conv
+    stem), ``qkv``, ``attention_matrix`` (q @ k^T and attn @ v), ``proj``, ``mlp``, ``pre_logits``, ``head``."""
+    H, W = _image_size(config, img_size)
     P, C, D, M, L = config.patch_size, config.in_chans, config.embed_dim, config.mlp_dim, config.depth
     T = (H // P) * (W // P)  # h * w patches
     N = T + config.num_prefix_tokens
 
     if config.stem == "patch":
-        flops = 2 * T * D * C * P * P
+        stem = 2 * T * D * C * P * P
     else:
-        flops, h_i, w_i, c_last = 0, H, W, C
+        stem, h_i, w_i, c_last = 0, H, W, C
         for c_in, c_out in _conv_stem_layers(config):
             h_i, w_i = -(-h_i // 2), -(-w_i // 2)  # kernel 3, stride 2, padding 1: ceil(H / 2)
-            flops += 2 * h_i * w_i * c_out * c_in * 9
+            stem += 2 * h_i * w_i * c_out * c_in * 9
             c_last = c_out
-        flops += 2 * T * D * c_last  # 1x1 projection to D
+        stem += 2 * T * D * c_last  # 1x1 projection to D
+    return {
+        "patch_embed": stem,
+        "qkv": L * 2 * N * D * 3 * D,
+        "attention_matrix": L * 2 * (2 * N * N * D),  # q @ k^T and attn @ v, summed over the heads
+        "proj": L * 2 * N * D * D,
+        "mlp": L * 2 * (2 * N * D * M),  # fc1 and fc2
+        "pre_logits": 2 * D * config.representation_size if config.representation_size else 0,
+        "head": 2 * config.num_features * config.num_classes,
+    }
 
-    block = 2 * N * D * 3 * D  # qkv
-    block += 2 * (2 * N * N * D)  # q @ k^T and attn @ v, summed over the Nh heads of width Dh
-    block += 2 * N * D * D  # proj
-    block += 2 * (2 * N * D * M)  # fc1 and fc2
-    flops += L * block
 
-    if config.representation_size:
-        flops += 2 * D * config.representation_size
-    if config.num_classes:
-        flops += 2 * config.num_features * config.num_classes
-    return flops
+def attention_macs(config: ViTConfig, img_size: int | tuple[int, int] | None = None,
+                   window: int | None = None) -> int:
+    """Multiply-adds of one block's self-attention over the h*w patch tokens, as Swin (Liu et al. 2021, Eq. 1-2)
+    counts them: global MSA 4 hw C^2 + 2 (hw)^2 C; windowed W-MSA with ``window`` M: 4 hw C^2 + 2 M^2 hw C.
+    (C = D here; the softmax is left out, and so are the prefix tokens, which Swin does not have.)"""
+    H, W = _image_size(config, img_size)
+    hw, C = (H // config.patch_size) * (W // config.patch_size), config.embed_dim
+    mixing = 2 * hw * hw * C if window is None else 2 * window * window * hw * C
+    return 4 * hw * C * C + mixing
+
+
+def attention_matrix_bytes(config: ViTConfig, img_size: int | tuple[int, int] | None = None, batch: int = 1,
+                           bytes_per_value: int = 4) -> int:
+    """Memory of one block's attention probabilities (B, Nh, N, N), as the explicit path materialises them
+    (the fused kernel does not)."""
+    H, W = _image_size(config, img_size)
+    n = (H // config.patch_size) * (W // config.patch_size) + config.num_prefix_tokens
+    return batch * config.num_heads * n * n * bytes_per_value
 
 
 def count_params(config: ViTConfig) -> int:

@@ -143,9 +143,13 @@ class Block(nn.Module):
         self.mlp = Mlp(cfg)
         self.ls2 = LayerScale(cfg.embed_dim, ls) if ls is not None else nn.Identity()
         self.drop_path2 = DropPath(drop_path)
+        self.residual = True  # False: the ablation of Raghu et al. 2021 (see ViTConfig.no_residual_blocks)
 
     def forward(self, x: torch.Tensor, return_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         y, probs = self.attn(self.norm1(x), return_attention)
+        if not self.residual:  # skip-connection ablation (ViTConfig.no_residual_blocks): no identity paths
+            x = self.drop_path1(self.ls1(y))
+            return self.drop_path2(self.ls2(self.mlp(self.norm2(x)))), probs
         x = x + self.drop_path1(self.ls1(y))  # Eq. 2
         x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))  # Eq. 3
         return x, probs
@@ -189,6 +193,8 @@ class VisionTransformer(nn.Module):
         self.pos_drop = nn.Dropout(cfg.dropout)
         rates = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # grows with depth
         self.blocks = nn.ModuleList([Block(cfg, r) for r in rates])
+        for i in cfg.no_residual_blocks:
+            self.blocks[i].residual = False
         self.norm = nn.Identity() if cfg.fc_norm else nn.LayerNorm(D, eps=cfg.norm_eps)
         self.fc_norm = nn.LayerNorm(D, eps=cfg.norm_eps) if cfg.fc_norm else nn.Identity()
         if cfg.representation_size:
@@ -267,6 +273,10 @@ class VisionTransformer(nn.Module):
             cls_pos, x = pos[:, :n_cls], x + pos[:, n_cls:]
         elif self.config.pos_embed == "sincos2d":
             x = x + sincos_2d((h, w), D).to(x)
+        if self.training and self.config.patch_drop_rate > 0:  # keep a random subset of patches per image
+            keep = max(1, round((1 - self.config.patch_drop_rate) * h * w))
+            idx = torch.rand(B, h * w, device=x.device).argsort(dim=1)[:, :keep]  # (B, keep)
+            x = x.gather(1, idx.unsqueeze(-1).expand(-1, -1, D))  # (B, keep, D)
         prefix = []
         if self.cls_token is not None:
             cls = self.cls_token if cls_pos is None else self.cls_token + cls_pos

@@ -107,3 +107,56 @@ def plot_attention_overlays(images: np.ndarray, maps: np.ndarray, titles: Sequen
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_attention_figure(image: np.ndarray, saliency: np.ndarray, head_maps: np.ndarray, title: str,
+                          map_title: str, heads_title: str, path: str | Path) -> Path:
+    """One image (H, W, 3) uint8, the image with ``saliency`` (H, W) in [0, 1] overlaid, and a grid of per-head
+    maps (Nh, H, W) in [0, 1] over the image (``vitlab attention``)."""
+    plt = _pyplot()
+    n_heads = len(head_maps)
+    cols = min(max(n_heads, 1), 6)
+    rows = -(-n_heads // cols)
+    fig = plt.figure(figsize=(2.2 * max(cols, 3), 2.6 * (1 + rows)))
+    grid = fig.add_gridspec(1 + rows, max(cols, 2))
+    ax = fig.add_subplot(grid[0, 0])
+    ax.imshow(image, interpolation="nearest")
+    ax.set_title(title, fontsize=8)
+    ax = fig.add_subplot(grid[0, 1])
+    ax.imshow(image, interpolation="nearest")
+    ax.imshow(saliency, cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
+    ax.set_title(map_title, fontsize=8)
+    for i in range(n_heads):
+        ax = fig.add_subplot(grid[1 + i // cols, i % cols])
+        ax.imshow(image, interpolation="nearest")
+        ax.imshow(head_maps[i], cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
+        ax.set_title(f"{heads_title}, head {i}", fontsize=7)
+    for ax in fig.axes:
+        ax.axis("off")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_attention_cost(pixels: Sequence[int], msa: Sequence[float], wmsa: Sequence[float], window: int,
+                        path: str | Path) -> Path:
+    """Self-attention multiply-adds against the number of pixels: global MSA (quadratic) and W-MSA (linear)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(pixels, np.asarray(msa) / 1e9, "o-", label="global MSA (ViT)")
+    ax.plot(pixels, np.asarray(wmsa) / 1e9, "s-", label=f"W-MSA, window {window} (Swin)")
+    ax.set_xlabel("pixels per image")
+    ax.set_ylabel("self-attention GMACs, all blocks")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

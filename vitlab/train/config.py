@@ -75,6 +75,9 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     epochs: int = 10
     max_steps: int = 0  # stop after this many optimizer steps (0 = epochs decide)
+    # Wall-clock budget for the training steps (evaluation and checkpoint writes excluded); 0 = none. With a
+    # budget the cosine schedule spans the budget and the run stops when it is spent (or at the step limit).
+    budget_minutes: float = 0.0
     seed: int = 0
     amp: str = "none"  # none | bf16
     compile: bool = False

@@ -5,8 +5,11 @@
 - Layer-wise learning-rate decay (BEiT; used for fine-tuning): block i gets lr * decay^(L - i), the
   embeddings lr * decay^(L + 1), the final norm and head the full lr.
 - Schedule: linear warmup from 0 to the peak over ``warmup_steps``, then cosine to ``min_lr`` (paper
-  App. B.1 uses linear warmup then cosine or linear decay). The lr is a pure function of the step, so
-  resuming needs nothing but the step.
+  App. B.1 uses linear warmup then cosine or linear decay). The lr is a pure function of the step (and, for a
+  wall-clock budget, of the training time spent, which checkpoints carry), so resuming needs nothing else.
+- Wall-clock budget: the cosine's progress is the larger of the step fraction and ``time_progress``, the
+  fraction of the budget spent since warmup ended; the run ends when either reaches 1. So a run with a budget
+  always finishes its schedule, however fast the machine.
 """
 
 from __future__ import annotations
@@ -58,18 +61,22 @@ def build_optimizer(model: VisionTransformer, cfg: OptimConfig) -> torch.optim.O
     raise ValueError(f"optim.optimizer={cfg.optimizer!r} is not one of 'adamw', 'sgd'")
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.0) -> float:
-    """Multiplier of the peak lr at optimizer step ``step`` (0-based): linear warmup, then cosine."""
+def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.0,
+              time_progress: float = 0.0) -> float:
+    """Multiplier of the peak lr at optimizer step ``step`` (0-based): linear warmup, then cosine over the larger
+    of the step progress and ``time_progress`` (the fraction of a wall-clock budget spent after warmup)."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    progress = min(progress, 1.0)
+    progress = min(max(progress, time_progress), 1.0)
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def set_lr(optimizer: torch.optim.Optimizer, cfg: OptimConfig, step: int, total_steps: int) -> float:
+def set_lr(optimizer: torch.optim.Optimizer, cfg: OptimConfig, step: int, total_steps: int,
+           time_progress: float = 0.0) -> float:
     """Set every group's lr for ``step``; return the peak-group lr."""
-    lr = cfg.lr * lr_factor(step, total_steps, cfg.warmup_steps, cfg.min_lr / cfg.lr if cfg.lr else 0.0)
+    lr = cfg.lr * lr_factor(step, total_steps, cfg.warmup_steps, cfg.min_lr / cfg.lr if cfg.lr else 0.0,
+                            time_progress)
     for g in optimizer.param_groups:
         g["lr"] = lr * g.get("lr_scale", 1.0)
     return lr

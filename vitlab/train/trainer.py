@@ -40,6 +40,7 @@ class RunResult:
     epoch: int
     val_acc: float | None
     interrupted: bool
+    train_seconds: float = 0.0  # time spent in training steps (evaluation and checkpoint writes excluded)
 
 
 class ModelEMA:
@@ -182,6 +183,8 @@ def train(cfg: TrainConfig, *, run_dir: str | Path, resume: bool = False, progre
     ema = ModelEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     step = epoch = batch_in_epoch = 0
     best_acc = -1.0
+    budget_s = cfg.budget_minutes * 60
+    train_s = warmup_s = 0.0  # seconds spent in training steps; at the end of warmup
     if found is not None:
         ckpt_path, state = found
         model.load_state_dict(state["model"])
@@ -190,6 +193,7 @@ def train(cfg: TrainConfig, *, run_dir: str | Path, resume: bool = False, progre
             ema.module.load_state_dict(state["ema"])
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         best_acc = state.get("best_acc", -1.0)
+        train_s, warmup_s = state.get("train_seconds", 0.0), state.get("warmup_seconds", 0.0)
         set_rng_state(state["rng"])
         if main_proc:
             print(f"resumed from {ckpt_path} (step {step}, epoch {epoch}, batch {batch_in_epoch})")
@@ -214,7 +218,8 @@ def train(cfg: TrainConfig, *, run_dir: str | Path, resume: bool = False, progre
     def snapshot() -> dict[str, Any]:
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "ema": ema.module.state_dict() if ema is not None else {}, "step": step, "epoch": epoch,
-                "batch_in_epoch": batch_in_epoch, "best_acc": best_acc, "config": to_dict(cfg)}
+                "batch_in_epoch": batch_in_epoch, "best_acc": best_acc, "config": to_dict(cfg),
+                "train_seconds": train_s, "warmup_seconds": warmup_s}
 
     def checkpoint() -> None:
         if main_proc:
@@ -227,19 +232,30 @@ def train(cfg: TrainConfig, *, run_dir: str | Path, resume: bool = False, progre
         if tb is not None:
             for key, value in record.items():
                 if key not in ("step", "epoch"):
-                    tb.add_scalar(key if key.startswith("val_") else f"train_{key}", value, record["step"])
+                    tb.add_scalar(key if key.startswith(("val_", "train_")) else f"train_{key}", value, record["step"])
 
     bar = None
     if main_proc and progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True)
+        bar = tqdm(total=None if budget_s > 0 else total_steps, initial=step, unit="step", dynamic_ncols=True)
+
+    def time_progress() -> float:
+        """The fraction of the budget spent after warmup (0 without a budget)."""
+        if budget_s <= 0 or step < cfg.optim.warmup_steps:
+            return 0.0
+        return (train_s - warmup_s) / max(budget_s - warmup_s, 1e-9)
+
+    def finished() -> bool:
+        return step >= total_steps or (budget_s > 0 and train_s >= budget_s)
+
     val_acc = None
     interrupted = False
     with _StopFlag() as stop:
-        while step < total_steps:
+        while not finished():
             net.train()
             t0, seen, loss_acc, correct = time.perf_counter(), 0, 0.0, 0
+            clock = t0  # the step timer: evaluation and checkpoint writes are not counted in train_s
             batches = loader.epoch(epoch, start_step=batch_in_epoch)
             for i, (x, y) in enumerate(batches, start=batch_in_epoch):
                 if i // accum >= steps_per_epoch:
@@ -257,7 +273,7 @@ def train(cfg: TrainConfig, *, run_dir: str | Path, resume: bool = False, progre
                 correct += (logits.argmax(-1) == (y if y.ndim == 1 else y.argmax(-1))).sum().item()
                 if (i + 1) % accum:
                     continue
-                lr = set_lr(optimizer, cfg.optim, step, total_steps)
+                lr = set_lr(optimizer, cfg.optim, step, total_steps, time_progress())
                 if cfg.optim.clip_grad > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
                 optimizer.step()
@@ -265,10 +281,18 @@ def train(cfg: TrainConfig, *, run_dir: str | Path, resume: bool = False, progre
                 if ema is not None:
                     ema.update(model)
                 step, batch_in_epoch = step + 1, i + 1
-                if step % cfg.log_every_steps == 0 or step == total_steps:
+                now = time.perf_counter()
+                train_s, clock = train_s + (now - clock), now
+                if budget_s > 0 and world > 1:  # every rank must stop at the same step: the slowest one's clock
+                    t = torch.tensor([train_s], dtype=torch.float64, device=device)
+                    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+                    train_s = t.item()
+                if step == cfg.optim.warmup_steps:
+                    warmup_s = train_s
+                if step % cfg.log_every_steps == 0 or finished():
                     rate = seen * world / max(time.perf_counter() - t0, 1e-9)
                     record = {"step": step, "epoch": epoch, "lr": lr, "loss": loss_acc / seen,
-                              "train_acc": correct / seen, "img_per_s": rate}
+                              "train_acc": correct / seen, "img_per_s": rate, "train_seconds": train_s}
                     write(record)
                     if bar is not None:
                         bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['train_acc']:.3f}",
@@ -278,7 +302,8 @@ def train(cfg: TrainConfig, *, run_dir: str | Path, resume: bool = False, progre
                     bar.update(1)
                 if step % cfg.ckpt_every_steps == 0:
                     checkpoint()
-                if stop.signal is not None or step >= total_steps:
+                    clock = time.perf_counter()
+                if stop.signal is not None or finished():
                     break
             if stop.signal is not None:
                 checkpoint()
@@ -289,15 +314,16 @@ def train(cfg: TrainConfig, *, run_dir: str | Path, resume: bool = False, progre
                 break
             if batch_in_epoch // accum >= steps_per_epoch:
                 epoch, batch_in_epoch = epoch + 1, 0
-            if epoch % cfg.eval_every_epochs == 0 or step >= total_steps:
+            if (epoch % cfg.eval_every_epochs == 0 and batch_in_epoch == 0) or finished():
                 stats = evaluate(ema.module if ema is not None else model, val_loader, device, cfg.amp)
                 val_acc = stats["acc"]
-                write({"step": step, "epoch": epoch, "val_acc": val_acc, "val_loss": stats["loss"]})
+                write({"step": step, "epoch": epoch, "val_acc": val_acc, "val_loss": stats["loss"],
+                       "train_seconds": train_s})
                 if main_proc and val_acc > best_acc:
                     best_acc = val_acc
                     vitlab.save(ema.module if ema is not None else model, run_dir / "best.safetensors",
                                 extra_metadata={"step": str(step), "val_acc": f"{val_acc:.6f}"})
-            if step >= total_steps:
+            if finished():
                 break
     if bar is not None:
         bar.close()
@@ -314,7 +340,7 @@ def train(cfg: TrainConfig, *, run_dir: str | Path, resume: bool = False, progre
         from vitlab.plot import plot_curves, read_metrics
 
         plot_curves(read_metrics(run_dir / "metrics.jsonl"), run_dir / "curves.png")
-    return RunResult(run_dir, step, epoch, val_acc, interrupted)
+    return RunResult(run_dir, step, epoch, val_acc, interrupted, train_s)
 
 
 def load_resume_config(run_dir: str | Path) -> TrainConfig:

@@ -1,0 +1,136 @@
+"""CIFAR-10 from scratch in a fixed wall-clock budget: vitlab's recipes against the usual ViT tutorial recipe.
+
+Each recipe trains for ``--minutes`` of training-step time on the same machine, one after the other (never at
+the same time: they would share the cores), and is scored on the 10,000 test images. The reference is
+``cifar10-reference``: a plain ViT (patch 4, width 192, depth 6, 3 heads, MLP 384) with the common tutorial
+recipe (AdamW lr 1e-3, weight decay 0.05, 200 warmup steps then cosine, random crop with 4 px padding + flip,
+label smoothing 0.1, batch 128). Every recipe, the reference too, gets a schedule that spans the budget (see
+``budget_minutes`` in :mod:`vitlab.train.config`), so none is cut off halfway down its cosine.
+
+    python benchmarks/cifar10_budget.py --minutes 20                 # reference, cifar10-vit, cifar10-hybrid
+    python benchmarks/cifar10_budget.py --minutes 5 --recipes cifar10-hybrid,my_recipe.toml --set optim.lr=3e-3
+
+Data: ``--data DIR`` (``DIR/train/<class>/*.jpg`` and ``DIR/test/<class>/*.jpg``), else ``--zip`` (default: the
+shared copy ``../shared/data/cifar10-jpeg.zip`` beside the repository) unpacked once into ``--cache``. The images
+are read through the ``folder:`` loader, as a user's own data set would be.
+
+Prints one row per recipe (test accuracy, steps, epochs, images/s) and each recipe's difference from the
+reference, and appends the rows, with the command, hardware and date, to ``<out>/results.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import zipfile
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+import vitlab
+from vitlab.flops import count_params
+from vitlab.train.config import load_config, recipe_path
+from vitlab.train.trainer import train
+
+REPO = Path(__file__).resolve().parent.parent
+REFERENCE = "cifar10-reference"
+DEFAULT_RECIPES = (REFERENCE, "cifar10-vit", "cifar10-hybrid")
+
+
+def unpack(zip_path: Path, cache: Path) -> Path:
+    """Unpack the CIFAR-10 JPEG zip into ``cache`` once (a marker file says the unpacking finished)."""
+    done = cache / ".unpacked"
+    if not done.is_file():
+        if not zip_path.is_file():
+            raise SystemExit(f"error: no data: {zip_path} does not exist; pass --data DIR or --zip FILE")
+        cache.mkdir(parents=True, exist_ok=True)
+        print(f"unpacking {zip_path} into {cache} ...", flush=True)
+        with zipfile.ZipFile(zip_path) as z:
+            z.extractall(cache)
+        done.write_text(str(zip_path))
+    roots = [p.parent for p in cache.rglob("train") if p.is_dir() and (p.parent / "test").is_dir()]
+    if not roots:
+        raise SystemExit(f"error: {cache} has no train/ and test/ folders; delete it and run again")
+    return roots[0]
+
+
+def hardware() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+def run_recipe(recipe: str, data: Path, minutes: float, out: Path, extra: list[str], device: str) -> dict:
+    is_file = recipe.endswith(".toml")
+    overrides = [f"data.dataset=folder:{data}", f"budget_minutes={minutes}", "epochs=100000",
+                 "eval_every_epochs=100000", "ckpt_every_steps=100000000", f"device={device}", *extra]
+    cfg = load_config(None if is_file else recipe, recipe if is_file else None, overrides)
+    name = Path(recipe).stem
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    result = train(cfg, run_dir=out / f"{name}-{minutes:g}min-{stamp}", progress=False)
+    metrics = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    rates = [m["img_per_s"] for m in metrics if "img_per_s" in m]
+    return {"recipe": name, "test_acc": result.val_acc, "steps": result.step,
+            "epochs": result.step * cfg.data.batch_size / 50000, "train_minutes": result.train_seconds / 60,
+            "img_per_s": sorted(rates)[len(rates) // 2] if rates else None,
+            "params": count_params(vitlab.load(result.run_dir / "model.safetensors").config),
+            "run_dir": str(result.run_dir)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--minutes", type=float, required=True, help="training budget per recipe (minutes)")
+    p.add_argument("--recipes", default=",".join(DEFAULT_RECIPES),
+                   help=f"comma-separated built-in recipe names or .toml files (default: {','.join(DEFAULT_RECIPES)})")
+    p.add_argument("--data", type=Path, help="an unpacked copy: DIR/train/<class>/, DIR/test/<class>/")
+    p.add_argument("--zip", type=Path, default=REPO.parent / "shared" / "data" / "cifar10-jpeg.zip")
+    p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "vitlab" / "cifar10-jpeg")
+    p.add_argument("--out", type=Path, default=REPO / "runs" / "cifar10_budget")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every recipe")
+    args = p.parse_args(argv)
+    recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    for r in recipes:
+        if not r.endswith(".toml"):
+            recipe_path(r)  # an unknown name fails now, not after the first recipe's budget
+    data = args.data or unpack(args.zip, args.cache)
+    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
+    when, hw = datetime.now().isoformat(timespec="seconds"), hardware()
+    print(f"{command}\n{hw}, torch {torch.__version__}, {when}\n", flush=True)
+
+    rows = []
+    for recipe in recipes:
+        print(f"--- {recipe}: {args.minutes:g} min ...", flush=True)
+        row = run_recipe(recipe, data, args.minutes, args.out, args.set, args.device)
+        row.update(command=command, hardware=hw, date=when, minutes=args.minutes, overrides=args.set)
+        rows.append(row)
+        print(f"    test accuracy {row['test_acc']:.4f} after {row['steps']} steps ({row['epochs']:.1f} epochs, "
+              f"{row['img_per_s']:.0f} img/s)", flush=True)
+        args.out.mkdir(parents=True, exist_ok=True)
+        with (args.out / "results.jsonl").open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    ref = next((r for r in rows if r["recipe"] == REFERENCE), None)
+    print(f"\n| recipe | params | budget | steps | epochs | img/s | test acc | vs {REFERENCE} |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        diff = f"{100 * (r['test_acc'] - ref['test_acc']):+.2f} pts" if ref else "n/a"
+        print(f"| {r['recipe']} | {r['params'] / 1e6:.2f}M | {args.minutes:g} min | {r['steps']} | {r['epochs']:.1f} | "
+              f"{r['img_per_s']:.0f} | {100 * r['test_acc']:.2f}% | {diff} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""Comparing representations, after "Do Vision Transformers See Like Convolutional Neural Networks?" (Raghu et
+al. 2021): CKA between layers, linear probes per layer, and the soft nearest-neighbour loss.
+
+CKA (Kornblith et al. 2019) with a linear kernel, estimated over minibatches with the unbiased HSIC estimator
+(Song et al. 2012) as in Nguyen et al. 2021: for every minibatch of n >= 4 examples the three HSIC values are
+accumulated, and CKA = sum HSIC(K, L) / sqrt(sum HSIC(K, K) * sum HSIC(L, L)). Minibatch CKA needs no
+N x N Gram matrix over the whole data set and is invariant to orthogonal transforms and isotropic scaling of
+either representation.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def hsic_unbiased(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:  # noqa: E741 (the papers' names)
+    """Unbiased HSIC of two (n, n) Gram matrices, n >= 4 (Song et al. 2012, Eq. 5)."""
+    n = k.shape[0]
+    if n < 4:
+        raise ValueError(f"the unbiased HSIC needs at least 4 examples per minibatch, got {n}")
+    k = k.clone().fill_diagonal_(0)
+    l = l.clone().fill_diagonal_(0)  # noqa: E741
+    kl = k @ l
+    ones_k, ones_l = k.sum(dim=0), l.sum(dim=0)  # 1^T K, 1^T L
+    term = kl.trace() + k.sum() * l.sum() / ((n - 1) * (n - 2)) - 2.0 * (ones_k @ ones_l) / (n - 2)
+    return term / (n * (n - 3))
+
+
+class MinibatchCKA:
+    """Linear CKA between every pair of representations in ``a`` and ``b``, accumulated over minibatches.
+
+    ``update(xs, ys)``: lists of (n, ...) features of the same n examples (flattened per example); ``value()``:
+    the (len(xs), len(ys)) CKA matrix over everything seen.
+    """
+
+    def __init__(self) -> None:
+        self.kl: torch.Tensor | None = None
+        self.kk: torch.Tensor | None = None
+        self.ll: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def update(self, xs: list[torch.Tensor], ys: list[torch.Tensor]) -> None:
+        grams_x = [_gram(x) for x in xs]
+        grams_y = [_gram(y) for y in ys]
+        kk = torch.stack([hsic_unbiased(g, g) for g in grams_x])
+        ll = torch.stack([hsic_unbiased(g, g) for g in grams_y])
+        kl = torch.stack([torch.stack([hsic_unbiased(gx, gy) for gy in grams_y]) for gx in grams_x])
+        if self.kl is None:
+            self.kl, self.kk, self.ll = kl, kk, ll
+        else:
+            self.kl, self.kk, self.ll = self.kl + kl, self.kk + kk, self.ll + ll
+
+    def value(self) -> torch.Tensor:
+        if self.kl is None:
+            raise ValueError("no minibatch seen yet: call update() first")
+        return self.kl / (self.kk[:, None] * self.ll[None, :]).clamp_min(1e-30).sqrt()
+
+
+def _gram(x: torch.Tensor) -> torch.Tensor:
+    x = x.reshape(x.shape[0], -1).double()
+    return x @ x.T
+
+
+def cka(x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None) -> float:
+    """Linear CKA of two representations (N, ...) of the same N examples, over minibatches of ``batch_size``
+    (default: one batch of all N)."""
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x and y must hold the same examples: {x.shape[0]} vs {y.shape[0]} rows")
+    bs = batch_size or x.shape[0]
+    acc = MinibatchCKA()
+    for i in range(0, x.shape[0] - 3, bs):
+        if x[i:i + bs].shape[0] >= 4:
+            acc.update([x[i:i + bs]], [y[i:i + bs]])
+    return acc.value()[0, 0].item()
+
+
+def soft_nearest_neighbor_loss(x: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> float:
+    """Soft nearest-neighbour loss (Frosst et al. 2019) of features (N, ...) with labels (N,): low when
+    same-class points are closer than other points, at the scale ``temperature`` (squared Euclidean distance).
+
+    -1/N sum_i log( sum_{j != i, y_j = y_i} exp(-d_ij / T) / sum_{k != i} exp(-d_ik / T) ).
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    x = x.reshape(x.shape[0], -1).double()
+    d = torch.cdist(x, x).square()
+    logits = -d / temperature
+    eye = torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
+    logits = logits.masked_fill(eye, float("-inf"))
+    same = (labels[:, None] == labels[None, :]) & ~eye
+    if not same.any(dim=1).all():
+        raise ValueError("every example needs another example of its class")
+    num = torch.logsumexp(logits.masked_fill(~same, float("-inf")), dim=1)
+    den = torch.logsumexp(logits, dim=1)
+    return (den - num).mean().item()
+
+
+def linear_probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+                          l2_reg: float = 1e-3) -> float:
+    """Top-1 of a closed-form ridge-regression probe from features to {-1, 1} class targets (the ViT paper's linear
+    evaluation, primal form): features L2-normalised and centred on the training set."""
+    x = F.normalize(train_x.reshape(train_x.shape[0], -1).double(), dim=-1)
+    mean = x.mean(dim=0, keepdim=True)
+    x = x - mean
+    k = int(max(train_y.max(), test_y.max())) + 1
+    y = -torch.ones(x.shape[0], k, dtype=torch.float64)
+    y[torch.arange(x.shape[0]), train_y] = 1.0
+    w = torch.linalg.solve(x.T @ x + l2_reg * x.shape[0] * torch.eye(x.shape[1], dtype=torch.float64), x.T @ y)
+    test = F.normalize(test_x.reshape(test_x.shape[0], -1).double(), dim=-1) - mean
+    return ((test @ w).argmax(dim=-1) == test_y).double().mean().item()
+
+
+@torch.no_grad()
+def block_representations(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """Per-block representations of images ``x`` (B, C, H, W), on the CPU in fp32: ``"mean"``, the mean of the
+    patch tokens (L, B, D), and ``"cls"``, the class token (L, B, D; absent for a model without one). Block i's
+    output is the residual stream after it (before the final LayerNorm), as Raghu et al. probe it."""
+    was_training = model.training
+    model.eval()
+    cls, mean = [], []
+    try:
+        for i in range(0, x.shape[0], batch_size):
+            out = model.forward_intermediates(x[i:i + batch_size], layers=None)
+            p = out.num_prefix_tokens
+            tokens = [out.tokens[k] for k in sorted(out.tokens)]  # L x (b, N, D)
+            mean.append(torch.stack([t[:, p:].mean(dim=1) for t in tokens]).float().cpu())
+            if model.config.class_token:
+                cls.append(torch.stack([t[:, 0] for t in tokens]).float().cpu())
+    finally:
+        model.train(was_training)
+    reps = {"mean": torch.cat(mean, dim=1)}
+    if cls:
+        reps["cls"] = torch.cat(cls, dim=1)
+    return reps
+
+
+def probe_blocks(train: dict[str, torch.Tensor], train_y: torch.Tensor, test: dict[str, torch.Tensor],
+                 test_y: torch.Tensor, l2_reg: float = 1e-3) -> dict[str, list[float]]:
+    """Linear-probe top-1 of every block's representations (from :func:`block_representations`), per kind."""
+    return {kind: [linear_probe_accuracy(train[kind][i], train_y, test[kind][i], test_y, l2_reg)
+                   for i in range(train[kind].shape[0])] for kind in train}
+
+
+@torch.no_grad()
+def residual_ablation(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256
+                      ) -> list[float]:
+    """Top-1 on (x, y) with the residual connections of block i removed at inference, for every i (the trained
+    weights unchanged; train with ``no_residual_blocks`` for the trained ablation of Raghu et al.)."""
+    was_training = model.training
+    model.eval()
+    accs = []
+    for blk in model.blocks:
+        kept = blk.residual
+        blk.residual = False
+        try:
+            correct = sum((model(x[i:i + batch_size]).argmax(-1) == y[i:i + batch_size]).sum().item()
+                          for i in range(0, x.shape[0], batch_size))
+        finally:
+            blk.residual = kept
+        accs.append(correct / x.shape[0])
+    model.train(was_training)
+    return accs
