@@ -292,3 +292,26 @@ def test_block_representations_and_probes():
     assert set(probes) == {"mean", "cls"} and len(probes["cls"]) == 2
     gap = vitlab.create_model("Ti/4@32", depth=1, pool="gap", class_token=False)
     assert set(block_representations(gap, x[:2])) == {"mean"}
+
+
+def test_report_samples_streamed_images_with_the_weights_preprocessing(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from vitlab.analysis.report import sample_images
+    from vitlab.data import load_dataset
+
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (80, 96, 3), dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
+    data = load_dataset(f"folder:{tmp_path}", "train")  # 2 of the 3 images per class
+    model = vitlab.create_model("Ti/16", img_size=64, num_classes=2, depth=1, embed_dim=48, num_heads=3, mlp_dim=96)
+    model.class_names = ["b", "a"]  # the model's order differs from the folder's
+    s = sample_images(model, data, n=4)
+    assert s.x.shape == (4, 3, 64, 64) and s.images.dtype == torch.uint8 and s.masks is None
+    pre = model.preprocessing
+    expected = pre.transform()(Image.open(data.samples[0][0]).convert("RGB"))
+    assert any(torch.allclose(expected, xi, atol=1e-2) for xi in s.x)
+    assert set(s.y.tolist()) <= {0, 1}
