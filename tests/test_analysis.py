@@ -315,3 +315,14 @@ def test_report_samples_streamed_images_with_the_weights_preprocessing(tmp_path)
     expected = pre.transform()(Image.open(data.samples[0][0]).convert("RGB"))
     assert any(torch.allclose(expected, xi, atol=1e-2) for xi in s.x)
     assert set(s.y.tolist()) <= {0, 1}
+
+
+def test_grad_rollout_explains_the_class_asked_for():
+    model = randomize_(vitlab.create_model("Ti/4@32", num_classes=5, depth=2, embed_dim=48, num_heads=3,
+                                           mlp_dim=96), std=0.2)
+    x = torch.randn(2, 3, 32, 32)
+    out = attention_maps(model, x, "grad-rollout", target=3)
+    assert out.target.tolist() == [3, 3]
+    assert not torch.allclose(out.maps, attention_maps(model, x, "grad-rollout", target=1).maps)
+    with pytest.raises(ValueError, match="grad-rollout needs a classifier head"):
+        attention_maps(vitlab.create_model("Ti/4@32", num_classes=0, depth=1), x, "grad-rollout")

@@ -464,3 +464,13 @@ def test_analyze_writes_a_report_with_every_section(capsys, tmp_path):
                "attention_distance.png", "probes.png", "cka.png", "cka_across.png", "snn.png", "ablation.png"]
     for name in figures:
         assert (out / name).is_file() and f"src='{name}'" in page, name
+
+
+def test_complexity_of_a_checkpoint_uses_its_config(capsys, tiny_ckpt):
+    code, out, err = run(capsys, "complexity", "--model", tiny_ckpt)
+    assert code == 0 and err == ""
+    assert f"{count_params_of(tiny_ckpt) / 1e6:.2f}M parameters" in out and "32x32" in out
+
+
+def count_params_of(path):
+    return sum(p.numel() for p in vitlab.load(path).parameters())

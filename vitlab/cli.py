@@ -79,6 +79,14 @@ def _millions(n: int) -> str:
     return f"{n / 1e6:.2f}M"
 
 
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: set[int]) -> None:
+    """Print aligned columns: the ``left`` ones left-aligned (text), the others right-aligned (numbers)."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        cells = [c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        print("  ".join(cells).rstrip())
+
+
 # ---------------------------------------------------------------------------------------------- models
 
 
@@ -99,11 +107,7 @@ def models(pattern: str | None = None) -> int:
         rows.append((name, _millions(count_params(cfg)), f"{count_flops(cfg) / 1e9:.2f}",
                      "x".join(map(str, cfg.img_size)), str(cfg.patch_size), str(cfg.num_tokens),
                      DEFAULT_PRETRAINED_TAGS.get(name, "-")))
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    left = {0, 6}  # text columns; numbers are right-aligned
-    for row in [header, *rows]:
-        cells = [c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
-        print("  ".join(cells).rstrip())
+    _table(header, rows, left={0, 6})  # text columns; numbers are right-aligned
     print(f"\n{len(names)} model(s). GFLOPs: one image forward, 1 multiply-add = 2 FLOPs (timm lists MACs, half "
           "these). tokens: patches + class token.")
     print(ALIAS_HELP + ".")
@@ -113,13 +117,6 @@ def models(pattern: str | None = None) -> int:
 
 
 # ------------------------------------------------------------------------------------------ complexity
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: set[int]) -> None:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        cells = [c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
-        print("  ".join(cells).rstrip())
 
 
 def complexity(model: str, img_sizes: Sequence[int | tuple[int, int]] = (), window: int = 7,

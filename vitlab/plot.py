@@ -21,6 +21,16 @@ def _pyplot():
     return plt
 
 
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Lay out, write and close ``fig``; the folder is made if missing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    _pyplot().close(fig)
+    return path
+
+
 def plot_confusion(confusion: np.ndarray, class_names: Sequence[str], path: str | Path,
                    title: str = "Confusion matrix (rows: true class, normalised)") -> Path:
     """A (K, K) count matrix, rows normalised to the fraction of each true class."""
@@ -44,11 +54,7 @@ def plot_confusion(confusion: np.ndarray, class_names: Sequence[str], path: str 
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -78,11 +84,7 @@ def plot_curves(records: Sequence[dict], path: str | Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0].legend()
     axes[1].legend()
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_attention_overlays(images: np.ndarray, maps: np.ndarray, titles: Sequence[str], path: str | Path,
@@ -102,11 +104,7 @@ def plot_attention_overlays(images: np.ndarray, maps: np.ndarray, titles: Sequen
         axes[r, 2 * c + 1].imshow(images[i], interpolation="nearest")
         axes[r, 2 * c + 1].imshow(maps[i], cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
         axes[r, 2 * c + 1].set_title("attention", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_attention_figure(image: np.ndarray, saliency: np.ndarray, head_maps: np.ndarray, title: str,
@@ -133,12 +131,7 @@ def plot_attention_figure(image: np.ndarray, saliency: np.ndarray, head_maps: np
         ax.set_title(f"{heads_title}, head {i}", fontsize=7)
     for ax in fig.axes:
         ax.axis("off")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_attention_cost(pixels: Sequence[int], msa: Sequence[float], wmsa: Sequence[float], window: int,
@@ -154,9 +147,4 @@ def plot_attention_cost(pixels: Sequence[int], msa: Sequence[float], wmsa: Seque
     ax.set_yscale("log")
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

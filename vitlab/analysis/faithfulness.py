@@ -69,16 +69,26 @@ class Faithfulness:
     random_insertion_auc: float
 
 
+def random_order(num_images: int, num_patches: int, seed: int = 0) -> torch.Tensor:
+    """(num_images, num_patches): a seeded random patch order per image, the baseline of the curves."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.randperm(num_patches, generator=g) for _ in range(num_images)])
+
+
+def summarize(curves: dict[str, torch.Tensor], random: dict[str, torch.Tensor]) -> Faithfulness:
+    """Mean AUCs of :func:`deletion_insertion_curves` for a map and for a random order."""
+    f = curves["fraction"]
+    return Faithfulness(auc(f, curves["deletion"]).mean().item(), auc(f, curves["insertion"]).mean().item(),
+                        auc(f, random["deletion"]).mean().item(), auc(f, random["insertion"]).mean().item())
+
+
 def faithfulness(model: torch.nn.Module, x: torch.Tensor, maps: torch.Tensor, target: torch.Tensor,
                  patch_size: int, steps: int = 16, fill: float = 0.0, seed: int = 0) -> Faithfulness:
     """Deletion and insertion AUC of ``maps`` beside a random patch order (seeded)."""
     curves = deletion_insertion_curves(model, x, maps, target, patch_size, steps, fill)
-    g = torch.Generator().manual_seed(seed)
-    rand_order = torch.stack([torch.randperm(maps[0].numel(), generator=g) for _ in range(x.shape[0])]).to(x.device)
-    rand = deletion_insertion_curves(model, x, maps, target, patch_size, steps, fill, order=rand_order)
-    f = curves["fraction"]
-    return Faithfulness(auc(f, curves["deletion"]).mean().item(), auc(f, curves["insertion"]).mean().item(),
-                        auc(f, rand["deletion"]).mean().item(), auc(f, rand["insertion"]).mean().item())
+    order = random_order(x.shape[0], maps[0].numel(), seed).to(x.device)
+    rand = deletion_insertion_curves(model, x, maps, target, patch_size, steps, fill, order=order)
+    return summarize(curves, rand)
 
 
 def pointing_game(maps: torch.Tensor, masks: torch.Tensor) -> tuple[float, float]:

@@ -8,15 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from vitlab.plot import _pyplot
-
-
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    _pyplot().close(fig)
-    return path
+from vitlab.plot import save_figure as _save
 
 
 def _to_image(a: np.ndarray) -> np.ndarray:

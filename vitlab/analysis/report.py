@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from vitlab.analysis import figure7, plots
-from vitlab.analysis.faithfulness import Faithfulness, auc, deletion_insertion_curves, pointing_game
+from vitlab.analysis.faithfulness import deletion_insertion_curves, pointing_game, random_order, summarize
 from vitlab.analysis.representations import (
     MinibatchCKA,
     block_representations,
@@ -105,7 +105,8 @@ def analyze(model: VisionTransformer, test_set: Any, train_set: Any, out_dir: st
 
     show = slice(0, min(n_show, len(test.y)))
     size = tuple(test.x.shape[-2:])
-    maps = {m: attention_maps(model, test.x[:n_faithfulness], m).maps for m in METHODS}
+    maps = {m: torch.cat([attention_maps(model, test.x[i:i + 64], m).maps for i in range(0, len(test.y), 64)])
+            for m in METHODS}  # (n_images, h, w) each, in batches: gradient rollout keeps a graph per batch
     with torch.no_grad():
         pred = model(test.x[show]).argmax(-1)
     class_names = model.class_names or [str(i) for i in range(cfg.num_classes)]
@@ -119,18 +120,14 @@ def analyze(model: VisionTransformer, test_set: Any, train_set: Any, out_dir: st
 
     faith, curves = {}, {}
     x_f, target = test.x[:n_faithfulness], test.y[:n_faithfulness]
-    g = torch.Generator().manual_seed(seed)
-    n_patch = maps["raw"][0].numel()
-    random_order = torch.stack([torch.randperm(n_patch, generator=g) for _ in range(len(target))])
-    rand = deletion_insertion_curves(model, x_f, maps["raw"], target, cfg.patch_size, order=random_order)
-    f = rand["fraction"]
+    order = random_order(len(target), maps["raw"][0].numel(), seed)  # one random baseline for every map
+    rand = deletion_insertion_curves(model, x_f, maps["raw"][:n_faithfulness], target, cfg.patch_size, order=order)
     curves["random order"] = (rand["deletion"].mean(0).numpy(), rand["insertion"].mean(0).numpy())
     for m, v in maps.items():
-        c = deletion_insertion_curves(model, x_f, v, target, cfg.patch_size)
+        c = deletion_insertion_curves(model, x_f, v[:n_faithfulness], target, cfg.patch_size)
         curves[m] = (c["deletion"].mean(0).numpy(), c["insertion"].mean(0).numpy())
-        faith[m] = asdict(Faithfulness(auc(f, c["deletion"]).mean().item(), auc(f, c["insertion"]).mean().item(),
-                                       auc(f, rand["deletion"]).mean().item(), auc(f, rand["insertion"]).mean().item()))
-    fraction = f.numpy()
+        faith[m] = asdict(summarize(c, rand))
+    fraction = rand["fraction"].numpy()
     numbers["faithfulness"] = faith
     curve_png = plots.plot_deletion_insertion(fraction, curves, out / "deletion_insertion.png")
     figures.append(("Faithfulness", curve_png.name,
@@ -139,8 +136,7 @@ def analyze(model: VisionTransformer, test_set: Any, train_set: Any, out_dir: st
     if test.masks is not None:
         numbers["pointing_game"] = {}
         for m in METHODS:
-            full = attention_maps(model, test.x, m).maps
-            hit, chance = pointing_game(full, test.masks)
+            hit, chance = pointing_game(maps[m], test.masks)
             numbers["pointing_game"][m] = {"hit_rate": hit, "chance": chance}
     step("faithfulness")
 
