@@ -33,7 +33,6 @@ from pathlib import Path
 import torch
 
 import vitlab
-from vitlab.flops import count_params
 from vitlab.train.config import load_config, recipe_path
 from vitlab.train.trainer import train
 
@@ -86,7 +85,7 @@ def run_recipe(recipe: str, data: Path, minutes: float, out: Path, extra: list[s
     return {"recipe": name, "test_acc": result.val_acc, "steps": result.step,
             "epochs": result.step * cfg.data.batch_size / 50000, "train_minutes": result.train_seconds / 60,
             "img_per_s": sorted(rates)[len(rates) // 2] if rates else None,
-            "params": count_params(vitlab.load(result.run_dir / "model.safetensors").config),
+            "params": sum(p.numel() for p in vitlab.load(result.run_dir / "model.safetensors").parameters()),
             "run_dir": str(result.run_dir)}
 
 

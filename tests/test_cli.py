@@ -439,31 +439,40 @@ def test_complexity_table_and_plot(capsys, tmp_path):
     assert code == 2 and "not divisible by the patch size 16" in err
 
 
-def test_analyze_writes_a_report_with_every_section(capsys, tmp_path):
+@pytest.mark.parametrize("compare", ["vit", "resnet"])
+def test_analyze_writes_a_report_with_every_section(capsys, tmp_path, compare):
     from vitlab.data import SHAPES_CLASS_NAMES
 
-    def tiny(seed):
+    def tiny(seed, name="Ti/4@32", **sizes):
         torch.manual_seed(seed)
-        model = randomize_(vitlab.create_model("Ti/4@32", num_classes=len(SHAPES_CLASS_NAMES), depth=2,
-                                               embed_dim=48, num_heads=3, mlp_dim=96), std=0.2)
+        model = randomize_(vitlab.create_model(name, num_classes=len(SHAPES_CLASS_NAMES), **sizes), std=0.2)
         return vitlab.save(model, tmp_path / f"m{seed}.safetensors", class_names=SHAPES_CLASS_NAMES)
 
+    vit_sizes = dict(depth=2, embed_dim=48, num_heads=3, mlp_dim=96)
+    other = tiny(1, **vit_sizes) if compare == "vit" else tiny(1, "resnet20")
     out = tmp_path / "report"
-    code, stdout, err = run(capsys, "analyze", "--checkpoint", tiny(0), "--compare", tiny(1), "--data", "shapes",
-                            "--images", "40", "--probe-images", "60", "--out", out, "--no-progress")
+    code, stdout, err = run(capsys, "analyze", "--checkpoint", tiny(0, **vit_sizes), "--compare", other,
+                            "--data", "shapes", "--images", "40", "--probe-images", "60", "--out", out, "--no-progress")
     assert code == 0, err
     numbers = json.loads((out / "report.json").read_text())
     assert {"accuracy", "faithfulness", "pointing_game", "mean_attention_distance", "linear_probes", "cka",
             "soft_nearest_neighbor_loss", "residual_ablation", "compare"} <= set(numbers)
     assert numbers["accuracy"]["images"] == 40
-    assert len(numbers["cka"]["within"]) == 2 and len(numbers["cka"]["across"][0]) == 2
+    blocks_other = 2 if compare == "vit" else 9
+    assert len(numbers["cka"]["within"]) == 2 and len(numbers["cka"]["across"][0]) == blocks_other
     assert numbers["cka"]["within"][0][0] == pytest.approx(1.0, abs=1e-4)
+    assert numbers["compare"]["architecture"] == ("VisionTransformer" if compare == "vit" else "ResNet")
     assert set(numbers["pointing_game"]) == {"raw", "rollout", "grad-rollout"}
+    assert len(numbers["residual_ablation"]["cka_to_intact"]) == 2
     page = (out / "report.html").read_text()
     figures = ["attention.png", "deletion_insertion.png", "patch_pcs.png", "pos_similarity.png",
-               "attention_distance.png", "probes.png", "cka.png", "cka_across.png", "snn.png", "ablation.png"]
+               "attention_distance.png", "probes.png", "cka.png", "cka_across.png", "snn.png", "ablation.png",
+               "ablation_cka.png"]
     for name in figures:
         assert (out / name).is_file() and f"src='{name}'" in page, name
+    if compare == "resnet":  # the report analyses a ViT; a CNN goes in --compare
+        code, _, err = run(capsys, "analyze", "--checkpoint", other, "--data", "shapes", "--out", out, "--no-progress")
+        assert code == 2 and "pass the CNN as --compare" in err
 
 
 def test_complexity_of_a_checkpoint_uses_its_config(capsys, tiny_ckpt):

@@ -17,7 +17,7 @@ CIFAR_ZIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-j
 @pytest.mark.parametrize("name", list_recipes())
 def test_recipe_loads_and_builds(name):
     cfg = load_config(name)
-    model = vitlab.create_model(cfg.model.name, num_classes=10, **cfg.model.overrides)
+    model = vitlab.create_model(cfg.model.name, num_classes=10, **cfg.model.overrides)  # ViT or ResNet baseline
     assert model.config.num_classes == 10
     header = [line for line in recipe_path(name).read_text().splitlines() if line.startswith("#")]
     assert any(line.startswith("# Command:") for line in header), f"{name}: the header names no command"

@@ -24,6 +24,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from vitlab.cnn import RESNETS, ResNet, ResNetConfig
 from vitlab.config import ViTConfig
 from vitlab.convert import CheckpointError, Converted, canonical_pos_embed, infer_config
 from vitlab.convert import hf as hf_convert
@@ -150,8 +151,9 @@ def load(
     img_size: int | tuple[int, int] | None = None,
     strict: bool = True,
     **overrides: Any,
-) -> VisionTransformer:
-    """Build a model from any supported checkpoint; the architecture comes from the checkpoint itself.
+) -> VisionTransformer | ResNet:
+    """Build a model from any supported checkpoint; the architecture comes from the checkpoint itself (a
+    VisionTransformer, or a ResNet baseline saved by vitlab from ``vitlab.cnn``).
 
     num_classes: another class count gets a fresh zero-initialised head (a warning says so); 0 = no head.
     img_size: resample the position embedding in 2D for this input size.
@@ -162,6 +164,8 @@ def load(
     """
     path = _resolve(source)
     conv = read_file(path)
+    if conv.format == FORMAT and conv.hints.get("arch") in RESNETS:
+        return _load_resnet(conv, path, num_classes, img_size, overrides)
     if conv.format == FORMAT:
         cfg = ViTConfig.from_dict({**conv.hints, **overrides})
     else:
@@ -209,6 +213,36 @@ def load(
     return model
 
 
+def _load_resnet(conv: Converted, path: Path, num_classes: int | None, img_size: Any,
+                 overrides: dict[str, Any]) -> ResNet:
+    """A vitlab ResNet baseline checkpoint (vitlab.cnn): the same options as a ViT, less the resampling."""
+    cfg = ResNetConfig.from_dict({**conv.hints, **overrides})
+    pre = conv.preprocessing or Preprocessing.default_for(cfg)
+    if img_size is not None:  # convolutions take any size; the stem stays the one the weights were trained with
+        cfg = cfg.replace(img_size=img_size)
+        pre = pre.replace(input_size=cfg.img_size)
+    model = ResNet(cfg)
+    sd = conv.state_dict
+    reset_head = num_classes is not None and num_classes != cfg.num_classes
+    if reset_head:
+        warnings.warn(f"{path}: the checkpoint has {cfg.num_classes} classes, {num_classes} were asked for: "
+                      "the head is new (train it before use)", stacklevel=3)
+        sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
+    try:
+        result = model.load_state_dict(sd, strict=False)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path} does not fit the ResNet its metadata describes ({e})") from e
+    missing = [k for k in result.missing_keys if not (reset_head and k.startswith("head."))]
+    if missing or result.unexpected_keys:
+        raise CheckpointError(f"{path}: missing keys {missing}, unexpected keys {result.unexpected_keys}")
+    if reset_head:
+        model.reset_classifier(num_classes)
+    model.preprocessing = pre
+    model.class_names = None if reset_head else conv.class_names
+    model.source_format = conv.format
+    return model
+
+
 def atomic_write(path: Path, write) -> None:
     """Write through a temporary file in the same folder, then rename: a crash or a full disk leaves the
     previous file intact and no partial file behind."""
@@ -228,14 +262,15 @@ def _plain_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save(
-    model: VisionTransformer,
+    model: VisionTransformer | ResNet,
     path: str | Path,
     *,
     preprocessing: Preprocessing | None = None,
     class_names: list[str] | None = None,
     extra_metadata: dict[str, str] | None = None,
 ) -> Path:
-    """Save weights as .safetensors with the config, preprocessing and class names in its metadata."""
+    """Save weights as .safetensors with the config, preprocessing and class names in its metadata (a ViT, or a
+    ResNet baseline from vitlab.cnn: ``load`` tells them apart by the config's ``arch``)."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"vitlab checkpoints are .safetensors files, got {path.name!r}")

@@ -8,6 +8,7 @@ a missing file) into one line on stderr, ``vitlab: error: <message>``, and exit 
     vitlab info model.safetensors
     vitlab convert timm_model.pth model.safetensors
     vitlab predict cat.jpg dog.png --model vit_base_patch16_224 --pretrained
+    vitlab export --model model.safetensors --format onnx --dynamic --out model.onnx
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 import torch
 
 import vitlab
+from vitlab.export import ExportError
 from vitlab.flops import count_flops, count_params
 from vitlab.hub import CHECKPOINT_SUFFIXES, HubError
 from vitlab.registry import DEFAULT_PRETRAINED_TAGS, get_config, resolve_name, split_pretrained_tag
@@ -31,7 +33,7 @@ from vitlab.train.config import TrainingError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2  # 1: some images of `predict` failed; 2: user error (as argparse)
 # CheckpointError and ConfigError are ValueErrors, FileNotFoundError an OSError.
-USER_ERRORS = (ValueError, HubError, OSError, TrainingError)
+USER_ERRORS = (ValueError, HubError, OSError, TrainingError, ExportError)
 ALIAS_HELP = "aliases: Ti|S|B|L|H/<patch>[@<img_size>], e.g. B/16 = vit_base_patch16_224, B/16@384, Ti/4@32"
 SUFFIX_FORMATS = {".safetensors": "vitlab", ".npz": "npz", ".pth": "timm", ".pt": "timm", ".bin": "timm"}
 
@@ -125,7 +127,12 @@ def complexity(model: str, img_sizes: Sequence[int | tuple[int, int]] = (), wind
     against windowed W-MSA (Swin); optionally plot the attention cost against the resolution."""
     from vitlab.flops import attention_macs, attention_matrix_bytes, flops_breakdown
 
-    net_cfg = load_model_spec(model)[0].config if _is_checkpoint_path(model) else get_config(model)
+    if _is_checkpoint_path(model):
+        net = load_model_spec(model)[0]
+        _require_vit(net, model, "the complexity breakdown is for ViTs")
+        net_cfg = net.config
+    else:
+        net_cfg = get_config(model)
     sizes = list(img_sizes) or [net_cfg.img_size]
     print(f"{model}: {_millions(count_params(net_cfg))} parameters, D={net_cfg.embed_dim}, {net_cfg.depth} blocks, "
           f"{net_cfg.num_heads} heads, patch {net_cfg.patch_size}\n")
@@ -170,9 +177,12 @@ def info(checkpoint: str) -> int:
     print(f"checkpoint     {checkpoint}")
     print(f"format         {getattr(model, 'source_format', 'unknown')}")
     print(f"params         {_millions(n_params)} ({n_params:,})")
-    print(f"GFLOPs         {count_flops(cfg) / 1e9:.3f} per image at {cfg.img_size[0]}x{cfg.img_size[1]}")
-    print(f"tokens         {cfg.num_tokens} ({cfg.grid_size[0]}x{cfg.grid_size[1]} patches + "
-          f"{cfg.num_prefix_tokens} prefix)")
+    if isinstance(model, vitlab.VisionTransformer):
+        print(f"GFLOPs         {count_flops(cfg) / 1e9:.3f} per image at {cfg.img_size[0]}x{cfg.img_size[1]}")
+        print(f"tokens         {cfg.num_tokens} ({cfg.grid_size[0]}x{cfg.grid_size[1]} patches + "
+              f"{cfg.num_prefix_tokens} prefix)")
+    else:
+        print(f"architecture   {type(model).__name__} (vitlab.cnn), {cfg.depth} residual blocks, {cfg.stem} stem")
     print("config")
     for key, value in cfg.to_dict().items():
         print(f"  {key:<20} {value}")
@@ -223,6 +233,12 @@ def _is_checkpoint_path(spec: str) -> bool:
     return Path(spec).exists() or spec.endswith(CHECKPOINT_SUFFIXES)
 
 
+def _require_vit(model: Any, spec: str, what: str) -> None:
+    """The commands that look at patches, tokens or attention take ViTs; the ResNet baseline gets a clear error."""
+    if not isinstance(model, vitlab.VisionTransformer):
+        raise ValueError(f"{spec} is a {type(model).__name__} (vitlab's CNN baseline): {what}")
+
+
 def load_model_spec(spec: str, pretrained: bool = False) -> tuple[vitlab.VisionTransformer, bool]:
     """A model from a checkpoint path, an ``hf-hub:`` id, ``name.tag`` or a registered name / alias.
 
@@ -264,9 +280,11 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def predict(images: Sequence[str], model: str, topk: int = 5, device: str = "cpu", pretrained: bool = False) -> int:
+def predict(images: Sequence[str], model: str, topk: int = 5, device: str = "cpu", pretrained: bool = False,
+            dtype: str = "float32") -> int:
     """Print the top-k classes and probabilities of each image. A file that cannot be decoded gets an
-    error line and the rest are still classified; the exit status is then 1."""
+    error line and the rest are still classified; the exit status is then 1. ``dtype="bfloat16"``: the fast
+    inference path (vitlab.inference), several times faster on CPUs with AMX and on GPUs, at bf16 precision."""
     dev = _device(device)
     net, trained = load_model_spec(model, pretrained)
     if not net.config.num_classes:
@@ -276,8 +294,12 @@ def predict(images: Sequence[str], model: str, topk: int = 5, device: str = "cpu
               "meaningless. Pass --pretrained, a name with a pretrained tag, or a checkpoint file")
     names = class_names_for(net)
     k = min(topk, len(names))
-    net = net.eval().to(dev)
     transform = net.preprocessing.transform()
+    net = net.eval().to(dev)
+    if dtype != "float32":
+        from vitlab.inference import prepare_for_inference
+
+        net = prepare_for_inference(net, dtype)
     failed = 0
     for image in images:
         try:
@@ -327,6 +349,7 @@ def attention(images: Sequence[str], model: str, method: str = "raw", layer: int
 
     dev = _device(device)
     net, trained = load_model_spec(model, pretrained)
+    _require_vit(net, model, "attention maps are for ViTs")
     if not trained:
         _warn(f"{model!r} has random weights: its attention shows no learned structure. Pass --pretrained, a name "
               "with a pretrained tag, or a checkpoint file")
@@ -410,7 +433,7 @@ def train(recipe: str | None, config: str | None, overrides: Sequence[str], out:
 
 
 def evaluate(checkpoint: str, data: str, split: str = "test", data_dir: str | None = None, out: str | None = None,
-             batch_size: int = 256, device: str = "cpu") -> int:
+             batch_size: int = 256, device: str = "cpu", dtype: str = "float32") -> int:
     """Top-1/top-5 and per-class accuracy of a checkpoint on a data set; writes eval.json and confusion.png."""
     from vitlab.data import load_dataset
     from vitlab.evaluate import evaluate_model
@@ -418,7 +441,7 @@ def evaluate(checkpoint: str, data: str, split: str = "test", data_dir: str | No
 
     model = _cli_warnings(vitlab.load, checkpoint)
     dataset = load_dataset(data, split, data_dir=data_dir)
-    result = evaluate_model(model, dataset, batch_size=batch_size, device=_device(device))
+    result = evaluate_model(model, dataset, batch_size=batch_size, device=_device(device), dtype=dtype)
     ckpt = Path(checkpoint)
     label = data.replace(":", "_").replace("/", "_")
     default_out = (ckpt.parent if ckpt.is_file() else Path(".")) / f"eval-{label}-{split}"
@@ -426,12 +449,32 @@ def evaluate(checkpoint: str, data: str, split: str = "test", data_dir: str | No
     out_dir.mkdir(parents=True, exist_ok=True)
     result.save_json(out_dir / "eval.json")
     plot_confusion(result.confusion, result.class_names, out_dir / "confusion.png")
-    print(f"{checkpoint} on {data} ({split}, {result.num_images} images): top-1 {result.top1:.4f}, "
+    print(f"{checkpoint} on {data} ({split}, {result.num_images} images, {dtype}): top-1 {result.top1:.4f}, "
           f"top-5 {result.top5:.4f}")
     worst = sorted(result.per_class.items(), key=lambda kv: kv[1])[:5]
     print("lowest per-class accuracy: " + ", ".join(f"{n} {a:.3f}" for n, a in worst))
     print(f"wrote {out_dir / 'eval.json'} and {out_dir / 'confusion.png'}")
     return EXIT_OK
+
+
+def export(model: str, out: str, dynamic: bool = False, check_sizes: Sequence[int | tuple[int, int]] = (),
+           batch: int = 2, opset: int | None = None, atol: float = 1e-4, pretrained: bool = False) -> int:
+    """Export to ONNX and print the parity check ONNX Runtime vs PyTorch that ran before the file was kept."""
+    from vitlab.export import export_onnx
+
+    net, trained = load_model_spec(model, pretrained)
+    _require_vit(net, model, "vitlab export writes ViTs")
+    if not trained:
+        print(f"note: {model} is a registered name without --pretrained: exporting random weights", file=sys.stderr)
+    sizes = [(s, s) if isinstance(s, int) else tuple(s) for s in check_sizes] or None
+    print(export_onnx(net, out, dynamic=dynamic, opset=opset, check_sizes=sizes, batch=batch, atol=atol).summary())
+    return EXIT_OK
+
+
+def _short_name(path: str) -> str:
+    """A checkpoint's name for titles: run folders' files are all model.safetensors, so with its folder."""
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
 
 
 def analyze(checkpoint: str, data: str, out: str | None = None, compare: str | None = None, split: str = "test",
@@ -441,13 +484,14 @@ def analyze(checkpoint: str, data: str, out: str | None = None, compare: str | N
     from vitlab.data import load_dataset
 
     model = _cli_warnings(vitlab.load, checkpoint)
+    _require_vit(model, checkpoint, "the report analyses a ViT; pass the CNN as --compare to set it beside one")
     other = _cli_warnings(vitlab.load, compare) if compare else None
     test_set = load_dataset(data, split, data_dir=data_dir)
     train_set = load_dataset(data, "train", data_dir=data_dir)
     ckpt = Path(checkpoint)
     out_dir = Path(out) if out else (ckpt.parent if ckpt.is_file() else Path(".")) / "analysis"
     path = run_analysis(model, test_set, train_set, out_dir, compare=other,
-                        names=(ckpt.name, Path(compare).name if compare else ""), n_images=images,
+                        names=(_short_name(checkpoint), _short_name(compare) if compare else ""), n_images=images,
                         n_probe_train=probe_images, progress=progress)
     print(f"wrote {path}, {path.parent / 'report.json'} and the figures beside them")
     return EXIT_OK
@@ -545,6 +589,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=lambda a: complexity(a.model, [_size(t) for t in a.img_size.split(",") if t.strip()],
                                              a.window, a.plot))
 
+    p = sub.add_parser("export", help="export to ONNX (dynamic batch and H x W), checked against PyTorch",
+                       description="Export a model to ONNX with its preprocessing and class names in the file's "
+                                   "metadata. Before the file is written, ONNX Runtime runs it beside PyTorch on "
+                                   "random images (at two sizes with --dynamic); a max |logit difference| above "
+                                   "--atol is an error and leaves no file. Needs: pip install \"vitlab[export]\"")
+    p.add_argument("--model", "-m", required=True, metavar="NAME_OR_CHECKPOINT",
+                   help="a checkpoint path, an hf-hub:org/repo id, a name with a pretrained tag, or a registered name")
+    p.add_argument("--pretrained", action="store_true", help="with a registered name: its default pretrained weights")
+    p.add_argument("--format", default="onnx", choices=("onnx",), help="export format (default: onnx)")
+    p.add_argument("--dynamic", action="store_true",
+                   help="dynamic batch, height and width (any multiple of the patch size; the position table is "
+                        "resampled inside the graph); default: the model's own size and --batch only")
+    p.add_argument("--out", "-o", required=True, metavar="FILE.onnx", help="the file to write")
+    p.add_argument("--check-size", default="", metavar="S[,S...]",
+                   help="sizes of the parity check, each 224 or 256x192 (default: the model's own and, with "
+                        "--dynamic, a non-square one)")
+    p.add_argument("--batch", type=_positive, default=2, metavar="N",
+                   help="images per parity check; the fixed batch size without --dynamic (default: 2)")
+    p.add_argument("--opset", type=int, default=None, metavar="N", help="ONNX opset, >= 18 (default: 20)")
+    p.add_argument("--atol", type=float, default=1e-4, help="largest |logit difference| accepted (default: 1e-4)")
+    p.set_defaults(func=lambda a: export(a.model, a.out, a.dynamic,
+                                         [_size(t) for t in a.check_size.split(",") if t.strip()], a.batch, a.opset,
+                                         a.atol, a.pretrained))
+
     p = sub.add_parser("info", help="describe a checkpoint: format, config, params, preprocessing, classes",
                        description="Load a checkpoint of any supported format (missing or unexpected keys are "
                                    "warnings here) and print what it holds.")
@@ -581,7 +649,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topk", "-k", type=_positive, default=5, metavar="K",
                    help="how many classes to print per image (default: 5)")
     p.add_argument("--device", default="cpu", help="torch device to run on: cpu, cuda, cuda:1, mps (default: cpu)")
-    p.set_defaults(func=lambda a: predict(a.images, a.model, a.topk, a.device, a.pretrained))
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="weights and activations: bfloat16 is the fast path (AMX CPUs, GPUs) at bf16 precision; "
+                        "float16 for GPUs (default: float32)")
+    p.set_defaults(func=lambda a: predict(a.images, a.model, a.topk, a.device, a.pretrained, a.dtype))
     p = sub.add_parser("attention", help="attention maps, rollout or gradient rollout of images, as figures",
                        description="Overlay where the model looks on each image: one block's attention (raw), "
                                    "attention rollout over the blocks up to --layer (Abnar & Zuidema 2020), or "
@@ -654,7 +725,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "(default: eval-<data>-<split> beside the checkpoint)")
     p.add_argument("--batch-size", type=_positive, default=256, metavar="N", help="images per batch (default: 256)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    p.set_defaults(func=lambda a: evaluate(a.checkpoint, a.data, a.split, a.data_dir, a.out, a.batch_size, a.device))
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="bfloat16: the fast inference path, to measure its accuracy cost (default: float32)")
+    p.set_defaults(func=lambda a: evaluate(a.checkpoint, a.data, a.split, a.data_dir, a.out, a.batch_size, a.device,
+                                           a.dtype))
 
     p = sub.add_parser("demo", help="train a small ViT on the built-in shapes data, offline, and show what it learned",
                        description="Train the `demo` recipe on the synthetic shapes data set (no download), "

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from vitlab.data import ImageDataset, StreamingDataset, make_loader
+from vitlab.inference import prepare_for_inference
 from vitlab.model import VisionTransformer
 
 
@@ -49,10 +50,12 @@ def class_index_map(model: VisionTransformer, dataset: ImageDataset | StreamingD
 
 @torch.no_grad()
 def evaluate_model(model: VisionTransformer, dataset: ImageDataset | StreamingDataset, *, batch_size: int = 256,
-                   device: str | torch.device = "cpu") -> EvalResult:
-    """Accuracy of ``model`` on every image of ``dataset`` (no augmentation; the model's mean/std)."""
+                   device: str | torch.device = "cpu", dtype: str = "float32") -> EvalResult:
+    """Accuracy of ``model`` on every image of ``dataset`` (no augmentation; the model's mean/std). ``dtype``
+    "bfloat16" measures the fast inference path (vitlab.inference), i.e. its accuracy cost against float32."""
     device = torch.device(device)
     model = model.eval().to(device)
+    net = model if dtype == "float32" else prepare_for_inference(model, dtype)
     to_model = class_index_map(model, dataset).to(device)  # dataset label -> model class index
     k = model.config.num_classes
     loader = make_loader(dataset, batch_size, train=False, augment=None, preprocessing=model.preprocessing,
@@ -60,7 +63,7 @@ def evaluate_model(model: VisionTransformer, dataset: ImageDataset | StreamingDa
     confusion = torch.zeros(k, k, dtype=torch.int64)
     top5 = total = 0
     for x, y in loader.epoch(0):
-        logits = model(x)
+        logits = net(x)
         target = to_model[y]
         pred = logits.argmax(-1)
         confusion += torch.bincount(target * k + pred, minlength=k * k).reshape(k, k).cpu()

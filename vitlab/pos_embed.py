@@ -38,9 +38,12 @@ def resample_pos_embed(
         old_grid = (side, side)
     if old_grid[0] * old_grid[1] != n_grid:
         raise ValueError(f"old_grid={old_grid} does not match the {n_grid} patch rows of the table")
-    new_grid = (int(new_grid[0]), int(new_grid[1]))
-    if tuple(old_grid) == new_grid:
-        return pos_embed
+    if not any(isinstance(s, torch.SymInt) for s in new_grid):  # eager: plain ints
+        new_grid = (int(new_grid[0]), int(new_grid[1]))
+        if tuple(old_grid) == new_grid:
+            return pos_embed
+    # Traced with a symbolic grid (torch.export / ONNX with dynamic H x W): resample unconditionally, so the
+    # interpolation stays in the graph instead of specialising on one size; at the trained grid it is the identity.
     prefix, grid = pos_embed[:, :num_prefix], pos_embed[:, num_prefix:]
     D = grid.shape[-1]
     grid = grid.float().reshape(1, old_grid[0], old_grid[1], D).permute(0, 3, 1, 2)  # (1, D, h, w)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from vitlab.cnn import RESNETS, create_resnet
 from vitlab.config import ViTConfig
 from vitlab.model import VisionTransformer
 from vitlab.preprocess import Preprocessing
@@ -120,8 +121,17 @@ def create_model(
     num_classes, img_size: change the head (fresh, zero-initialised) or the input size (position
         embedding resampled in 2D) of pretrained weights; set them directly for a new model.
     overrides: any other ``ViTConfig`` field (``drop_path_rate=0.1``, ``pool="gap"``, ...).
+    A ResNet name (``vitlab.cnn.RESNETS``: resnet20, resnet18, ...) builds the CNN baseline instead.
     """
     arch, tag = split_pretrained_tag(name)
+    if arch in RESNETS:
+        if pretrained is not False or tag:
+            raise ValueError(f"{name!r}: vitlab has no pretrained ResNet weights; train one with the recipe "
+                             "cifar10-resnet20 or load a checkpoint you trained with vitlab.load")
+        sizes = {k: v for k, v in (("num_classes", num_classes), ("img_size", img_size)) if v is not None}
+        model = create_resnet(arch, **sizes, **overrides)
+        model.preprocessing = Preprocessing.default_for(model.config)
+        return model
     if tag and pretrained is False:
         pretrained = True
     if pretrained is False:

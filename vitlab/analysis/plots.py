@@ -70,8 +70,12 @@ def plot_matrix(matrix: np.ndarray, title: str, xlabel: str, ylabel: str, path: 
     """A heatmap in [0, 1] (CKA between layers), the first row at the bottom."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(4.2, 3.6))
-    im = ax.imshow(matrix, vmin=0, vmax=1, origin="lower", cmap="magma")
+    im = ax.imshow(matrix, vmin=0, vmax=1, origin="lower", cmap="magma", aspect="auto")
     fig.colorbar(im, ax=ax)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # block indices
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(title, fontsize=9)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)

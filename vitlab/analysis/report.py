@@ -21,13 +21,15 @@ import torch
 from vitlab.analysis import figure7, plots
 from vitlab.analysis.faithfulness import deletion_insertion_curves, pointing_game, random_order, summarize
 from vitlab.analysis.representations import (
-    MinibatchCKA,
     block_representations,
+    cka_matrix,
     probe_blocks,
     residual_ablation,
+    residual_ablation_cka,
     soft_nearest_neighbor_loss,
 )
 from vitlab.attention import METHODS, attention_maps, upsample_map
+from vitlab.cnn import ResNet
 from vitlab.data import ImageDataset
 from vitlab.data.augment import normalize
 from vitlab.data.datasets import generator
@@ -63,15 +65,6 @@ def sample_images(model: VisionTransformer, dataset: Any, n: int, seed: int = 0)
     return Sample(x, to_model[labels], images, masks)
 
 
-def _cka_matrix(a: torch.Tensor, b: torch.Tensor, batch: int) -> torch.Tensor:
-    """Minibatch CKA between every block of ``a`` (La, n, D) and of ``b`` (Lb, n, D)."""
-    acc = MinibatchCKA()
-    for i in range(0, a.shape[1] - 3, batch):
-        if a[:, i:i + batch].shape[1] >= 4:
-            acc.update(list(a[:, i:i + batch]), list(b[:, i:i + batch]))
-    return acc.value().float()
-
-
 @torch.no_grad()
 def _accuracy(model: VisionTransformer, s: Sample, batch: int = 256) -> float:
     correct = sum((model(s.x[i:i + batch]).argmax(-1) == s.y[i:i + batch]).sum().item()
@@ -80,7 +73,7 @@ def _accuracy(model: VisionTransformer, s: Sample, batch: int = 256) -> float:
 
 
 def analyze(model: VisionTransformer, test_set: Any, train_set: Any, out_dir: str | Path, *,
-            compare: VisionTransformer | None = None, names: tuple[str, str] = ("model", "compare"),
+            compare: VisionTransformer | ResNet | None = None, names: tuple[str, str] = ("model", "compare"),
             n_images: int = 512, n_probe_train: int = 2000, n_faithfulness: int = 64, n_show: int = 6,
             cka_batch: int = 128, snn_temperature: float = 0.1, seed: int = 0, progress: bool = True) -> Path:
     """Run every analysis and write ``out_dir/report.html``, ``report.json`` and the figures; return the HTML path."""
@@ -168,7 +161,7 @@ def analyze(model: VisionTransformer, test_set: Any, train_set: Any, out_dir: st
         out / "probes.png", chance).name, f"Linear probes per block ({n_probe_train} train images)."))
     step("probes")
 
-    cka_self = _cka_matrix(reps_test["mean"], reps_test["mean"], cka_batch)
+    cka_self = cka_matrix(reps_test["mean"], reps_test["mean"], cka_batch)
     numbers["cka"] = {"within": cka_self.tolist()}
     figures.append(("Representations", plots.plot_matrix(cka_self.numpy(), f"CKA between blocks ({names[0]})", "block",
                                                          "block", out / "cka.png").name,
@@ -177,13 +170,16 @@ def analyze(model: VisionTransformer, test_set: Any, train_set: Any, out_dir: st
         compare = compare.eval()
         other_test = sample_images(compare, test_set, n_images, seed)  # the same images, its preprocessing
         other = block_representations(compare, other_test.x)["mean"]
-        cross = _cka_matrix(reps_test["mean"], other, cka_batch)
+        cross = cka_matrix(reps_test["mean"], other, cka_batch)
         numbers["cka"]["across"] = cross.tolist()
-        numbers["compare"] = {"model": names[1], "accuracy": _accuracy(compare, other_test)}
-        figures.append(("Representations", plots.plot_matrix(cross.numpy(), f"CKA: {names[0]} vs {names[1]}",
-                                                             f"{names[1]} block", f"{names[0]} block",
+        numbers["compare"] = {"model": names[1], "architecture": type(compare).__name__,
+                              "config": compare.config.to_dict(), "accuracy": _accuracy(compare, other_test)}
+        kinds = ("ViT", "ViT" if isinstance(compare, VisionTransformer) else "ResNet")
+        figures.append(("Representations", plots.plot_matrix(cross.numpy(), "CKA across models",
+                                                             f"compare ({kinds[1]}) block", f"model ({kinds[0]}) block",
                                                              out / "cka_across.png").name,
-                        "Minibatch linear CKA between the two models' blocks."))
+                        f"Minibatch linear CKA between the blocks of the model ({names[0]}) and of the compared "
+                        f"model ({names[1]}), each block's output averaged over tokens or positions."))
     step("cka")
 
     snn = {k: [soft_nearest_neighbor_loss(torch.nn.functional.normalize(r[i], dim=-1), test.y, snn_temperature)
@@ -199,6 +195,13 @@ def analyze(model: VisionTransformer, test_set: Any, train_set: Any, out_dir: st
     figures.append(("Representations", plots.plot_per_block({"block i without residuals": ablation}, "top-1",
                                                             out / "ablation.png", chance).name,
                     "Accuracy with the residual connections of one block removed at inference."))
+    change = residual_ablation_cka(model, test.x, cka_batch)
+    numbers["residual_ablation"]["cka_to_intact"] = change.tolist()
+    figures.append(("Representations", plots.plot_matrix(change.numpy(), "CKA to the intact model's block",
+                                                         "block j", "residuals removed in block i",
+                                                         out / "ablation_cka.png").name,
+                    "How removing one block's residuals changes every block: CKA between block j's representation "
+                    "in the intact model and with block i's residuals removed (1 = unchanged)."))
     step("ablation")
     bar.close()
 
@@ -214,7 +217,8 @@ def _write_html(out: Path, numbers: dict[str, Any], figures: list[tuple[str, str
              f"<h1>vitlab analysis: {e(numbers['model'])}</h1>",
              f"<p>Top-1 on {numbers['accuracy']['images']} images: {100 * numbers['accuracy']['top1']:.2f}%"]
     if "compare" in numbers:
-        parts.append(f"; {e(numbers['compare']['model'])}: {100 * numbers['compare']['accuracy']:.2f}%")
+        parts.append(f"; {e(numbers['compare']['model'])} ({e(numbers['compare']['architecture'])}): "
+                     f"{100 * numbers['compare']['accuracy']:.2f}%")
     parts.append("</p><h2>Faithfulness</h2><table><tr><th>map</th><th>deletion AUC</th><th>random</th>"
                  "<th>insertion AUC</th><th>random</th></tr>")
     for m, f in numbers["faithfulness"].items():

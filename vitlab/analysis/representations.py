@@ -10,8 +10,12 @@ either representation.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
+
+from vitlab.cnn import ResNet
 
 
 def hsic_unbiased(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:  # noqa: E741 (the papers' names)
@@ -112,15 +116,23 @@ def linear_probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: 
 
 
 @torch.no_grad()
-def block_representations(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 256) -> dict[str, torch.Tensor]:
+def block_representations(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 256
+                          ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
     """Per-block representations of images ``x`` (B, C, H, W), on the CPU in fp32: ``"mean"``, the mean of the
     patch tokens (L, B, D), and ``"cls"``, the class token (L, B, D; absent for a model without one). Block i's
-    output is the residual stream after it (before the final LayerNorm), as Raghu et al. probe it."""
+    output is the residual stream after it (before the final LayerNorm), as Raghu et al. probe it.
+
+    For a ResNet baseline (vitlab.cnn) ``"mean"`` is a list of the residual blocks' spatially averaged outputs
+    (B, C_i): the channel count changes from stage to stage, so the blocks cannot be stacked.
+    """
     was_training = model.training
     model.eval()
     cls, mean = [], []
     try:
         for i in range(0, x.shape[0], batch_size):
+            if isinstance(model, ResNet):
+                mean.append([f.mean(dim=(2, 3)).float().cpu() for f in model.forward_blocks(x[i:i + batch_size])])
+                continue
             out = model.forward_intermediates(x[i:i + batch_size], layers=None)
             p = out.num_prefix_tokens
             tokens = [out.tokens[k] for k in sorted(out.tokens)]  # L x (b, N, D)
@@ -129,6 +141,8 @@ def block_representations(model: torch.nn.Module, x: torch.Tensor, batch_size: i
                 cls.append(torch.stack([t[:, 0] for t in tokens]).float().cpu())
     finally:
         model.train(was_training)
+    if isinstance(model, ResNet):
+        return {"mean": [torch.cat(block) for block in zip(*mean, strict=True)]}
     reps = {"mean": torch.cat(mean, dim=1)}
     if cls:
         reps["cls"] = torch.cat(cls, dim=1)
@@ -139,7 +153,37 @@ def probe_blocks(train: dict[str, torch.Tensor], train_y: torch.Tensor, test: di
                  test_y: torch.Tensor, l2_reg: float = 1e-3) -> dict[str, list[float]]:
     """Linear-probe top-1 of every block's representations (from :func:`block_representations`), per kind."""
     return {kind: [linear_probe_accuracy(train[kind][i], train_y, test[kind][i], test_y, l2_reg)
-                   for i in range(train[kind].shape[0])] for kind in train}
+                   for i in range(len(train[kind]))] for kind in train}
+
+
+def cka_matrix(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor], batch_size: int = 128) -> torch.Tensor:
+    """Minibatch CKA between every block of ``a`` and of ``b`` (sequences of (n, ...) features of the same n
+    examples, e.g. ``block_representations(...)["mean"]``): a (len(a), len(b)) matrix."""
+    n = a[0].shape[0]
+    acc = MinibatchCKA()
+    for i in range(0, n - 3, batch_size):
+        if min(i + batch_size, n) - i >= 4:
+            acc.update([t[i:i + batch_size] for t in a], [t[i:i + batch_size] for t in b])
+    return acc.value().float()
+
+
+@torch.no_grad()
+def residual_ablation_cka(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
+    """How removing the residual connections of one block changes every block's representation: entry (i, j)
+    is the CKA between block j's mean patch token in the intact model and with block i's residuals removed
+    (1 = unchanged). Blocks before i are unchanged by construction."""
+    intact = block_representations(model, x)["mean"]
+    rows = []
+    for blk in model.blocks:
+        kept = blk.residual
+        blk.residual = False
+        try:
+            ablated = block_representations(model, x)["mean"]
+        finally:
+            blk.residual = kept
+        rows.append(torch.stack([cka_matrix([a], [b], batch_size)[0, 0] for a, b in zip(intact, ablated,
+                                                                                          strict=True)]))
+    return torch.stack(rows)
 
 
 @torch.no_grad()

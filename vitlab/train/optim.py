@@ -33,7 +33,10 @@ def layer_id(name: str, depth: int) -> int:
     return depth + 1
 
 
-def param_groups(model: VisionTransformer, weight_decay: float, layer_decay: float = 1.0) -> list[dict]:
+def param_groups(model: torch.nn.Module, weight_decay: float, layer_decay: float = 1.0) -> list[dict]:
+    if layer_decay != 1.0 and not isinstance(model, VisionTransformer):
+        raise ValueError(f"optim.layer_decay={layer_decay}: layer-wise lr decay is for ViTs; "
+                         f"set it to 1.0 for a {type(model).__name__}")
     depth = model.config.depth
     groups: dict[tuple[int, bool], dict] = {}
     for name, p in model.named_parameters():
@@ -50,7 +53,7 @@ def param_groups(model: VisionTransformer, weight_decay: float, layer_decay: flo
     return list(groups.values())
 
 
-def build_optimizer(model: VisionTransformer, cfg: OptimConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     groups = param_groups(model, cfg.weight_decay, cfg.layer_decay)
     for g in groups:
         g.pop("names")

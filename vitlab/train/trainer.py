@@ -26,6 +26,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 import vitlab
+from vitlab.cnn import ResNet
 from vitlab.data import AugmentConfig, ImageDataset, load_dataset, make_loader
 from vitlab.model import VisionTransformer
 from vitlab.train.config import TrainConfig, TrainingError, to_dict
@@ -82,8 +83,9 @@ def _environment() -> dict[str, str]:
             "numpy": numpy.__version__, "python": sys.version.split()[0], "git": _git_revision()}
 
 
-def _build_model(cfg: TrainConfig, train_set: Any) -> VisionTransformer:
-    """The model for the data: its classes, and its resolution (the images' own when held in memory)."""
+def _build_model(cfg: TrainConfig, train_set: Any) -> VisionTransformer | ResNet:
+    """The model for the data: its classes, and its resolution (the images' own when held in memory). A ResNet
+    name (vitlab.cnn.RESNETS) builds the CNN baseline, trained the same way."""
     n = len(train_set.class_names)
     if isinstance(train_set, ImageDataset):
         size: Any = tuple(train_set.images.shape[-2:])

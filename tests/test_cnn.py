@@ -1,0 +1,124 @@
+"""The ResNet baseline: the paper's sizes, a vitlab checkpoint round trip, training with the ViT trainer, and the
+ViT-vs-CNN representation analyses."""
+
+import warnings
+
+import pytest
+import torch
+from conftest import randomize_
+
+import vitlab
+from vitlab.analysis import block_representations, probe_blocks
+from vitlab.analysis.representations import cka_matrix, residual_ablation_cka
+from vitlab.cnn import RESNETS, ResNet
+from vitlab.train.config import load_config
+from vitlab.train.optim import build_optimizer
+from vitlab.train.trainer import train
+
+
+def test_the_paper_sizes_and_stems():
+    # He et al. 2016 Table 6: ResNet-20 has 0.27M parameters, ResNet-56 0.85M (a 10-class head).
+    assert sum(p.numel() for p in vitlab.create_model("resnet20").parameters()) == pytest.approx(0.27e6, rel=0.02)
+    assert sum(p.numel() for p in vitlab.create_model("resnet56").parameters()) == pytest.approx(0.85e6, rel=0.02)
+    # torchvision's resnet18 on ImageNet: 11,689,512 parameters with 1000 classes.
+    r18 = vitlab.create_model("resnet18", num_classes=1000, img_size=224)
+    assert r18.config.stem == "imagenet" and sum(p.numel() for p in r18.parameters()) == 11_689_512
+    model = vitlab.create_model("resnet20", num_classes=4)
+    x = torch.randn(2, 3, 32, 32)
+    blocks = model.forward_blocks(x)
+    assert model.config.stem == "cifar" and len(blocks) == model.config.depth == 9
+    assert [tuple(b.shape[1:]) for b in blocks[::3]] == [(16, 32, 32), (32, 16, 16), (64, 8, 8)]
+    torch.testing.assert_close(model.forward_head(blocks[-1]), model(x))
+    torch.testing.assert_close(model.forward_features(x), blocks[-1])
+    with pytest.raises(ValueError, match="unknown ResNet 'resnet19'; available: resnet20"):
+        vitlab.cnn.create_resnet("resnet19")
+    with pytest.raises(ValueError, match="no pretrained ResNet weights"):
+        vitlab.create_model("resnet20", pretrained=True)
+    with pytest.raises(ValueError, match=r"expected images of shape \(B, 3, H, W\)"):
+        model(torch.randn(2, 1, 32, 32))
+
+
+def test_a_fresh_resnet_starts_each_block_as_the_identity():
+    model = vitlab.create_model("resnet20").eval()
+    blk = model.stages[1][1]  # a block without a projection shortcut: the zero-init BN makes it relu(x)
+    x = torch.randn(2, 32, 16, 16)
+    torch.testing.assert_close(blk(x), x.relu())
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = randomize_(vitlab.create_model("resnet20", num_classes=3))
+    path = vitlab.save(model, tmp_path / "r.safetensors", class_names=["a", "b", "c"])
+    loaded = vitlab.load(path)
+    x = torch.randn(2, 3, 32, 32)
+    assert isinstance(loaded, ResNet) and loaded.class_names == ["a", "b", "c"]
+    torch.testing.assert_close(loaded.eval()(x), model(x), rtol=0, atol=0)
+    with pytest.warns(UserWarning, match="3 classes, 5 were asked for"):
+        fresh = vitlab.load(path, num_classes=5, img_size=64)
+    assert fresh.config.num_classes == 5 and fresh.preprocessing.input_size == (64, 64)
+    assert fresh.config.stem == "cifar" and fresh.class_names is None  # the stem the weights were trained with
+
+
+def test_the_trainer_trains_a_resnet_like_a_vit(tmp_path):
+    cfg = load_config("cifar10-resnet20", overrides=["data.dataset=shapes", "budget_minutes=0", "max_steps=100",
+                                                     "data.batch_size=32", "optim.warmup_steps=5",
+                                                     "optim.lr=0.05", "eval_every_epochs=100", "device=cpu"])
+    result = train(cfg, run_dir=tmp_path / "run", progress=False)
+    model = vitlab.load(tmp_path / "run" / "model.safetensors")
+    assert isinstance(model, ResNet) and model.config.num_classes == 6 and model.preprocessing.input_size == (32, 32)
+    # 6 classes: chance is 1/6; measured 0.3865 on 2026-11-23 (seed 0, 2 CPU cores).
+    assert result.step == 100 and result.val_acc > 0.3, result
+    cfg.optim.layer_decay = 0.7
+    with pytest.raises(ValueError, match="layer-wise lr decay is for ViTs"):
+        build_optimizer(model, cfg.optim)
+
+
+def test_vit_and_cnn_representations_compare_block_by_block():
+    vit = randomize_(vitlab.create_model("Ti/4@32", num_classes=4, depth=3, embed_dim=48, num_heads=3, mlp_dim=96))
+    cnn = randomize_(vitlab.create_model("resnet20", num_classes=4))
+    x = torch.randn(24, 3, 32, 32)
+    reps = block_representations(cnn, x, batch_size=10)["mean"]
+    assert [tuple(r.shape) for r in reps[::3]] == [(24, 16), (24, 32), (24, 64)]
+    with torch.no_grad():
+        torch.testing.assert_close(reps[-1], cnn.forward_head(cnn.forward_blocks(x)[-1], pre_logits=True))
+    cross = cka_matrix(block_representations(vit, x)["mean"], reps, batch_size=12)
+    assert cross.shape == (3, 9) and ((cross >= -0.2) & (cross <= 1.0 + 1e-6)).all()
+    within = cka_matrix(reps, reps, batch_size=12)
+    torch.testing.assert_close(within.diagonal(), torch.ones(9), atol=1e-5, rtol=0)
+    y = torch.arange(24) % 2
+    probes = probe_blocks({"mean": [r[:16] for r in reps]}, y[:16], {"mean": [r[16:] for r in reps]}, y[16:])
+    assert len(probes["mean"]) == 9
+
+
+def test_residual_ablation_changes_only_the_blocks_after_it():
+    model = randomize_(vitlab.create_model("Ti/4@32", num_classes=4, depth=3, embed_dim=48, num_heads=3,
+                                           mlp_dim=96), std=0.2)
+    change = residual_ablation_cka(model, torch.randn(16, 3, 32, 32), batch_size=8)
+    assert change.shape == (3, 3)
+    for i in range(3):
+        torch.testing.assert_close(change[i, :i], torch.ones(i), atol=1e-5, rtol=0)  # blocks before i: unchanged
+        assert change[i, i] < 0.99  # the ablated block itself moves
+    assert all(b.residual for b in model.blocks)  # restored
+
+
+def test_resnet_names_do_not_clash_with_vit_names():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not set(RESNETS) & set(vitlab.list_models())
+
+
+def test_the_cli_describes_a_resnet_and_says_which_commands_are_for_vits(tmp_path, capsys):
+    from PIL import Image
+
+    from vitlab.cli import main
+
+    ckpt = str(vitlab.save(vitlab.create_model("resnet20", num_classes=3), tmp_path / "r.safetensors"))
+    assert main(["info", ckpt]) == 0
+    out = capsys.readouterr().out
+    assert "0.27M" in out and "ResNet (vitlab.cnn), 9 residual blocks, cifar stem" in out
+    png = tmp_path / "x.png"
+    Image.new("RGB", (32, 32)).save(png)
+    assert main(["predict", str(png), "--model", ckpt, "--topk", "2"]) == 0
+    for argv in (["attention", str(png), "--model", ckpt], ["complexity", "--model", ckpt],
+                 ["export", "--model", ckpt, "--out", str(tmp_path / "r.onnx")]):
+        assert main(argv) == 2
+        assert "is a ResNet (vitlab's CNN baseline)" in capsys.readouterr().err

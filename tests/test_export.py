@@ -1,0 +1,164 @@
+"""ONNX export: ONNX Runtime against eager PyTorch at two sizes, the metadata, and the failure modes."""
+
+import os
+import sys
+
+import pytest
+import torch
+from conftest import randomize_
+
+from vitlab import Preprocessing, VisionTransformer, ViTConfig
+from vitlab.export import ExportError, export_onnx, read_onnx_metadata
+
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+pytest.importorskip("onnxscript")
+
+TINY = dict(embed_dim=32, depth=2, num_heads=4, mlp_dim=64, num_classes=5, img_size=32, patch_size=8)
+TOL = 1e-4
+
+
+def tiny(**kw) -> VisionTransformer:
+    return randomize_(VisionTransformer(ViTConfig(**{**TINY, **kw})), std=0.2)  # off the zero head
+
+
+def run_onnx(path, x: torch.Tensor) -> torch.Tensor:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(["logits"], {"pixel_values": x.numpy()})[0])
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """One dynamic export of a class-token model with a learned E_pos, shared by the tests below."""
+    torch.manual_seed(0)
+    model = tiny()
+    model.preprocessing = Preprocessing(input_size=(32, 32), mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6), crop_pct=0.875)
+    model.class_names = ["ant", "bee", "cat", "dog", "eel"]
+    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    return model, path, export_onnx(model, path, dynamic=True, batch=3)
+
+
+def test_dynamic_export_matches_eager_at_two_sizes(exported):
+    model, path, report = exported
+    assert report.dynamic and report.opset >= 18
+    assert [c.size for c in report.checks] == [(32, 32), (48, 24)]  # E_pos enlarged in h, shrunk in w
+    for c in report.checks:
+        assert c.batch == 3 and c.max_abs_diff <= TOL and c.top1_agreement == 1.0
+    # Sizes and batches the export never saw, checked here independently of the report.
+    for shape in [(1, 3, 40, 56), (3, 3, 16, 16), (2, 3, 64, 32)]:
+        x = torch.randn(shape)
+        with torch.no_grad():
+            ref = model(x)
+        assert ref.abs().max() > 0.1  # not trivially zero
+        torch.testing.assert_close(run_onnx(path, x), ref, atol=TOL, rtol=0)
+    assert sorted(os.listdir(path.parent)) == ["tiny.onnx"]  # no temporary files left behind
+    assert "max |logit diff|" in report.summary()
+
+
+def test_metadata_round_trip(exported):
+    model, path, _ = exported
+    meta = read_onnx_metadata(path)
+    assert meta["config"] == model.config
+    assert meta["preprocessing"] == model.preprocessing
+    assert meta["class_names"] == model.class_names
+    assert meta["dynamic"] is True and meta["vitlab_version"]
+    custom = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+    assert "preprocessing" in custom  # readable with onnxruntime alone
+
+
+@pytest.mark.parametrize("kw", [
+    dict(pool="gap", class_token=False),
+    dict(num_register_tokens=2, stem="conv"),  # BatchNorm in eval mode
+    dict(pos_embed="sincos2d", img_size=(24, 40)),
+], ids=["gap", "registers_conv_stem", "sincos_non_square"])
+def test_other_architectures_export_dynamically(tmp_path, kw):
+    model = tiny(**kw)
+    report = export_onnx(model, tmp_path / "m.onnx", dynamic=True)
+    assert len(report.checks) == 2 and all(c.max_abs_diff <= TOL for c in report.checks)
+    assert read_onnx_metadata(tmp_path / "m.onnx")["class_names"] is None
+
+
+def test_static_export_runs_only_at_its_size(tmp_path):
+    model = tiny()
+    report = export_onnx(model, tmp_path / "s.onnx", batch=1)
+    assert not report.dynamic and [(c.size, c.batch) for c in report.checks] == [((32, 32), 1)]
+    assert read_onnx_metadata(tmp_path / "s.onnx")["dynamic"] is False
+    with pytest.raises(Exception, match="(?i)invalid dimensions"):
+        run_onnx(tmp_path / "s.onnx", torch.randn(1, 3, 48, 32))
+    with pytest.raises(ValueError, match="static export runs only"):
+        export_onnx(model, tmp_path / "t.onnx", check_sizes=[(48, 32)])
+
+
+def test_parity_failure_leaves_no_file(tmp_path, monkeypatch):
+    real = ort.InferenceSession
+
+    class Off(real):  # an ONNX Runtime that is off by 1e-3
+        def run(self, *args, **kwargs):
+            return [y + 1e-3 for y in super().run(*args, **kwargs)]
+
+    monkeypatch.setattr(ort, "InferenceSession", Off)
+    with pytest.raises(ExportError, match=r"at 32x32 .*> atol=0.0001; nothing was written"):
+        export_onnx(tiny(), tmp_path / "m.onnx")
+    assert os.listdir(tmp_path) == []
+
+
+def test_output_folder_errors(tmp_path):
+    model = tiny()
+    with pytest.raises(FileNotFoundError, match="does not exist; create it"):
+        export_onnx(model, tmp_path / "missing" / "m.onnx")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        export_onnx(model, tmp_path / "file" / "m.onnx")
+    with pytest.raises(ValueError, match=r"must be a \.onnx file"):
+        export_onnx(model, tmp_path / "m.pt")
+    with pytest.raises(ValueError, match="opset >= 18"):
+        export_onnx(model, tmp_path / "m.onnx", opset=17)
+    with pytest.raises(ValueError, match="multiple of the patch size 8"):
+        export_onnx(model, tmp_path / "m.onnx", dynamic=True, check_sizes=[(32, 36)])
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(PermissionError, match="choose a writable folder"):
+            export_onnx(model, locked / "m.onnx")
+    assert sorted(os.listdir(tmp_path)) == ["file"] + (["locked"] if os.geteuid() != 0 else [])
+
+
+def test_missing_extra_gives_the_install_hint(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises ImportError
+    with pytest.raises(ExportError, match=r'pip install "vitlab\[export\]"'):
+        export_onnx(tiny(), tmp_path / "m.onnx")
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(ExportError, match=r'pip install "vitlab\[export\]"'):
+        read_onnx_metadata(tmp_path / "m.onnx")
+
+
+def test_large_weights_go_to_an_external_data_file(tmp_path, monkeypatch):
+    monkeypatch.setattr("vitlab.export.EXTERNAL_DATA_BYTES", 0)  # as ViT-H/14 would, beyond 1.5 GiB
+    model = tiny()
+    report = export_onnx(model, tmp_path / "m.onnx")
+    assert sorted(os.listdir(tmp_path)) == ["m.onnx", "m.onnx.data"]
+    assert (tmp_path / "m.onnx").stat().st_size < (tmp_path / "m.onnx.data").stat().st_size  # the weights
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(run_onnx(tmp_path / "m.onnx", x), model(x), atol=TOL, rtol=0)
+    assert read_onnx_metadata(tmp_path / "m.onnx")["config"] == model.config
+    assert "MB" in report.summary()
+
+
+def test_the_export_command_checks_two_sizes_and_keeps_the_metadata(tmp_path, capsys):
+    import vitlab
+    from vitlab.cli import main
+
+    torch.manual_seed(0)
+    ckpt = vitlab.save(tiny(), tmp_path / "m.safetensors", class_names=list("abcde"))
+    out = tmp_path / "m.onnx"
+    code = main(["export", "--model", str(ckpt), "--format", "onnx", "--dynamic", "--out", str(out),
+                 "--check-size", "32,48x24"])
+    stdout, err = capsys.readouterr()
+    assert code == 0, err
+    assert "at 32x32, batch 2" in stdout and "at 48x24, batch 2" in stdout and "dynamic batch, H and W" in stdout
+    assert read_onnx_metadata(out)["class_names"] == list("abcde")
+    x = torch.randn(1, 3, 40, 56)
+    torch.testing.assert_close(run_onnx(out, x), vitlab.load(ckpt).eval()(x).detach(), atol=TOL, rtol=0)
+    code = main(["export", "--model", str(ckpt), "--out", str(tmp_path / "bad.onnx"), "--check-size", "30"])
+    assert code == 2 and "multiple" in capsys.readouterr().err and not (tmp_path / "bad.onnx").exists()
