@@ -119,6 +119,7 @@ def test_models_pattern(capsys):
 def test_models_all_substring_and_alias(capsys):
     _, out, _ = run(capsys, "models")
     assert sum(line.startswith("vit_") for line in out.splitlines()) == len(vitlab.list_models())
+    assert "CNN baselines for ViT-vs-CNN comparisons (vitlab.cnn, no pretrained weights): resnet20, resnet56" in out
     base = next(line.split() for line in out.splitlines() if line.startswith("vit_base_patch16_224 "))
     assert base == ["vit_base_patch16_224", "86.57M", "35.13", "224x224", "16", "197", "augreg2_in21k_ft_in1k"]
     _, out, _ = run(capsys, "models", "patch32_384")

@@ -115,6 +115,10 @@ def models(pattern: str | None = None) -> int:
     print(ALIAS_HELP + ".")
     print("Weights: `vitlab predict --model NAME --pretrained` (or NAME.<timm tag>) fetches them from the "
           "Hugging Face Hub.")
+    if not pattern:
+        from vitlab.cnn import RESNETS
+
+        print(f"CNN baselines for ViT-vs-CNN comparisons (vitlab.cnn, no pretrained weights): {', '.join(RESNETS)}.")
     return EXIT_OK
 
 
