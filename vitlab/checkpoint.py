@@ -51,8 +51,9 @@ def _torch_load(path: Path) -> dict[str, Any]:
             "and unpickling those can execute code. vitlab never does. If you trust the file, re-save its "
             "state dict in Python (torch.save(obj['model'].state_dict(), 'clean.pth')) or as .safetensors"
         ) from e
-    except (RuntimeError, EOFError, ValueError, OSError) as e:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {e}") from e
+    except Exception as e:  # garbage bytes make the weights-only unpickler raise KeyError, IndexError, struct.error...
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): "
+                              f"{type(e).__name__}: {e}") from e
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
