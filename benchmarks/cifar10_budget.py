@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 import vitlab
+from vitlab.data.folder import IMAGE_EXTENSIONS
 from vitlab.train.config import load_config, recipe_path
 from vitlab.train.trainer import train
 
@@ -72,7 +73,8 @@ def hardware() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
-def run_recipe(recipe: str, data: Path, minutes: float, out: Path, extra: list[str], device: str) -> dict:
+def run_recipe(recipe: str, data: Path, n_train: int, minutes: float, out: Path, extra: list[str], device: str
+               ) -> dict:
     is_file = recipe.endswith(".toml")
     overrides = [f"data.dataset=folder:{data}", f"budget_minutes={minutes}", "epochs=100000",
                  "eval_every_epochs=100000", "ckpt_every_steps=100000000", f"device={device}", *extra]
@@ -83,8 +85,8 @@ def run_recipe(recipe: str, data: Path, minutes: float, out: Path, extra: list[s
     metrics = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     rates = [m["img_per_s"] for m in metrics if "img_per_s" in m]
     return {"recipe": name, "test_acc": result.val_acc, "steps": result.step,
-            "epochs": result.step * cfg.data.batch_size / 50000, "train_minutes": result.train_seconds / 60,
-            "img_per_s": sorted(rates)[len(rates) // 2] if rates else None,
+            "epochs": result.step * cfg.data.batch_size / n_train, "train_minutes": result.train_seconds / 60,
+            "img_per_s": sorted(rates)[len(rates) // 2],  # the trainer logs img/s at least at the last step
             "params": sum(p.numel() for p in vitlab.load(result.run_dir / "model.safetensors").parameters()),
             "run_dir": str(result.run_dir)}
 
@@ -106,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         if not r.endswith(".toml"):
             recipe_path(r)  # an unknown name fails now, not after the first recipe's budget
     data = args.data or unpack(args.zip, args.cache)
+    n_train = sum(p.suffix.lower() in IMAGE_EXTENSIONS for p in (data / "train").rglob("*"))  # for the epochs
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
     when, hw = datetime.now().isoformat(timespec="seconds"), hardware()
     print(f"{command}\n{hw}, torch {torch.__version__}, {when}\n", flush=True)
@@ -113,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for recipe in recipes:
         print(f"--- {recipe}: {args.minutes:g} min ...", flush=True)
-        row = run_recipe(recipe, data, args.minutes, args.out, args.set, args.device)
+        row = run_recipe(recipe, data, n_train, args.minutes, args.out, args.set, args.device)
         row.update(command=command, hardware=hw, date=when, minutes=args.minutes, overrides=args.set)
         rows.append(row)
         print(f"    test accuracy {row['test_acc']:.4f} after {row['steps']} steps ({row['epochs']:.1f} epochs, "

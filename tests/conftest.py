@@ -1,5 +1,11 @@
+import zipfile
+from pathlib import Path
+
 import pytest
 import torch
+
+# The shared CIFAR-10 JPEG copy (train/<class>/*.jpg, test/<class>/*.jpg); tests that need it skip without it.
+CIFAR_ZIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.zip"
 
 
 @pytest.fixture(autouse=True)
@@ -13,3 +19,23 @@ def randomize_(module: torch.nn.Module, std: float = 0.02) -> torch.nn.Module:
         for p in module.parameters():
             p.add_(torch.randn_like(p) * std)
     return module.eval()
+
+
+def cifar_subset(dest: Path, per_class_train: int, per_class_test: int, classes: tuple[str, ...] | None = None
+                 ) -> Path:
+    """Extract the first ``per_class_*`` images (in name order) of each class (or of ``classes``) of each split of
+    the shared CIFAR-10 copy into ``dest/<split>/<class>/``."""
+    counts: dict[tuple[str, str], int] = {}
+    with zipfile.ZipFile(CIFAR_ZIP) as z:
+        for name in sorted(z.namelist()):
+            parts = Path(name).parts
+            if not name.endswith(".jpg") or len(parts) < 3:
+                continue
+            split, cls = parts[-3], parts[-2]
+            limit = per_class_train if split == "train" else per_class_test if split == "test" else 0
+            if (classes is None or cls in classes) and counts.get((split, cls), 0) < limit:
+                counts[(split, cls)] = counts.get((split, cls), 0) + 1
+                target = dest / split / cls / parts[-1]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(z.read(name))
+    return dest

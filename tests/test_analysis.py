@@ -180,6 +180,8 @@ def test_figure7_on_a_model():
     assert model_position_similarity(model).shape == (8, 8, 8, 8)
     dist = attention_distances(model, torch.randn(2, 3, 32, 32))
     assert dist.shape == (2, 3) and (dist > 0).all() and (dist < 32 * math.sqrt(2)).all()
+    x = torch.randn(7, 3, 32, 32)  # in batches of 3 (3 + 3 + 1 images) as in one batch
+    torch.testing.assert_close(attention_distances(model, x, batch_size=3), attention_distances(model, x, batch_size=7))
     with pytest.raises(ValueError, match="conv stem has no linear patch embedding"):
         patch_embedding_components(vitlab.create_model("Ti/4@32", stem="conv", depth=1))
 
@@ -315,6 +317,8 @@ def test_report_samples_streamed_images_with_the_weights_preprocessing(tmp_path)
     expected = pre.transform()(Image.open(data.samples[0][0]).convert("RGB"))
     assert any(torch.allclose(expected, xi, atol=1e-2) for xi in s.x)
     assert set(s.y.tolist()) <= {0, 1}
+    i = next(i for i, xi in enumerate(s.x) if torch.allclose(expected, xi, atol=1e-2))
+    assert s.y[i] == model.class_names.index(data.class_names[data.samples[0][1]])  # in the model's class order
 
 
 def test_grad_rollout_explains_the_class_asked_for():
@@ -326,3 +330,30 @@ def test_grad_rollout_explains_the_class_asked_for():
     assert not torch.allclose(out.maps, attention_maps(model, x, "grad-rollout", target=1).maps)
     with pytest.raises(ValueError, match="grad-rollout needs a classifier head"):
         attention_maps(vitlab.create_model("Ti/4@32", num_classes=0, depth=1), x, "grad-rollout")
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: rollout([]), "at least one block"),
+    (lambda: rollout([softmax_rows(1, 2, 5)], discard_ratio=1.0), "discard_ratio must be in"),
+    (lambda: position_similarity(torch.randn(1, 10, 8), (3, 3), num_prefix=0), "expected 9 for a 3x3 grid"),
+    (lambda: model_position_similarity(vitlab.create_model("Ti/4@32", depth=1, pos_embed="sincos2d")),
+     "no learned position table"),
+    (lambda: mean_attention_distance(softmax_rows(1, 2, 10), (3, 3), 4, num_prefix=0), "does not match"),
+    (lambda: pointing_game(torch.rand(2, 4, 4), torch.ones(2, 10, 10, dtype=torch.bool)), "do not tile"),
+    (lambda: deletion_insertion_curves(vitlab.create_model("Ti/4@32", depth=1), torch.randn(2, 3, 32, 32),
+                                       torch.rand(2, 4, 4), torch.zeros(2, dtype=torch.long), 4), "maps must be"),
+    (lambda: hsic_unbiased(torch.eye(3), torch.eye(3)), "at least 4 examples"),
+    (lambda: cka(torch.randn(8, 3), torch.randn(9, 3)), "the same examples"),
+    (lambda: soft_nearest_neighbor_loss(torch.randn(4, 3), torch.tensor([0, 0, 1, 1]), 0.0), "temperature"),
+    (lambda: soft_nearest_neighbor_loss(torch.randn(3, 3), torch.tensor([0, 0, 1])), "another example of its"),
+])
+def test_bad_inputs_are_clear_errors(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_minibatch_cka_needs_a_minibatch():
+    from vitlab.analysis import MinibatchCKA
+
+    with pytest.raises(ValueError, match="no minibatch seen yet"):
+        MinibatchCKA().value()

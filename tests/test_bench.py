@@ -68,3 +68,16 @@ def test_mfu_is_images_per_second_times_flops_over_peak():
     row = tp.Row("vitlab", 10, times=[0.5], flops_per_image=1e12)  # 20 img/s x 1 TFLOP = 20 TFLOP/s
     assert tp.mfu(row, peak_tflops=100.0) == pytest.approx(0.2)
     assert tp.mfu(row, peak_tflops=None) is None
+
+
+def test_eval_images_from_a_folder(tmp_path):
+    from PIL import Image
+
+    for i in range(3):
+        Image.new("RGB", (40, 20), (80 * i, 0, 0)).save(tmp_path / f"{i}.png")
+    cfg = vitlab.get_config("vit_tiny_patch4_32")
+    x, source = tp.eval_images(cfg, 2, str(tmp_path))
+    assert x.shape == (2, 3, 32, 32) and str(tmp_path) in source
+    assert not torch.equal(x[0], x[1])  # files 0 and 1 of the 3, evenly spread
+    with pytest.raises(FileNotFoundError, match="no image files"):
+        tp.eval_images(cfg, 2, str(tmp_path / "empty"))

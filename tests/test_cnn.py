@@ -6,6 +6,7 @@ import warnings
 import pytest
 import torch
 from conftest import randomize_
+from safetensors import safe_open
 
 import vitlab
 from vitlab.analysis import block_representations, probe_blocks
@@ -122,3 +123,30 @@ def test_the_cli_describes_a_resnet_and_says_which_commands_are_for_vits(tmp_pat
                  ["export", "--model", ckpt, "--out", str(tmp_path / "r.onnx")]):
         assert main(argv) == 2
         assert "is a ResNet (vitlab's CNN baseline)" in capsys.readouterr().err
+
+
+def test_a_resnet_checkpoint_whose_tensors_do_not_fit_is_a_clear_error(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    path = vitlab.save(vitlab.create_model("resnet20", num_classes=3), tmp_path / "r.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    sd = load_file(str(path))
+    save_file({k: v for k, v in sd.items() if k != "head.bias"}, str(tmp_path / "missing.safetensors"), metadata=meta)
+    with pytest.raises(vitlab.CheckpointError, match=r"missing keys \['head.bias'\]"):
+        vitlab.load(tmp_path / "missing.safetensors")
+    sd["head.weight"] = torch.zeros(3, 32)
+    save_file(sd, str(tmp_path / "shape.safetensors"), metadata=meta)
+    with pytest.raises(vitlab.CheckpointError, match="does not fit the ResNet its metadata describes"):
+        vitlab.load(tmp_path / "shape.safetensors")
+
+
+def test_import_vitlab_does_not_import_torchvision():
+    """The ResNet baseline builds from torchvision's blocks, imported when a ResNet is built, not at `import vitlab`
+    (torchvision takes over a second to import)."""
+    import subprocess
+    import sys
+
+    code = "import sys, vitlab; print('torchvision' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr

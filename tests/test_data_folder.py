@@ -1,14 +1,12 @@
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import CIFAR_ZIP, cifar_subset
 from PIL import Image
 
 from vitlab.data import ImageDataset, StreamingDataset, load_dataset
-
-SHARED_ZIP = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10-jpeg.zip"
 
 
 def _pixels(seed: int, size: int) -> np.ndarray:
@@ -112,14 +110,9 @@ def test_large_images_stream(tmp_path):
     assert isinstance(load_dataset(f"folder:{tmp_path}", "val", image_size=96), StreamingDataset)
 
 
-@pytest.mark.skipif(not SHARED_ZIP.is_file(), reason="the shared CIFAR-10 JPEG zip is not present")
+@pytest.mark.skipif(not CIFAR_ZIP.is_file(), reason="the shared CIFAR-10 JPEG zip is not present")
 def test_shared_cifar10_jpeg_subset(tmp_path):
-    with zipfile.ZipFile(SHARED_ZIP) as z:
-        names = [n for n in z.namelist() if n.endswith(".jpg")]
-        for split, per_class in (("train", 50), ("test", 10)):
-            for cls in ("airplane", "automobile"):
-                for n in sorted(x for x in names if x.startswith(f"{split}/{cls}/"))[:per_class]:
-                    z.extract(n, tmp_path)
+    cifar_subset(tmp_path, per_class_train=50, per_class_test=10, classes=("airplane", "automobile"))
     train = load_dataset(f"folder:{tmp_path}", "train")
     val = load_dataset(f"folder:{tmp_path}", "val")
     assert train.class_names == ["airplane", "automobile"] and train.images.shape == (100, 3, 32, 32)

@@ -162,3 +162,38 @@ def test_the_export_command_checks_two_sizes_and_keeps_the_metadata(tmp_path, ca
     torch.testing.assert_close(run_onnx(out, x), vitlab.load(ckpt).eval()(x).detach(), atol=TOL, rtol=0)
     code = main(["export", "--model", str(ckpt), "--out", str(tmp_path / "bad.onnx"), "--check-size", "30"])
     assert code == 2 and "multiple" in capsys.readouterr().err and not (tmp_path / "bad.onnx").exists()
+
+
+def test_a_bf16_model_in_training_mode_is_exported_from_an_fp32_copy_and_left_as_it_was(tmp_path):
+    model = tiny().to(torch.bfloat16).train()
+    report = export_onnx(model, tmp_path / "m.onnx")
+    assert report.checks[0].max_abs_diff <= TOL  # against the fp32 copy the graph was made from
+    assert model.training and next(model.parameters()).dtype == torch.bfloat16
+
+
+def test_argument_and_metadata_errors(tmp_path):
+    model = tiny()
+    model.class_names = ["a", "b"]  # 5 classes: found before any exporting
+    with pytest.raises(ValueError, match="2 class names for a model with 5 classes"):
+        export_onnx(model, tmp_path / "m.onnx")
+    with pytest.raises(TypeError, match="takes a vitlab VisionTransformer"):
+        export_onnx(torch.nn.Linear(2, 2), tmp_path / "m.onnx")
+    with pytest.raises(ValueError, match="batch must be >= 1"):
+        export_onnx(tiny(), tmp_path / "m.onnx", batch=0)
+    (tmp_path / "d.onnx").mkdir()
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        export_onnx(tiny(), tmp_path / "d.onnx")
+    with pytest.raises(FileNotFoundError, match="ONNX file not found"):
+        read_onnx_metadata(tmp_path / "absent.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"\xff" * 64)
+    with pytest.raises(ValueError, match="not a readable ONNX file"):
+        read_onnx_metadata(tmp_path / "junk.onnx")
+    assert sorted(os.listdir(tmp_path)) == ["d.onnx", "junk.onnx"]  # nothing else written
+
+
+def test_onnx_from_elsewhere_has_no_vitlab_metadata(tmp_path):
+    import onnx
+
+    onnx.save(onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [])), str(tmp_path / "other.onnx"))
+    with pytest.raises(ValueError, match="has no vitlab metadata"):
+        read_onnx_metadata(tmp_path / "other.onnx")

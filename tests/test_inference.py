@@ -59,3 +59,11 @@ def test_evaluate_model_on_the_bf16_path_agrees_with_fp32():
     assert evaluate_model(model, data).top1 == 1.0
     bf16 = evaluate_model(model, data, dtype="bfloat16")
     assert 0.85 <= bf16.top1 <= 1.0 and next(model.parameters()).dtype == torch.float32
+
+
+def test_compile_wraps_the_copy(monkeypatch):
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda m: seen.append(m) or m)
+    model = vitlab.create_model("Ti/4@32", num_classes=2, depth=1)
+    fast = prepare_for_inference(model, compile=True)
+    assert seen == [fast] and fast.model is not model

@@ -128,6 +128,8 @@ def attention_maps(model: VisionTransformer, x: torch.Tensor, method: str = "raw
         raise ValueError(f"head={head}: one head can only be shown with method='raw'; {method} fuses the heads")
     if isinstance(head, str):
         _check("head", head, HEAD_FUSIONS)
+    if method == "grad-rollout" and cfg.num_classes == 0:
+        raise ValueError("grad-rollout needs a classifier head: the model has num_classes=0")
     was_training = model.training
     model.eval()
     try:
@@ -150,13 +152,10 @@ def attention_maps(model: VisionTransformer, x: torch.Tensor, method: str = "raw
             grads = None
             tgt = None
             if method == "grad-rollout":
-                if cfg.num_classes == 0:
-                    raise ValueError("grad-rollout needs a classifier head: the model has num_classes=0")
                 tgt = logits.argmax(-1) if target is None else torch.as_tensor(target, device=logits.device).expand(b)
                 score = logits.gather(1, tgt[:, None]).sum()
                 grads = list(torch.autograd.grad(score, attn))
-            joint = rollout([a.detach() for a in attn], head if isinstance(head, str) else "mean", discard_ratio,
-                            n_prefix, grads)
+            joint = rollout([a.detach() for a in attn], head, discard_ratio, n_prefix, grads)  # head: a fusion
             m = query_row(joint, n_prefix, cls_token)
             return AttentionMaps(m.reshape(b, h, w).detach(), None, logits.detach(), tgt)
     finally:

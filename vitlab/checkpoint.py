@@ -262,6 +262,21 @@ def _plain_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
 
 
+def model_metadata(model: VisionTransformer | ResNet, preprocessing: Preprocessing | None = None,
+                   class_names: list[str] | None = None) -> dict[str, str]:
+    """What a vitlab file says about its model, as strings (safetensors and ONNX metadata): the format, the
+    config, the preprocessing (the model's, else the default for its config) and the class names, if any."""
+    pre = preprocessing or getattr(model, "preprocessing", None) or Preprocessing.default_for(model.config)
+    names = class_names if class_names is not None else getattr(model, "class_names", None)
+    if names is not None and len(names) != model.config.num_classes:
+        raise ValueError(f"{len(names)} class names for a model with {model.config.num_classes} classes")
+    meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "config": json.dumps(model.config.to_dict()),
+            "preprocessing": json.dumps(pre.to_dict())}
+    if names is not None:
+        meta["class_names"] = json.dumps(list(names))
+    return meta
+
+
 def save(
     model: VisionTransformer | ResNet,
     path: str | Path,
@@ -275,14 +290,7 @@ def save(
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"vitlab checkpoints are .safetensors files, got {path.name!r}")
-    pre = preprocessing or getattr(model, "preprocessing", None) or Preprocessing.default_for(model.config)
-    names = class_names if class_names is not None else getattr(model, "class_names", None)
-    if names is not None and len(names) != model.config.num_classes:
-        raise ValueError(f"{len(names)} class names for a model with {model.config.num_classes} classes")
-    meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "config": json.dumps(model.config.to_dict()),
-            "preprocessing": json.dumps(pre.to_dict()), **(extra_metadata or {})}
-    if names is not None:
-        meta["class_names"] = json.dumps(list(names))
+    meta = {**model_metadata(model, preprocessing, class_names), **(extra_metadata or {})}
     sd = _plain_state_dict(model)
     atomic_write(path, lambda tmp: save_file(sd, str(tmp), metadata=meta))
     return path

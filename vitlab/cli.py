@@ -611,7 +611,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "--dynamic, a non-square one)")
     p.add_argument("--batch", type=_positive, default=2, metavar="N",
                    help="images per parity check; the fixed batch size without --dynamic (default: 2)")
-    p.add_argument("--opset", type=int, default=None, metavar="N", help="ONNX opset, >= 18 (default: 20)")
+    p.add_argument("--opset", type=int, default=None, metavar="N",
+                   help="ONNX opset, >= 18 (default: torch.onnx's own, at least 18)")
     p.add_argument("--atol", type=float, default=1e-4, help="largest |logit difference| accepted (default: 1e-4)")
     p.set_defaults(func=lambda a: export(a.model, a.out, a.dynamic,
                                          [_size(t) for t in a.check_size.split(",") if t.strip()], a.batch, a.opset,

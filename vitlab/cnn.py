@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from torchvision.models.resnet import BasicBlock, Bottleneck
 
 # name -> (block, blocks per stage, channels per stage); He et al. 2016 Table 1 and Sec. 4.2.
 RESNETS: dict[str, tuple[str, tuple[int, ...], tuple[int, ...]]] = {
@@ -68,6 +67,8 @@ class ResNetConfig:
 
 class ResNet(nn.Module):
     def __init__(self, cfg: ResNetConfig):
+        from torchvision.models.resnet import BasicBlock, Bottleneck  # here: `import vitlab` stays free of torchvision
+
         super().__init__()
         self.config = cfg
         kind, blocks, widths = RESNETS[cfg.arch]
@@ -108,9 +109,9 @@ class ResNet(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        for m in self.modules():
-            if isinstance(m, (BasicBlock, Bottleneck)):
-                nn.init.zeros_((m.bn2 if isinstance(m, BasicBlock) else m.bn3).weight)
+        for stage in self.stages:
+            for blk in stage:
+                nn.init.zeros_(getattr(blk, "bn3", blk.bn2).weight)  # Bottleneck: bn3; BasicBlock: bn2
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != self.config.in_chans:

@@ -62,7 +62,6 @@ class ExportReport:
     opset: int
     atol: float
     checks: list[ParityCheck]
-    exporter: str = "torch.onnx.export(dynamo=True)"
 
     def summary(self) -> str:
         axes = "dynamic batch, H and W" if self.dynamic else "static: only this batch and size run"
@@ -115,15 +114,16 @@ def export_onnx(
         raise ValueError(f"batch must be >= 1, got {batch}")
     cfg = model.config
     sizes = _check_sizes(cfg, dynamic, check_sizes)
-    tmp_dir = _make_tmp_dir(path)
+    meta = _metadata(model, dynamic)  # checks the class names before minutes of exporting
     fp32_cpu = all(t.device.type == "cpu" and t.dtype == torch.float32
                    for t in itertools.chain(model.parameters(), model.buffers()))
     net = model if fp32_cpu else copy.deepcopy(model).cpu().float()
     was_training = model.training
+    tmp_dir = _make_tmp_dir(path)
     try:
         net.eval()
         program = _export(net, cfg, dynamic, opset, batch)
-        program.model.metadata_props.update(_metadata(model, dynamic))
+        program.model.metadata_props.update(meta)
         tmp = tmp_dir / path.name
         n_bytes = sum(t.numel() * t.element_size() for t in net.state_dict().values())
         program.save(tmp, external_data=n_bytes > EXTERNAL_DATA_BYTES)  # ViT-H/14 (2.5 GB): weights in tmp.data
@@ -194,17 +194,11 @@ def _export(net: VisionTransformer, cfg: ViTConfig, dynamic: bool, opset: int | 
 
 
 def _metadata(model: VisionTransformer, dynamic: bool) -> dict[str, str]:
+    """vitlab's checkpoint metadata (format, config, preprocessing, class names), plus the version and the axes."""
     from vitlab import __version__
+    from vitlab.checkpoint import model_metadata
 
-    pre = model.preprocessing or Preprocessing.default_for(model.config)
-    meta = {"format": "vitlab", "vitlab_version": __version__, "config": json.dumps(model.config.to_dict()),
-            "preprocessing": json.dumps(pre.to_dict()), "dynamic": json.dumps(dynamic)}
-    if model.class_names is not None:
-        if len(model.class_names) != model.config.num_classes:
-            raise ValueError(f"{len(model.class_names)} class names for a model with {model.config.num_classes} "
-                             "classes; fix model.class_names or set it to None")
-        meta["class_names"] = json.dumps(list(model.class_names))
-    return meta
+    return {**model_metadata(model), "vitlab_version": __version__, "dynamic": json.dumps(dynamic)}
 
 
 def _parity(net: VisionTransformer, onnx_path: Path, ort, sizes: list[tuple[int, int]], batch: int

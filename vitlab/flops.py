@@ -64,12 +64,18 @@ def _image_size(config: ViTConfig, img_size: int | tuple[int, int] | None) -> tu
     return H, W
 
 
+def _patches(config: ViTConfig, img_size: int | tuple[int, int] | None) -> int:
+    """T = h * w, the patch tokens at ``img_size``."""
+    H, W = _image_size(config, img_size)
+    return (H // config.patch_size) * (W // config.patch_size)
+
+
 def flops_breakdown(config: ViTConfig, img_size: int | tuple[int, int] | None = None) -> dict[str, int]:
     """The terms of :func:`count_flops` by part, summed over the blocks: ``patch_embed`` (projection or conv
     stem), ``qkv``, ``attention_matrix`` (q @ k^T and attn @ v), ``proj``, ``mlp``, ``pre_logits``, ``head``."""
     H, W = _image_size(config, img_size)
     P, C, D, M, L = config.patch_size, config.in_chans, config.embed_dim, config.mlp_dim, config.depth
-    T = (H // P) * (W // P)  # h * w patches
+    T = _patches(config, img_size)  # h * w patches
     N = T + config.num_prefix_tokens
 
     if config.stem == "patch":
@@ -97,8 +103,7 @@ def attention_macs(config: ViTConfig, img_size: int | tuple[int, int] | None = N
     """Multiply-adds of one block's self-attention over the h*w patch tokens, as Swin (Liu et al. 2021, Eq. 1-2)
     counts them: global MSA 4 hw C^2 + 2 (hw)^2 C; windowed W-MSA with ``window`` M: 4 hw C^2 + 2 M^2 hw C.
     (C = D here; the softmax is left out, and so are the prefix tokens, which Swin does not have.)"""
-    H, W = _image_size(config, img_size)
-    hw, C = (H // config.patch_size) * (W // config.patch_size), config.embed_dim
+    hw, C = _patches(config, img_size), config.embed_dim
     mixing = 2 * hw * hw * C if window is None else 2 * window * window * hw * C
     return 4 * hw * C * C + mixing
 
@@ -107,8 +112,7 @@ def attention_matrix_bytes(config: ViTConfig, img_size: int | tuple[int, int] | 
                            bytes_per_value: int = 4) -> int:
     """Memory of one block's attention probabilities (B, Nh, N, N), as the explicit path materialises them
     (the fused kernel does not)."""
-    H, W = _image_size(config, img_size)
-    n = (H // config.patch_size) * (W // config.patch_size) + config.num_prefix_tokens
+    n = _patches(config, img_size) + config.num_prefix_tokens
     return batch * config.num_heads * n * n * bytes_per_value
 
 

@@ -40,7 +40,7 @@ def prepare_for_inference(model: nn.Module, dtype: str = "bfloat16", compile: bo
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is not one of {sorted(DTYPES)}")
-    fast = InferenceModel(copy.deepcopy(model).eval().to(DTYPES[dtype]), DTYPES[dtype]).eval()
+    fast = InferenceModel(copy.deepcopy(model).to(DTYPES[dtype]), DTYPES[dtype]).eval()
     for p in fast.parameters():
         p.requires_grad_(False)
     return torch.compile(fast) if compile else fast

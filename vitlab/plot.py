@@ -31,6 +31,12 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
     return path
 
 
+def overlay(ax, image: np.ndarray, saliency: np.ndarray) -> None:
+    """Draw ``image`` (H, W, 3) with a map in [0, 1] over it, half transparent (every attention figure)."""
+    ax.imshow(image, interpolation="nearest")
+    ax.imshow(saliency, cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
+
+
 def plot_confusion(confusion: np.ndarray, class_names: Sequence[str], path: str | Path,
                    title: str = "Confusion matrix (rows: true class, normalised)") -> Path:
     """A (K, K) count matrix, rows normalised to the fraction of each true class."""
@@ -101,8 +107,7 @@ def plot_attention_overlays(images: np.ndarray, maps: np.ndarray, titles: Sequen
         r, c = divmod(i, cols)
         axes[r, 2 * c].imshow(images[i], interpolation="nearest")
         axes[r, 2 * c].set_title(titles[i], fontsize=8)
-        axes[r, 2 * c + 1].imshow(images[i], interpolation="nearest")
-        axes[r, 2 * c + 1].imshow(maps[i], cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
+        overlay(axes[r, 2 * c + 1], images[i], maps[i])
         axes[r, 2 * c + 1].set_title("attention", fontsize=8)
     return save_figure(fig, path)
 
@@ -121,13 +126,11 @@ def plot_attention_figure(image: np.ndarray, saliency: np.ndarray, head_maps: np
     ax.imshow(image, interpolation="nearest")
     ax.set_title(title, fontsize=8)
     ax = fig.add_subplot(grid[0, 1])
-    ax.imshow(image, interpolation="nearest")
-    ax.imshow(saliency, cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
+    overlay(ax, image, saliency)
     ax.set_title(map_title, fontsize=8)
     for i in range(n_heads):
         ax = fig.add_subplot(grid[1 + i // cols, i % cols])
-        ax.imshow(image, interpolation="nearest")
-        ax.imshow(head_maps[i], cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
+        overlay(ax, image, head_maps[i])
         ax.set_title(f"{heads_title}, head {i}", fontsize=7)
     for ax in fig.axes:
         ax.axis("off")

@@ -82,10 +82,18 @@ def uniform_attention_distance(grid: tuple[int, int], patch_size: int) -> float:
 
 
 @torch.no_grad()
-def attention_distances(model: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
-    """Mean attention distance (pixels) of every head in every layer over images ``x``: (depth, Nh)."""
+def attention_distances(model: VisionTransformer, x: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+    """Mean attention distance (pixels) of every head in every layer over images ``x``: (depth, Nh). In batches:
+    every block's (B, Nh, N, N) probabilities are held at once (B/16 at 224 px: 22 MB per image)."""
     was_training = model.training
-    out = model.eval().forward_intermediates(x, layers=None, return_attention=True)
-    model.train(was_training)
-    return torch.stack([mean_attention_distance(out.attention[i], out.grid_size, model.config.patch_size,
-                                                out.num_prefix_tokens) for i in sorted(out.attention)])
+    model.eval()
+    total = 0
+    try:
+        for i in range(0, x.shape[0], batch_size):
+            out = model.forward_intermediates(x[i:i + batch_size], layers=None, return_attention=True)
+            d = torch.stack([mean_attention_distance(out.attention[k], out.grid_size, model.config.patch_size,
+                                                     out.num_prefix_tokens) for k in sorted(out.attention)])
+            total = total + d * out.features.shape[0]  # a mean over images: weight each batch by its size
+    finally:
+        model.train(was_training)
+    return total / x.shape[0]

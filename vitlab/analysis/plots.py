@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vitlab.plot import _pyplot
+from vitlab.plot import _pyplot, overlay
 from vitlab.plot import save_figure as _save
 
 
@@ -123,8 +123,7 @@ def plot_saliency_grid(images: np.ndarray, maps: dict[str, np.ndarray], titles: 
         axes[i, 0].imshow(images[i], interpolation="nearest")
         axes[i, 0].set_title(titles[i], fontsize=6)
         for j, (name, m) in enumerate(maps.items(), start=1):
-            axes[i, j].imshow(images[i], interpolation="nearest")
-            axes[i, j].imshow(m[i], cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
+            overlay(axes[i, j], images[i], m[i])
             if i == 0:
                 axes[i, j].set_title(name, fontsize=7)
     for ax in axes.flat:

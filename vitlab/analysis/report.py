@@ -98,8 +98,10 @@ def analyze(model: VisionTransformer, test_set: Any, train_set: Any, out_dir: st
 
     show = slice(0, min(n_show, len(test.y)))
     size = tuple(test.x.shape[-2:])
-    maps = {m: torch.cat([attention_maps(model, test.x[i:i + 64], m).maps for i in range(0, len(test.y), 64)])
-            for m in METHODS}  # (n_images, h, w) each, in batches: gradient rollout keeps a graph per batch
+    # Maps for the images shown and scored for faithfulness; for all of them only when the pointing game needs them.
+    n_maps = len(test.y) if test.masks is not None else min(len(test.y), max(n_show, n_faithfulness))
+    maps = {m: torch.cat([attention_maps(model, test.x[i:min(i + 64, n_maps)], m).maps for i in range(0, n_maps, 64)])
+            for m in METHODS}  # (n_maps, h, w) each, in batches: gradient rollout keeps a graph per batch
     with torch.no_grad():
         pred = model(test.x[show]).argmax(-1)
     class_names = model.class_names or [str(i) for i in range(cfg.num_classes)]
@@ -195,7 +197,7 @@ def analyze(model: VisionTransformer, test_set: Any, train_set: Any, out_dir: st
     figures.append(("Representations", plots.plot_per_block({"block i without residuals": ablation}, "top-1",
                                                             out / "ablation.png", chance).name,
                     "Accuracy with the residual connections of one block removed at inference."))
-    change = residual_ablation_cka(model, test.x, cka_batch)
+    change = residual_ablation_cka(model, test.x, cka_batch, intact=reps_test["mean"])
     numbers["residual_ablation"]["cka_to_intact"] = change.tolist()
     figures.append(("Representations", plots.plot_matrix(change.numpy(), "CKA to the intact model's block",
                                                          "block j", "residuals removed in block i",

@@ -10,7 +10,8 @@ either representation.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -66,17 +67,22 @@ def _gram(x: torch.Tensor) -> torch.Tensor:
     return x @ x.T
 
 
+def _minibatch_cka(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor], batch_size: int) -> torch.Tensor:
+    """The (len(a), len(b)) CKA matrix over minibatches of ``batch_size`` rows (a last one under 4 is skipped)."""
+    n = a[0].shape[0]
+    acc = MinibatchCKA()
+    for i in range(0, n - 3, batch_size):
+        if min(i + batch_size, n) - i >= 4:
+            acc.update([t[i:i + batch_size] for t in a], [t[i:i + batch_size] for t in b])
+    return acc.value()
+
+
 def cka(x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None) -> float:
     """Linear CKA of two representations (N, ...) of the same N examples, over minibatches of ``batch_size``
     (default: one batch of all N)."""
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x and y must hold the same examples: {x.shape[0]} vs {y.shape[0]} rows")
-    bs = batch_size or x.shape[0]
-    acc = MinibatchCKA()
-    for i in range(0, x.shape[0] - 3, bs):
-        if x[i:i + bs].shape[0] >= 4:
-            acc.update([x[i:i + bs]], [y[i:i + bs]])
-    return acc.value()[0, 0].item()
+    return _minibatch_cka([x], [y], batch_size or x.shape[0])[0, 0].item()
 
 
 def soft_nearest_neighbor_loss(x: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> float:
@@ -159,28 +165,33 @@ def probe_blocks(train: dict[str, torch.Tensor], train_y: torch.Tensor, test: di
 def cka_matrix(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor], batch_size: int = 128) -> torch.Tensor:
     """Minibatch CKA between every block of ``a`` and of ``b`` (sequences of (n, ...) features of the same n
     examples, e.g. ``block_representations(...)["mean"]``): a (len(a), len(b)) matrix."""
-    n = a[0].shape[0]
-    acc = MinibatchCKA()
-    for i in range(0, n - 3, batch_size):
-        if min(i + batch_size, n) - i >= 4:
-            acc.update([t[i:i + batch_size] for t in a], [t[i:i + batch_size] for t in b])
-    return acc.value().float()
+    return _minibatch_cka(a, b, batch_size).float()
+
+
+@contextlib.contextmanager
+def _without_residual(block: torch.nn.Module) -> Iterator[None]:
+    """Block ``block`` without its residual connections for the duration (ViTConfig.no_residual_blocks)."""
+    kept = block.residual
+    block.residual = False
+    try:
+        yield
+    finally:
+        block.residual = kept
 
 
 @torch.no_grad()
-def residual_ablation_cka(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
+def residual_ablation_cka(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 128,
+                          intact: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
     """How removing the residual connections of one block changes every block's representation: entry (i, j)
     is the CKA between block j's mean patch token in the intact model and with block i's residuals removed
-    (1 = unchanged). Blocks before i are unchanged by construction."""
-    intact = block_representations(model, x)["mean"]
+    (1 = unchanged). Blocks before i are unchanged by construction. ``intact``: the model's own
+    ``block_representations(model, x)["mean"]`` when already computed."""
+    if intact is None:
+        intact = block_representations(model, x)["mean"]
     rows = []
     for blk in model.blocks:
-        kept = blk.residual
-        blk.residual = False
-        try:
+        with _without_residual(blk):
             ablated = block_representations(model, x)["mean"]
-        finally:
-            blk.residual = kept
         rows.append(torch.stack([cka_matrix([a], [b], batch_size)[0, 0] for a, b in zip(intact, ablated,
                                                                                           strict=True)]))
     return torch.stack(rows)
@@ -194,14 +205,12 @@ def residual_ablation(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
     was_training = model.training
     model.eval()
     accs = []
-    for blk in model.blocks:
-        kept = blk.residual
-        blk.residual = False
-        try:
-            correct = sum((model(x[i:i + batch_size]).argmax(-1) == y[i:i + batch_size]).sum().item()
-                          for i in range(0, x.shape[0], batch_size))
-        finally:
-            blk.residual = kept
-        accs.append(correct / x.shape[0])
-    model.train(was_training)
+    try:
+        for blk in model.blocks:
+            with _without_residual(blk):
+                correct = sum((model(x[i:i + batch_size]).argmax(-1) == y[i:i + batch_size]).sum().item()
+                              for i in range(0, x.shape[0], batch_size))
+            accs.append(correct / x.shape[0])
+    finally:
+        model.train(was_training)
     return accs
