@@ -1,0 +1,66 @@
+"""The ``vitlab`` command. Each subcommand is a plain function of keyword arguments, with its argparse
+options declared beside it in the module of its group:
+
+    models.py    vitlab models | info | complexity     what a model is and what it costs
+    convert.py   vitlab convert | export               write a model in another format
+    predict.py   vitlab predict | attention            run a model on image files
+    train.py     vitlab train | demo | eval | fewshot  train a model and measure it
+    analyze.py   vitlab analyze                        the analysis report
+
+``main`` parses the command line, calls the subcommand with the parsed options as keyword arguments, and
+turns a user error (a bad checkpoint, an unknown model name, a missing file) into one line on stderr,
+``vitlab: error: <message>``, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+import vitlab
+from vitlab.cli import analyze, convert, models, predict, train
+from vitlab.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, USER_ERRORS, error
+
+SUBCOMMANDS = (models.add_models, models.add_info, models.add_complexity, convert.add_convert, convert.add_export,
+               predict.add_predict, predict.add_attention, train.add_train, train.add_eval, train.add_fewshot,
+               analyze.add_analyze, train.add_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vitlab", description="Build, load, convert and run Vision Transformers.",
+        epilog="Exit status: 0 success, 1 some images of `predict` failed, 2 a usage, file or checkpoint error.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {vitlab.__version__}",
+                        help="print vitlab's version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                help="`vitlab COMMAND --help` describes each")
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a usage error argparse already printed
+        return EXIT_OK if e.code is None else e.code if isinstance(e.code, int) else EXIT_USAGE
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "func")}
+    try:
+        return args.func(**options)
+    except BrokenPipeError:  # `vitlab models | head`: the reader left; stop quietly, as Unix tools do
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        except (OSError, ValueError):
+            pass
+        return EXIT_FAILED
+    except USER_ERRORS as e:
+        error(str(e))
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

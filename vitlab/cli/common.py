@@ -1,0 +1,150 @@
+"""What every subcommand shares: exit codes, one-line errors and warnings, argument types, tables, devices,
+and the model a ``--model`` argument names."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import vitlab
+from vitlab.export import ExportError
+from vitlab.hub import CHECKPOINT_SUFFIXES, HubError
+from vitlab.registry import resolve_name, split_pretrained_tag
+from vitlab.train.config import TrainingError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2  # 1: some images of `predict` failed; 2: user error (as argparse)
+# CheckpointError and ConfigError are ValueErrors, FileNotFoundError an OSError.
+USER_ERRORS = (ValueError, HubError, OSError, TrainingError, ExportError)
+MODEL_HELP = ("a checkpoint path, an hf-hub:org/repo id, a name with a pretrained tag "
+              "(vit_base_patch16_224.augreg2_in21k_ft_in1k), or a registered name or alias "
+              "(random weights unless --pretrained)")
+
+
+def error(message: str) -> None:
+    print(f"vitlab: error: {message}", file=sys.stderr)
+
+
+def warn(message: str) -> None:
+    print(f"vitlab: warning: {message}", file=sys.stderr)
+
+
+def with_warnings(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call fn, printing its Python warnings (a fresh head, missing keys) as one-line CLI warnings."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = fn(*args, **kwargs)
+    for w in caught:
+        warn(str(w.message))
+    return out
+
+
+# ---------------------------------------------------------------------------------------- argument types
+
+
+def image_size(text: str) -> int | tuple[int, int]:
+    """argparse type for an image size: ``384`` or ``384x512`` (height x width)."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts) <= 0:
+        raise argparse.ArgumentTypeError(f"expected a size like 384 or 384x512, got {text!r}")
+    return parts[0] if len(parts) == 1 else (parts[0], parts[1])
+
+
+def image_sizes(text: str) -> list[int | tuple[int, int]]:
+    """argparse type for comma-separated image sizes: ``224,384x512``."""
+    return [image_size(t) for t in text.split(",") if t.strip()]
+
+
+def positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="torch device to run on: cpu, cuda, cuda:1, mps (default: cpu)")
+
+
+def add_pretrained(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pretrained", action="store_true",
+                   help="with a registered name: download its default pretrained weights")
+
+
+# ---------------------------------------------------------------------------------------------- output
+
+
+def millions(n: int) -> str:
+    return f"{n / 1e6:.2f}M"
+
+
+def print_table(header: Sequence[str], rows: Sequence[Sequence[str]], left: set[int]) -> None:
+    """Print aligned columns: the ``left`` ones left-aligned (text), the others right-aligned (numbers)."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        cells = [c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        print("  ".join(cells).rstrip())
+
+
+def short_name(path: str) -> str:
+    """A checkpoint's name for titles: run folders' files are all model.safetensors, so with its folder."""
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
+
+
+def beside(checkpoint: str, folder: str) -> Path:
+    """``folder`` next to a checkpoint file (or in the current folder for a name or a checkpoint folder)."""
+    ckpt = Path(checkpoint)
+    return (ckpt.parent if ckpt.is_file() else Path(".")) / folder
+
+
+# ---------------------------------------------------------------------------------------- devices, models
+
+
+def parse_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"--device {name!r} is not a device name (cpu, cuda, cuda:1, mps): {e}") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name}: MPS is not available on this machine; use --device cpu")
+    return device
+
+
+def is_checkpoint_path(spec: str) -> bool:
+    return Path(spec).exists() or spec.endswith(CHECKPOINT_SUFFIXES)
+
+
+def require_vit(model: Any, spec: str, what: str) -> None:
+    """The commands that look at patches, tokens or attention take ViTs; the ResNet baseline gets a clear error."""
+    if not isinstance(model, vitlab.VisionTransformer):
+        raise ValueError(f"{spec} is a {type(model).__name__} (vitlab's CNN baseline): {what}")
+
+
+def load_model_spec(spec: str, pretrained: bool = False) -> tuple[vitlab.VisionTransformer, bool]:
+    """A model from a checkpoint path, an ``hf-hub:`` id, ``name.tag`` or a registered name / alias.
+
+    Returns the model and whether its weights are trained (False: a registered name built randomly).
+    """
+    if spec.startswith("hf-hub:") or is_checkpoint_path(spec):
+        return with_warnings(vitlab.load, spec), True
+    arch, tag = split_pretrained_tag(spec)
+    try:
+        resolve_name(arch)
+    except ValueError as e:
+        raise ValueError(f"--model {spec!r} is neither an existing checkpoint file nor a model name: {e}") from e
+    trained = pretrained or tag is not None
+    return with_warnings(vitlab.create_model, spec, pretrained=trained), trained

@@ -1,0 +1,160 @@
+"""``vitlab models``, ``vitlab info`` and ``vitlab complexity``: what a model is and what it costs."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+import vitlab
+from vitlab.cli.common import (
+    EXIT_OK,
+    image_sizes,
+    is_checkpoint_path,
+    load_model_spec,
+    millions,
+    positive,
+    print_table,
+    require_vit,
+    with_warnings,
+)
+from vitlab.flops import count_flops, count_params
+from vitlab.registry import DEFAULT_PRETRAINED_TAGS, get_config, resolve_name
+
+ALIAS_HELP = "aliases: Ti|S|B|L|H/<patch>[@<img_size>], e.g. B/16 = vit_base_patch16_224, B/16@384, Ti/4@32"
+
+
+def add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list the registered models with their size and cost",
+                       description="List the registered models: parameters, GFLOPs per image, image size, "
+                                   "patch size, tokens and the default pretrained weights. " + ALIAS_HELP + ".")
+    p.add_argument("pattern", nargs="?", metavar="PATTERN",
+                   help="show only names matching this glob ('vit_base*') or substring ('patch16'), or an alias")
+    p.set_defaults(func=models)
+
+
+def models(pattern: str | None = None) -> int:
+    """Print the registered models matching ``pattern`` (glob or substring; an alias names one model)."""
+    names = vitlab.list_models(pattern)
+    if not names and pattern:
+        try:
+            names = [resolve_name(pattern)]  # "B/16" is not a substring of any name, but is an alias
+        except ValueError:
+            names = []
+    if not names:
+        raise ValueError(f"no registered model matches {pattern!r}; `vitlab models` lists them all")
+    header = ("name", "params", "GFLOPs", "image", "patch", "tokens", "default weights")
+    rows = []
+    for name in names:
+        cfg = get_config(name)
+        rows.append((name, millions(count_params(cfg)), f"{count_flops(cfg) / 1e9:.2f}",
+                     "x".join(map(str, cfg.img_size)), str(cfg.patch_size), str(cfg.num_tokens),
+                     DEFAULT_PRETRAINED_TAGS.get(name, "-")))
+    print_table(header, rows, left={0, 6})  # text columns; numbers are right-aligned
+    print(f"\n{len(names)} model(s). GFLOPs: one image forward, 1 multiply-add = 2 FLOPs (timm lists MACs, half "
+          "these). tokens: patches + class token.")
+    print(ALIAS_HELP + ".")
+    print("Weights: `vitlab predict --model NAME --pretrained` (or NAME.<timm tag>) fetches them from the "
+          "Hugging Face Hub.")
+    if not pattern:
+        from vitlab.cnn import RESNETS
+
+        print(f"CNN baselines for ViT-vs-CNN comparisons (vitlab.cnn, no pretrained weights): {', '.join(RESNETS)}.")
+    return EXIT_OK
+
+
+def add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="describe a checkpoint: format, config, params, preprocessing, classes",
+                       description="Load a checkpoint of any supported format (missing or unexpected keys are "
+                                   "warnings here) and print what it holds.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT",
+                   help="a checkpoint file or folder, a pretrained name (vit_base_patch16_224.augreg2_in21k_ft_in1k) "
+                        "or an hf-hub:org/repo id")
+    p.set_defaults(func=info)
+
+
+def info(checkpoint: str) -> int:
+    """Print what a checkpoint holds: its format, full config, size, preprocessing and class names."""
+    model = with_warnings(vitlab.load, checkpoint, strict=False)
+    cfg = model.config
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"checkpoint     {checkpoint}")
+    print(f"format         {getattr(model, 'source_format', 'unknown')}")
+    print(f"params         {millions(n_params)} ({n_params:,})")
+    if isinstance(model, vitlab.VisionTransformer):
+        print(f"GFLOPs         {count_flops(cfg) / 1e9:.3f} per image at {cfg.img_size[0]}x{cfg.img_size[1]}")
+        print(f"tokens         {cfg.num_tokens} ({cfg.grid_size[0]}x{cfg.grid_size[1]} patches + "
+              f"{cfg.num_prefix_tokens} prefix)")
+    else:
+        print(f"architecture   {type(model).__name__} (vitlab.cnn), {cfg.depth} residual blocks, {cfg.stem} stem")
+    print("config")
+    for key, value in cfg.to_dict().items():
+        print(f"  {key:<20} {value}")
+    print("preprocessing")
+    for key, value in model.preprocessing.to_dict().items():
+        print(f"  {key:<20} {value}")
+    names = model.class_names
+    if names:
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        print(f"class names    {len(names)} ({shown})")
+    else:
+        fallback = "ImageNet-1k names are assumed by `predict`" if cfg.num_classes == 1000 else "none stored"
+        print(f"class names    0 ({fallback})")
+    return EXIT_OK
+
+
+def add_complexity(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("complexity", help="parameters, FLOPs by part and attention cost against resolution",
+                       description="Parameters and FLOPs broken down by part at each image size, the attention "
+                                   "matrix's memory, and global self-attention against Swin's windowed W-MSA.")
+    p.add_argument("--model", "-m", required=True, metavar="NAME_OR_CHECKPOINT",
+                   help="a registered name or alias, or a checkpoint file")
+    p.add_argument("--img-size", dest="img_sizes", type=image_sizes, default=[], metavar="S[,S...]",
+                   help="image sizes, comma-separated, each 384 or 384x512 (default: the model's own)")
+    p.add_argument("--window", type=positive, default=7, help="W-MSA window size M in patches (default: 7)")
+    p.add_argument("--plot", default=None, metavar="FILE.png", help="also plot attention cost against resolution")
+    p.set_defaults(func=complexity)
+
+
+def complexity(model: str, img_sizes: Sequence[int | tuple[int, int]] = (), window: int = 7,
+               plot: str | None = None) -> int:
+    """Print parameters and FLOPs by part at each image size, the attention matrix's memory, and global MSA
+    against windowed W-MSA (Swin); optionally plot the attention cost against the resolution."""
+    from vitlab.flops import attention_macs, attention_matrix_bytes, flops_breakdown
+
+    if is_checkpoint_path(model):
+        net = load_model_spec(model)[0]
+        require_vit(net, model, "the complexity breakdown is for ViTs")
+        net_cfg = net.config
+    else:
+        net_cfg = get_config(model)
+    sizes = list(img_sizes) or [net_cfg.img_size]
+    print(f"{model}: {millions(count_params(net_cfg))} parameters, D={net_cfg.embed_dim}, {net_cfg.depth} blocks, "
+          f"{net_cfg.num_heads} heads, patch {net_cfg.patch_size}\n")
+    parts = ("patch_embed", "qkv", "attention_matrix", "proj", "mlp", "head")
+    header = ("image", "tokens", "GFLOPs", *(f"{p} %" for p in parts), "attn matrix MiB")
+    rows, msa, wmsa, labels = [], [], [], []
+    for size in sizes:
+        hw = (size, size) if isinstance(size, int) else tuple(size)
+        terms = flops_breakdown(net_cfg, hw)
+        total = sum(terms.values())
+        n = (hw[0] // net_cfg.patch_size) * (hw[1] // net_cfg.patch_size) + net_cfg.num_prefix_tokens
+        share = [f"{100 * (terms[p] + (terms['pre_logits'] if p == 'head' else 0)) / total:.1f}" for p in parts]
+        mib = attention_matrix_bytes(net_cfg, hw) / 2**20
+        rows.append(("x".join(map(str, hw)), str(n), f"{total / 1e9:.2f}", *share, f"{mib:.2f}"))
+        msa.append(attention_macs(net_cfg, hw) * net_cfg.depth)
+        wmsa.append(attention_macs(net_cfg, hw, window) * net_cfg.depth)
+        labels.append("x".join(map(str, hw)))
+    print_table(header, rows, left={0})
+    print("\nGFLOPs: one image forward, 1 multiply-add = 2 FLOPs. attn matrix: one block's (B=1, heads, N, N) "
+          "probabilities in fp32, what the explicit attention path holds (the fused kernel never stores it).\n")
+    print(f"Self-attention over the patches, all blocks, GMACs (Swin's count; W-MSA window M={window}):")
+    print_table(("image", "global MSA", "W-MSA", "MSA / W-MSA"),
+                [(lab, f"{a / 1e9:.3f}", f"{b / 1e9:.3f}", f"{a / b:.2f}x")
+                 for lab, a, b in zip(labels, msa, wmsa, strict=True)], left={0})
+    print("MSA: 4 hw C^2 + 2 (hw)^2 C; W-MSA: 4 hw C^2 + 2 M^2 hw C (Liu et al. 2021, Eq. 1-2).")
+    if plot:
+        from vitlab.plot import plot_attention_cost
+
+        pixels = [int(lab.split("x")[0]) * int(lab.split("x")[-1]) for lab in labels]
+        print(f"plot: {plot_attention_cost(pixels, msa, wmsa, window, plot)}")
+    return EXIT_OK

@@ -1,0 +1,201 @@
+"""``vitlab predict`` and ``vitlab attention``: run a model on image files."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import vitlab
+from vitlab.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    MODEL_HELP,
+    add_device,
+    add_pretrained,
+    error,
+    load_model_spec,
+    parse_device,
+    positive,
+    require_vit,
+    warn,
+)
+
+
+def class_names_for(model: vitlab.VisionTransformer) -> list[str]:
+    """The checkpoint's class names; else ImageNet-1k's for a 1000-class head; else ``class_<i>``."""
+    k = model.config.num_classes
+    names = getattr(model, "class_names", None)
+    if names and len(names) == k:
+        return list(names)
+    if k == 1000:
+        from torchvision.models import ViT_B_16_Weights  # the names ship with torchvision: no download
+
+        return list(ViT_B_16_Weights.IMAGENET1K_V1.meta["categories"])
+    return [f"class_{i}" for i in range(k)]
+
+
+def _read_images(paths: Sequence[str]) -> Any:
+    """Yield (path, PIL image) for each file that decodes; print one error line for each that does not."""
+    for path in paths:
+        try:
+            yield path, vitlab.load_image(path)
+        except (ValueError, OSError) as e:
+            error(str(e))
+            yield path, None
+
+
+def _finish(failed: int, total: int) -> int:
+    if failed:
+        error(f"{failed} of {total} image(s) could not be read")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="classify images and print the top-k classes",
+                       description="Classify images with a registered model or a checkpoint, using the "
+                                   "preprocessing that belongs to its weights.")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, WebP, ...)")
+    p.add_argument("--model", "-m", required=True, metavar="NAME_OR_CHECKPOINT", help=MODEL_HELP)
+    add_pretrained(p)
+    p.add_argument("--topk", "-k", type=positive, default=5, metavar="K",
+                   help="how many classes to print per image (default: 5)")
+    add_device(p)
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="weights and activations: bfloat16 is the fast path (AMX CPUs, GPUs) at bf16 precision; "
+                        "float16 for GPUs (default: float32)")
+    p.set_defaults(func=predict)
+
+
+def predict(images: Sequence[str], model: str, topk: int = 5, device: str = "cpu", pretrained: bool = False,
+            dtype: str = "float32") -> int:
+    """Print the top-k classes and probabilities of each image. A file that cannot be decoded gets an
+    error line and the rest are still classified; the exit status is then 1. ``dtype="bfloat16"``: the fast
+    inference path (vitlab.inference), several times faster on CPUs with AMX and on GPUs, at bf16 precision."""
+    dev = parse_device(device)
+    net, trained = load_model_spec(model, pretrained)
+    if not net.config.num_classes:
+        raise ValueError(f"--model {model!r} has no classification head (num_classes=0): nothing to predict")
+    if not trained:
+        warn(f"{model!r} has random weights (its head is zero-initialised): the predictions below are "
+             "meaningless. Pass --pretrained, a name with a pretrained tag, or a checkpoint file")
+    names = class_names_for(net)
+    k = min(topk, len(names))
+    transform = net.preprocessing.transform()
+    net = net.eval().to(dev)
+    if dtype != "float32":
+        from vitlab.inference import prepare_for_inference
+
+        net = prepare_for_inference(net, dtype)
+    failed = 0
+    for path, img in _read_images(images):
+        if img is None:
+            failed += 1
+            continue
+        x = transform(img).unsqueeze(0).to(dev)  # (1, C, H, W)
+        with torch.inference_mode():
+            probs = net(x).float().softmax(dim=-1)[0]  # (K,)
+        top = probs.topk(k)
+        print(path)
+        for rank, (p, i) in enumerate(zip(top.values.tolist(), top.indices.tolist(), strict=True), start=1):
+            print(f"  {rank:>2}. {p:.4f}  {names[i]}")
+    return _finish(failed, len(images))
+
+
+def _attention_input(image: Any, preprocessing: vitlab.Preprocessing, whole: bool, patch: int) -> torch.Tensor:
+    """(1, C, H, W): the weights' own preprocessing (resize + centre crop), or with ``whole`` the whole image,
+    its shorter side resized to the model's input size and both sides rounded to a multiple of the patch size."""
+    if not whole:
+        return preprocessing.transform()(image).unsqueeze(0)
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import v2 as T
+
+    w, h = image.size
+    scale = min(preprocessing.input_size) / min(h, w)
+    size = [max(patch, round(s * scale / patch) * patch) for s in (h, w)]
+    t = T.Compose([T.ToImage(), T.Resize(size, InterpolationMode(preprocessing.interpolation), antialias=True),
+                   T.ToDtype(torch.float32, scale=True), T.Normalize(preprocessing.mean, preprocessing.std)])
+    return t(image).unsqueeze(0)
+
+
+def add_attention(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("attention", help="attention maps, rollout or gradient rollout of images, as figures",
+                       description="Overlay where the model looks on each image: one block's attention (raw), "
+                                   "attention rollout over the blocks up to --layer (Abnar & Zuidema 2020), or "
+                                   "gradient rollout for a class; with the per-head maps of --layer and the "
+                                   "predicted class. Fused attention stays on for every block not needed.")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, WebP, ...)")
+    p.add_argument("--model", "-m", required=True, metavar="NAME_OR_CHECKPOINT", help=MODEL_HELP)
+    add_pretrained(p)
+    p.add_argument("--method", choices=("raw", "rollout", "grad-rollout"), default="raw",
+                   help="raw: one block's attention; rollout: attention rollout; grad-rollout: rollout weighted by "
+                        "the gradient of a class's logit (default: raw)")
+    p.add_argument("--layer", type=int, default=-1,
+                   help="the block (raw), or the last block rolled out; negative counts from the end (default: -1)")
+    p.add_argument("--head", default="mean", metavar="H|mean|max|min",
+                   help="one head (raw only) or how heads are fused (default: mean)")
+    p.add_argument("--discard-ratio", type=float, default=0.0,
+                   help="rollout: zero this fraction of the weakest attention weights per block first (default: 0)")
+    p.add_argument("--target", type=int, default=None, metavar="CLASS",
+                   help="grad-rollout: the class index to explain (default: the predicted class)")
+    p.add_argument("--whole", action="store_true",
+                   help="use the whole image at its aspect ratio (shorter side = the model's input size) instead "
+                        "of the weights' resize + centre crop")
+    p.add_argument("--out", "-o", default=None, metavar="PATH",
+                   help="the figure (one image; default attention-<image>.png) or a folder (several images; "
+                        "default attention/)")
+    add_device(p)
+    p.set_defaults(func=attention)
+
+
+def attention(images: Sequence[str], model: str, method: str = "raw", layer: int = -1, head: str = "mean",
+              discard_ratio: float = 0.0, target: int | None = None, out: str | None = None, whole: bool = False,
+              device: str = "cpu", pretrained: bool = False) -> int:
+    """Write, per image, a figure of the image, its saliency map by ``method`` and the per-head maps of ``layer``,
+    with the predicted class; print the prediction and the figure's path."""
+    from vitlab.attention import attention_maps, upsample_map
+    from vitlab.plot import plot_attention_figure
+
+    dev = parse_device(device)
+    net, trained = load_model_spec(model, pretrained)
+    require_vit(net, model, "attention maps are for ViTs")
+    if not trained:
+        warn(f"{model!r} has random weights: its attention shows no learned structure. Pass --pretrained, a name "
+             "with a pretrained tag, or a checkpoint file")
+    names = class_names_for(net) if net.config.num_classes else []
+    if target is not None and not 0 <= target < len(names):
+        raise ValueError(f"--target {target}: the model has {len(names)} classes (0..{len(names) - 1})")
+    head_arg: str | int = int(head) if head.isdigit() else head
+    net = net.eval().to(dev)
+    folder = Path(out or "attention") if len(images) > 1 else None
+    failed = 0
+    for image, img in _read_images(images):
+        if img is None:
+            failed += 1
+            continue
+        x = _attention_input(img, net.preprocessing, whole, net.config.patch_size).to(dev)
+        result = attention_maps(net, x, method, layer, head_arg, discard_ratio, target)
+        heads = result.head_maps if result.head_maps is not None else attention_maps(net, x, "raw", layer).head_maps
+        size = tuple(x.shape[-2:])
+        mean = torch.tensor(net.preprocessing.mean, device=dev).view(3, 1, 1)
+        std = torch.tensor(net.preprocessing.std, device=dev).view(3, 1, 1)
+        shown = ((x[0] * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+        title = Path(image).name
+        if names:
+            p, c = result.logits.float().softmax(-1)[0].max(0)
+            title += f"\npredicted: {names[c]} ({p:.2f})"
+        block = layer % net.config.depth
+        map_title = f"{method}, " + (f"block {block}" if method == "raw" else f"blocks 0-{block}")
+        if method == "raw":
+            map_title += f", head {head}" if isinstance(head_arg, int) else f", heads {head}"
+        if result.target is not None:
+            map_title += f"\nfor class {names[int(result.target[0])]}"
+        path = folder / f"{Path(image).stem}.png" if folder else Path(out or f"attention-{Path(image).stem}.png")
+        plot_attention_figure(shown, upsample_map(result.maps, size)[0].cpu().numpy(),
+                              upsample_map(heads[0], size).cpu().numpy(), title, map_title, f"block {block}", path)
+        print(f"{image}: {title.split(chr(10))[-1] if names else 'no head'} -> {path}")
+    return _finish(failed, len(images))

@@ -1,0 +1,190 @@
+"""``vitlab train``, ``vitlab demo``, ``vitlab eval`` and ``vitlab fewshot``: train a model and measure it."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+import vitlab
+from vitlab.cli.common import EXIT_FAILED, EXIT_OK, add_device, beside, parse_device, positive, with_warnings
+
+DATA_HELP = "shapes, cifar10, cifar100 or folder:PATH"
+
+
+def add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train or fine-tune a ViT (recipes, config files, overrides, resume)",
+                       description="Train from scratch or fine-tune. The config is a built-in recipe "
+                                   "(vitlab/recipes/*.toml, copy one to start your own) or --config FILE, then "
+                                   "--set overrides. Checkpoints are written atomically; Ctrl-C or SIGTERM "
+                                   "writes one and stops; --resume RUN_DIR continues exactly.")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--recipe", "-r", metavar="NAME", help="a built-in recipe: demo, finetune, ...")
+    src.add_argument("--config", "-c", metavar="FILE", help="a TOML config file (a recipe's format)")
+    p.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set optim.lr=3e-4 --set data.dataset=cifar10 (repeatable)")
+    p.add_argument("--out", metavar="DIR", help="parent folder of run folders (default: the config's out_dir)")
+    p.add_argument("--name", metavar="NAME", help="run folder name (default: <recipe>-<timestamp>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest checkpoint")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(func=train)
+
+
+def train(recipe: str | None = None, config: str | None = None, overrides: Sequence[str] = (), out: str | None = None,
+          name: str | None = None, resume: str | None = None, progress: bool = True) -> int:
+    """Train per a recipe / config file / overrides into a new run folder, or continue one (``resume``)."""
+    from datetime import datetime
+
+    from vitlab.train.config import load_config
+    from vitlab.train.trainer import load_resume_config
+    from vitlab.train.trainer import train as run_training
+
+    if resume:
+        if recipe or config or overrides:
+            raise ValueError("--resume continues a run with the config it was started with; drop --recipe, "
+                             "--config and --set")
+        cfg, run_dir = load_resume_config(resume), Path(resume)
+    else:
+        cfg = load_config(recipe, config, list(overrides))
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        source = recipe or (Path(config).stem if config else "run")
+        label = name or cfg.run_name or f"{source}-{stamp}"
+        run_dir = Path(out or cfg.out_dir) / label
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise ValueError(f"run folder {run_dir} already exists and is not empty; pick another --name, "
+                             f"or continue it with --resume {run_dir}")
+    result = run_training(cfg, run_dir=run_dir, resume=bool(resume), progress=progress)
+    if result.interrupted:
+        return EXIT_FAILED
+    acc = f"{result.val_acc:.4f}" if result.val_acc is not None else "n/a"
+    print(f"done: {result.step} steps, {result.epoch} epochs, val accuracy {acc}; run folder {run_dir}")
+    return EXIT_OK
+
+
+def add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="train a small ViT on the built-in shapes data, offline, and show what it learned",
+                       description="Train the `demo` recipe on the synthetic shapes data set (no download), "
+                                   "evaluate it, and leave a run folder with the model, curves, confusion matrix "
+                                   "and attention overlays.")
+    p.add_argument("--out", default="runs", metavar="DIR", help="parent folder of the run folder (default: runs)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(func=demo)
+
+
+def demo(out: str = "runs", progress: bool = True) -> int:
+    """Train the demo recipe on `shapes` (offline), evaluate it and draw what it learned."""
+    from datetime import datetime
+
+    from vitlab.attention import last_layer_attention, upsample_map
+    from vitlab.data import load_dataset
+    from vitlab.evaluate import evaluate_model
+    from vitlab.plot import plot_attention_overlays, plot_confusion
+    from vitlab.train.config import load_config
+    from vitlab.train.trainer import train as run_training
+
+    run_dir = Path(out) / f"demo-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    started = time.perf_counter()
+    run_training(load_config("demo"), run_dir=run_dir, progress=progress)
+    model = vitlab.load(run_dir / "model.safetensors")
+    test = load_dataset("shapes", "test")
+    result = evaluate_model(model, test)
+    result.save_json(run_dir / "eval.json")
+    plot_confusion(result.confusion, result.class_names, run_dir / "confusion.png")
+    pre = model.preprocessing
+    images = test.images[:8]
+    x = (images.float() / 255 - torch.tensor(pre.mean)[:, None, None]) / torch.tensor(pre.std)[:, None, None]
+    maps = upsample_map(last_layer_attention(model, x), tuple(images.shape[-2:]))
+    pred = model(x).argmax(-1).tolist()
+    titles = [f"{test.class_names[t]} -> {model.class_names[p]}" for t, p in zip(test.labels[:8].tolist(), pred,
+                                                                                 strict=True)]
+    plot_attention_overlays(images.permute(0, 2, 3, 1).numpy(), maps.numpy(), titles, run_dir / "attention.png")
+    minutes = (time.perf_counter() - started) / 60
+    print(f"\nshapes test accuracy: top-1 {result.top1:.4f} ({result.num_images} images) after {minutes:.1f} min")
+    print(f"run folder {run_dir}: model.safetensors, metrics.jsonl, curves.png, confusion.png, attention.png")
+    print("next: vitlab predict IMAGE --model " + str(run_dir / "model.safetensors"))
+    print("      vitlab train --recipe demo --set data.dataset=cifar10   (or folder:PATH for your own images)")
+    print("      vitlab eval --checkpoint " + str(run_dir / "model.safetensors") + " --data shapes")
+    return EXIT_OK
+
+
+def add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="accuracy of a checkpoint on a data set (top-1/5, per class, confusion)",
+                       description="Evaluate a checkpoint on a data set: top-1, top-5 and per-class accuracy, "
+                                   "written with the confusion matrix to eval.json and confusion.png.")
+    p.add_argument("--checkpoint", required=True, metavar="CHECKPOINT", help="a checkpoint of any supported format")
+    p.add_argument("--data", required=True, metavar="DATASET", help=DATA_HELP)
+    p.add_argument("--split", default="test", choices=("train", "val", "test"), help="which split (default: test)")
+    p.add_argument("--data-dir", metavar="DIR", help="an existing copy of the data set")
+    p.add_argument("--out", metavar="DIR", help="where to write eval.json and confusion.png "
+                                                 "(default: eval-<data>-<split> beside the checkpoint)")
+    p.add_argument("--batch-size", type=positive, default=256, metavar="N", help="images per batch (default: 256)")
+    add_device(p)
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="bfloat16: the fast inference path, to measure its accuracy cost (default: float32)")
+    p.set_defaults(func=evaluate)
+
+
+def evaluate(checkpoint: str, data: str, split: str = "test", data_dir: str | None = None, out: str | None = None,
+             batch_size: int = 256, device: str = "cpu", dtype: str = "float32") -> int:
+    """Top-1/top-5 and per-class accuracy of a checkpoint on a data set; writes eval.json and confusion.png."""
+    from vitlab.data import load_dataset
+    from vitlab.evaluate import evaluate_model
+    from vitlab.plot import plot_confusion
+
+    model = with_warnings(vitlab.load, checkpoint)
+    dataset = load_dataset(data, split, data_dir=data_dir)
+    result = evaluate_model(model, dataset, batch_size=batch_size, device=parse_device(device), dtype=dtype)
+    label = data.replace(":", "_").replace("/", "_")
+    out_dir = Path(out) if out else beside(checkpoint, f"eval-{label}-{split}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result.save_json(out_dir / "eval.json")
+    plot_confusion(result.confusion, result.class_names, out_dir / "confusion.png")
+    print(f"{checkpoint} on {data} ({split}, {result.num_images} images, {dtype}): top-1 {result.top1:.4f}, "
+          f"top-5 {result.top5:.4f}")
+    worst = sorted(result.per_class.items(), key=lambda kv: kv[1])[:5]
+    print("lowest per-class accuracy: " + ", ".join(f"{n} {a:.3f}" for n, a in worst))
+    print(f"wrote {out_dir / 'eval.json'} and {out_dir / 'confusion.png'}")
+    return EXIT_OK
+
+
+def add_fewshot(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fewshot", help="linear few-shot accuracy of frozen features (ViT paper Sec. 4.1)",
+                       description="Closed-form regularised least squares from the frozen pooled features of "
+                                   "N images per class to {-1, 1} targets, evaluated on the test split; mean and "
+                                   "std over several random subsets.")
+    p.add_argument("--checkpoint", required=True, metavar="CHECKPOINT", help="a checkpoint of any supported format")
+    p.add_argument("--data", required=True, metavar="DATASET", help=DATA_HELP)
+    p.add_argument("--shots", default="1,5,10,25", metavar="N,N,...", help="images per class (default: 1,5,10,25)")
+    p.add_argument("--seeds", type=positive, default=5, metavar="S", help="random subsets per shot count (default 5)")
+    p.add_argument("--l2-reg", type=float, default=1.0, metavar="L", help="ridge regularisation (default: 1.0)")
+    p.add_argument("--data-dir", metavar="DIR", help="an existing copy of the data set")
+    p.add_argument("--batch-size", type=positive, default=256, metavar="N", help="images per batch (default: 256)")
+    add_device(p)
+    p.set_defaults(func=fewshot)
+
+
+def fewshot(checkpoint: str, data: str, shots: str = "1,5,10,25", seeds: int = 5, l2_reg: float = 1.0,
+            data_dir: str | None = None, batch_size: int = 256, device: str = "cpu") -> int:
+    """Linear few-shot accuracy of a checkpoint's frozen features (the ViT paper's evaluation)."""
+    from vitlab.data import load_dataset
+    from vitlab.evaluate import extract_features
+    from vitlab.evaluate import fewshot as run_fewshot
+
+    try:
+        counts = sorted({int(n) for n in shots.split(",")})
+    except ValueError as e:
+        raise ValueError(f"--shots {shots!r}: expected comma-separated integers such as 1,5,10,25") from e
+    model = with_warnings(vitlab.load, checkpoint)
+    train_set, test_set = load_dataset(data, "train", data_dir=data_dir), load_dataset(data, "test", data_dir=data_dir)
+    dev = parse_device(device)
+    train_x = extract_features(model, train_set, batch_size=batch_size, device=dev)
+    test_x = extract_features(model, test_set, batch_size=batch_size, device=dev)
+    results = run_fewshot(train_x, train_set.labels, test_x, test_set.labels, counts, seeds, l2_reg)
+    print(f"{checkpoint} on {data}: linear few-shot top-1 ({seeds} seeds, l2_reg {l2_reg}, "
+          f"{len(test_set)} test images, chance {1 / len(train_set.class_names):.3f})")
+    for n, (mean, std) in results.items():
+        print(f"  {n:>3}-shot  {mean:.4f} +- {std:.4f}")
+    return EXIT_OK
