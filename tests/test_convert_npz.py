@@ -18,9 +18,9 @@ TOL = 1e-4
 
 def test_export_npz_reads_into_timm(tmp_path):
     """timm's reader is independent of vitlab's: it checks the writer's transposes and key names."""
-    model = randomize_(vitlab.create_model("Ti/16"))
+    model = randomize_(vitlab.create_model("Ti/16", depth=2))
     path = vitlab.export_npz(model, tmp_path / "ti16.npz")
-    ref = timm.create_model("vit_tiny_patch16_224").eval()
+    ref = timm.create_model("vit_tiny_patch16_224", depth=2).eval()
     timm_load_npz(ref, str(path))
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
@@ -30,7 +30,7 @@ def test_export_npz_reads_into_timm(tmp_path):
 
 
 ROUND_TRIP = {
-    "Ti/16": dict(name="Ti/16"),
+    "Ti/16": dict(config=vitlab.get_config("Ti/16", depth=2)),  # a registered size at 224 px, 2 of its 12 blocks
     # 48 wide with 3 heads: the width alone does not tell the head count, the npz does.
     "pre_logits+no_qkv_bias": dict(config=ViTConfig(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3,
                                                     mlp_dim=100, qkv_bias=False, representation_size=24,
@@ -43,8 +43,7 @@ ROUND_TRIP = {
 @pytest.mark.parametrize("case", list(ROUND_TRIP))
 def test_npz_round_trip(tmp_path, case):
     spec = ROUND_TRIP[case]
-    model = vitlab.create_model(spec["name"]) if "name" in spec else VisionTransformer(spec["config"])
-    model = randomize_(model)
+    model = randomize_(VisionTransformer(spec["config"]))
     path = vitlab.export_npz(model, tmp_path / "model.npz")
     back = vitlab.load(path).eval()
     assert back.source_format == "npz"

@@ -1,10 +1,7 @@
 """Pretrained weights by name: a mocked hub serving local files, and offline mode. Never the network."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,7 +10,8 @@ from huggingface_hub import errors
 from safetensors.torch import save_file
 
 import vitlab
-from vitlab.hub import HubError, is_hub_id, repo_id_for
+from vitlab.factory import parse_spec
+from vitlab.hub import HubError, repo_id_for
 
 NOT_IN_REPO = getattr(errors, "RemoteEntryNotFoundError", errors.EntryNotFoundError)
 
@@ -90,19 +88,21 @@ def test_unknown_repo_is_a_clear_error(fake_hub):
         vitlab.load("vit_tiny_patch16_224.nope")
 
 
-def test_offline_with_empty_cache_names_the_id_and_the_way_out(tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    code = "import vitlab; vitlab.create_model('vit_base_patch16_224', pretrained=True)"
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0
-    assert "vit_base_patch16_224.augreg2_in21k_ft_in1k" in proc.stderr
-    assert "not in the local cache" in proc.stderr and "pass the local file" in proc.stderr
+def test_offline_with_empty_cache_names_the_id_and_the_way_out(tmp_path, monkeypatch):
+    # What HF_HUB_OFFLINE=1 and an empty HF_HOME set when huggingface_hub is imported, without a new process.
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    with pytest.raises(HubError) as e:
+        vitlab.create_model("vit_base_patch16_224", pretrained=True)
+    assert "vit_base_patch16_224.augreg2_in21k_ft_in1k" in str(e.value)
+    assert "not in the local cache" in str(e.value) and "pass the local file" in str(e.value)
 
 
 def test_hub_id_parsing():
-    assert is_hub_id("vit_base_patch16_224.augreg2_in21k_ft_in1k") and is_hub_id("hf-hub:google/vit-base")
-    assert not is_hub_id("model.safetensors") and not is_hub_id("ckpt/last.pth")
-    assert repo_id_for("hf-hub:google/vit-base") == "google/vit-base"
+    tagged = parse_spec("vit_base_patch16_224.augreg2_in21k_ft_in1k")
+    assert repo_id_for(tagged.hub_id) == "timm/vit_base_patch16_224.augreg2_in21k_ft_in1k"
+    assert repo_id_for(parse_spec("hf-hub:google/vit-base").hub_id) == "google/vit-base"
+    assert parse_spec("model.safetensors").hub_id is None and parse_spec("ckpt/last.pth").hub_id is None
     assert repo_id_for("vit_small_patch16_224.dino") == "timm/vit_small_patch16_224.dino"
 
 

@@ -1,12 +1,13 @@
 """vitlab: build, load, train, fine-tune and look inside Vision Transformers."""
 
-from vitlab.checkpoint import export_npz, export_timm, load, save
+from vitlab.checkpoint import export_npz, export_timm, save
 from vitlab.config import ViTConfig
 from vitlab.convert import CheckpointError
+from vitlab.factory import create_model, load
 from vitlab.hub import HubError
 from vitlab.model import Intermediates, VisionTransformer
 from vitlab.preprocess import Preprocessing, load_image
-from vitlab.registry import create_model, get_config, list_models
+from vitlab.registry import get_config, list_models
 
 __version__ = "0.1.0"
 

@@ -1,14 +1,15 @@
 """One loader for every ViT checkpoint format, and vitlab's own format.
 
-``load`` reads, without ever executing code from the file:
+``load_local`` reads a local file or folder, without ever executing code from the file:
     - vitlab's own ``.safetensors`` (config, preprocessing and class names in its metadata);
     - timm state dicts (``.pth`` / ``.bin`` / ``.safetensors``) and timm hub folders;
     - Hugging Face transformers ViT folders (``save_pretrained``), with or without a classifier;
     - Google's official ``.npz`` (vision_transformer and big_vision layouts);
-    - torchvision ``vit_*`` state dicts;
-    - pretrained names and ``hf-hub:`` ids, through ``vitlab.hub``.
+    - torchvision ``vit_*`` state dicts.
 It infers the architecture from the checkpoint, resamples the position embedding to ``img_size``,
 gives a fresh head for another ``num_classes``, and reports every missing or unexpected key.
+``vitlab.load`` (``vitlab.factory``) also takes pretrained names and ``hf-hub:`` ids: it downloads them
+through ``vitlab.hub``, then reads the folder here.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
@@ -39,6 +41,7 @@ FORMAT = "vitlab"
 FORMAT_VERSION = 1
 FORMATS = "vitlab .safetensors, timm (.pth/.bin/.safetensors or hub folder), Hugging Face ViT folder, " \
           "Google .npz (vision_transformer or big_vision), torchvision vit_* state dict"
+CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz", ".ckpt")  # what a model spec reads as a file
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
 
 
@@ -133,28 +136,17 @@ def read_file(path: str | Path) -> Converted:
     return read_state_dict(_unwrap(_torch_load(path), path), path)
 
 
-def _resolve(source: str | Path) -> Path:
-    from vitlab import hub
-
-    path = Path(source)
-    if path.exists():
-        return path
-    if isinstance(source, str) and hub.is_hub_id(source):
-        return hub.download(source)
-    raise FileNotFoundError(f"checkpoint not found: {source} (neither a file or folder, nor a pretrained name "
-                            "like 'vit_base_patch16_224.augreg2_in21k_ft_in1k' or an 'hf-hub:org/repo' id)")
-
-
-def load(
-    source: str | Path,
+def load_local(
+    path: Path,
     *,
     num_classes: int | None = None,
     img_size: int | tuple[int, int] | None = None,
     strict: bool = True,
     **overrides: Any,
 ) -> VisionTransformer | ResNet:
-    """Build a model from any supported checkpoint; the architecture comes from the checkpoint itself (a
-    VisionTransformer, or a ResNet baseline saved by vitlab from ``vitlab.cnn``).
+    """Build a model from a local checkpoint file or folder in any supported format; the architecture comes
+    from the checkpoint itself (a VisionTransformer, or a ResNet baseline saved by vitlab from ``vitlab.cnn``).
+    ``vitlab.load`` (``vitlab.factory``) takes pretrained names and hub ids too, and ends here.
 
     num_classes: another class count gets a fresh zero-initialised head (a warning says so); 0 = no head.
     img_size: resample the position embedding in 2D for this input size.
@@ -163,7 +155,6 @@ def load(
         not change the weights (drop_path_rate, dropout, ...).
     The model carries ``model.preprocessing`` and ``model.class_names`` from the checkpoint.
     """
-    path = _resolve(source)
     conv = read_file(path)
     if conv.format == FORMAT and conv.hints.get("arch") in RESNETS:
         return _load_resnet(conv, path, num_classes, img_size, overrides)
@@ -312,7 +303,6 @@ def export_npz(model: VisionTransformer, path: str | Path) -> Path:
     """Save Google's .npz layout (vision_transformer), readable by the official JAX code and timm."""
     path = Path(path)
     arrays = npz_convert.to_npz(_plain_state_dict(model), model.config)
-    import numpy as np
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:

@@ -8,37 +8,28 @@ nothing cached, the error names the id and how to pass a local file instead.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
+HF_HUB_PREFIX = "hf-hub:"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
 OPTIONAL_FILES = ("preprocessor_config.json",)
-_TIMM_NAME = re.compile(r"^[a-z0-9_]+\.[A-Za-z0-9_]+$")
 
 
 class HubError(RuntimeError):
     """Weights that could not be fetched from, or found in the cache of, the Hugging Face Hub."""
 
 
-CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz", ".ckpt")
-
-
-def is_hub_id(source: str) -> bool:
-    """An ``hf-hub:`` id or a timm ``architecture.tag`` name (not a checkpoint file name)."""
-    if source.startswith("hf-hub:"):
-        return True
-    return bool(_TIMM_NAME.match(source)) and not source.endswith(CHECKPOINT_SUFFIXES)
-
-
 def repo_id_for(source: str) -> str:
-    if source.startswith("hf-hub:"):
-        return source[len("hf-hub:"):]
+    """``"hf-hub:org/repo"`` -> ``"org/repo"``; a timm ``"architecture.tag"`` -> ``"timm/architecture.tag"``.
+    (Which strings are hub ids is ``vitlab.factory.parse_spec``'s decision.)"""
+    if source.startswith(HF_HUB_PREFIX):
+        return source[len(HF_HUB_PREFIX):]
     return f"timm/{source}"
 
 
 def download(source: str) -> Path:
     """Fetch config and weights of a hub id into the cache; return the local folder that holds them."""
-    import huggingface_hub as hf
+    import huggingface_hub as hf  # the network stack (httpx): imported only to download
     from huggingface_hub import errors
     from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
 

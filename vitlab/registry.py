@@ -1,4 +1,5 @@
-"""Named ViT variants: one size table, timm's names, short aliases, and ``create_model``.
+"""Named ViT variants: one size table, timm's names and short aliases. Names and configs only: building a
+model from a name (or a path, or a hub id) is ``vitlab.factory``'s.
 
 Sizes (width D, depth, heads, MLP size) come from the ViT paper, Table 1 (Base, Large, Huge) and the
 DeiT paper, Table 1 (Tiny, Small). Every size is registered with patch 8, 14, 16 and 32 at 224 px and
@@ -12,10 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from vitlab.cnn import RESNETS, create_resnet
 from vitlab.config import ViTConfig
-from vitlab.model import VisionTransformer
-from vitlab.preprocess import Preprocessing
 
 # name: (D, depth, heads, MLP size)  -- ViT Table 1 (base/large/huge), DeiT Table 1 (tiny/small)
 SIZES: dict[str, tuple[int, int, int, int]] = {
@@ -78,6 +76,11 @@ def list_models(pattern: str | None = None) -> list[str]:
     return [n for n in names if pattern in n]
 
 
+def is_alias(name: str) -> bool:
+    """Whether ``name`` has the form of a short alias (``"B/16"``, ``"Ti/4@32"``), registered or not."""
+    return bool(_ALIAS.match(name))
+
+
 def resolve_name(name: str) -> str:
     """Map an alias (``"B/16"``, ``"Ti/4@32"``) or a registered name to the registered name."""
     m = _ALIAS.match(name)
@@ -102,59 +105,3 @@ def split_pretrained_tag(name: str) -> tuple[str, str | None]:
     """``"vit_base_patch16_224.augreg2_in21k_ft_in1k"`` -> (architecture, tag)."""
     arch, _, tag = name.partition(".")
     return arch, tag or None
-
-
-def create_model(
-    name: str,
-    *,
-    pretrained: bool | str = False,
-    num_classes: int | None = None,
-    img_size: int | tuple[int, int] | None = None,
-    **overrides: Any,
-):
-    """Build a named ViT, randomly initialised or with pretrained weights.
-
-    name: a registered name or alias (``vitlab.list_models()``), optionally with a timm pretrained tag
-        (``"vit_base_patch16_224.augreg2_in21k_ft_in1k"``, which implies ``pretrained=True``).
-    pretrained: False; True for the default weights of ``name``; or a source for ``vitlab.load``: a
-        pretrained tag, an ``hf-hub:org/repo`` id or a local checkpoint path.
-    num_classes, img_size: change the head (fresh, zero-initialised) or the input size (position
-        embedding resampled in 2D) of pretrained weights; set them directly for a new model.
-    overrides: any other ``ViTConfig`` field (``drop_path_rate=0.1``, ``pool="gap"``, ...).
-    A ResNet name (``vitlab.cnn.RESNETS``: resnet20, resnet18, ...) builds the CNN baseline instead.
-    """
-    arch, tag = split_pretrained_tag(name)
-    if arch in RESNETS:
-        if pretrained is not False or tag:
-            raise ValueError(f"{name!r}: vitlab has no pretrained ResNet weights; train one with the recipe "
-                             "cifar10-resnet20 or load a checkpoint you trained with vitlab.load")
-        sizes = {k: v for k, v in (("num_classes", num_classes), ("img_size", img_size)) if v is not None}
-        model = create_resnet(arch, **sizes, **overrides)
-        model.preprocessing = Preprocessing.default_for(model.config)
-        return model
-    if tag and pretrained is False:
-        pretrained = True
-    if pretrained is False:
-        changes = dict(overrides)
-        if num_classes is not None:
-            changes["num_classes"] = num_classes
-        if img_size is not None:
-            changes["img_size"] = img_size
-        model = VisionTransformer(get_config(arch, **changes))
-        model.preprocessing = Preprocessing.default_for(model.config)
-        model.class_names = None
-        return model
-    if pretrained is True:
-        arch = resolve_name(arch)
-        tag = tag or DEFAULT_PRETRAINED_TAGS.get(arch)
-        if tag is None:
-            raise ValueError(f"no default pretrained weights are known for {arch!r}; pass pretrained='<tag>', "
-                             "an 'hf-hub:org/repo' id or a local checkpoint path")
-        source = f"{arch}.{tag}"
-    elif isinstance(pretrained, str):
-        source = pretrained if ("/" in pretrained or ":" in pretrained or "." in pretrained) else f"{arch}.{pretrained}"
-    else:
-        raise TypeError(f"pretrained must be a bool or a string, got {type(pretrained).__name__}")
-    from vitlab.checkpoint import load  # checkpoint imports this module
-
-    return load(source, num_classes=num_classes, img_size=img_size, **overrides)

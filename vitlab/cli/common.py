@@ -14,8 +14,8 @@ import torch
 
 import vitlab
 from vitlab.export import ExportError
-from vitlab.hub import CHECKPOINT_SUFFIXES, HubError
-from vitlab.registry import resolve_name, split_pretrained_tag
+from vitlab.factory import model_from_spec, parse_spec
+from vitlab.hub import HubError
 from vitlab.train.config import TrainingError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2  # 1: some images of `predict` failed; 2: user error (as argparse)
@@ -124,10 +124,6 @@ def parse_device(name: str) -> torch.device:
     return device
 
 
-def is_checkpoint_path(spec: str) -> bool:
-    return Path(spec).exists() or spec.endswith(CHECKPOINT_SUFFIXES)
-
-
 def require_vit(model: Any, spec: str, what: str) -> None:
     """The commands that look at patches, tokens or attention take ViTs; the ResNet baseline gets a clear error."""
     if not isinstance(model, vitlab.VisionTransformer):
@@ -135,16 +131,10 @@ def require_vit(model: Any, spec: str, what: str) -> None:
 
 
 def load_model_spec(spec: str, pretrained: bool = False) -> tuple[vitlab.VisionTransformer, bool]:
-    """A model from a checkpoint path, an ``hf-hub:`` id, ``name.tag`` or a registered name / alias.
-
-    Returns the model and whether its weights are trained (False: a registered name built randomly).
-    """
-    if spec.startswith("hf-hub:") or is_checkpoint_path(spec):
-        return with_warnings(vitlab.load, spec), True
-    arch, tag = split_pretrained_tag(spec)
+    """The model a ``--model`` spec names (``vitlab.factory``) and whether its weights are trained (False: a
+    registered name built with random weights)."""
     try:
-        resolve_name(arch)
+        parse_spec(spec)
     except ValueError as e:
-        raise ValueError(f"--model {spec!r} is neither an existing checkpoint file nor a model name: {e}") from e
-    trained = pretrained or tag is not None
-    return with_warnings(vitlab.create_model, spec, pretrained=trained), trained
+        raise ValueError(f"--model {e}") from e
+    return tuple(with_warnings(model_from_spec, spec, pretrained=pretrained))

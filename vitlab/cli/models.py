@@ -9,7 +9,6 @@ import vitlab
 from vitlab.cli.common import (
     EXIT_OK,
     image_sizes,
-    is_checkpoint_path,
     load_model_spec,
     millions,
     positive,
@@ -17,6 +16,7 @@ from vitlab.cli.common import (
     require_vit,
     with_warnings,
 )
+from vitlab.factory import parse_spec
 from vitlab.flops import count_flops, count_params
 from vitlab.registry import DEFAULT_PRETRAINED_TAGS, get_config, resolve_name
 
@@ -121,12 +121,13 @@ def complexity(model: str, img_sizes: Sequence[int | tuple[int, int]] = (), wind
     against windowed W-MSA (Swin); optionally plot the attention cost against the resolution."""
     from vitlab.flops import attention_macs, attention_matrix_bytes, flops_breakdown
 
-    if is_checkpoint_path(model):
+    spec = parse_spec(model)
+    if spec.weights is not None or spec.kind == "resnet":
         net = load_model_spec(model)[0]
         require_vit(net, model, "the complexity breakdown is for ViTs")
         net_cfg = net.config
     else:
-        net_cfg = get_config(model)
+        net_cfg = get_config(spec.name)
     sizes = list(img_sizes) or [net_cfg.img_size]
     print(f"{model}: {millions(count_params(net_cfg))} parameters, D={net_cfg.embed_dim}, {net_cfg.depth} blocks, "
           f"{net_cfg.num_heads} heads, patch {net_cfg.patch_size}\n")

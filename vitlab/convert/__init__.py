@@ -17,9 +17,10 @@ import torch
 
 from vitlab.config import ViTConfig
 from vitlab.preprocess import Preprocessing
+from vitlab.registry import SIZES
 
-# Heads by width for the standard sizes (ViT Table 1, DeiT Table 1); head counts are not in the weights.
-HEADS_BY_WIDTH = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
+# Heads by width for the standard sizes (the registry's size table); head counts are not in the weights.
+HEADS_BY_WIDTH = {width: heads for width, _, heads, _ in SIZES.values()}
 
 
 class CheckpointError(ValueError):

@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from vitlab.convert import CheckpointError, Converted
 from vitlab.preprocess import INCEPTION_MEAN, INCEPTION_STD, Preprocessing
@@ -185,9 +187,6 @@ def preprocessing_from_config(pre_cfg: dict[str, Any], img_size: tuple[int, int]
 
 
 def _load_weights(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     index = path / "model.safetensors.index.json"
     files = [path / "model.safetensors"] if (path / "model.safetensors").is_file() else []
     if not files and index.is_file():  # sharded: the index maps each tensor to its shard

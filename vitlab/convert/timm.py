@@ -15,6 +15,7 @@ import torch
 from vitlab.config import ViTConfig
 from vitlab.convert import CheckpointError, Converted
 from vitlab.preprocess import Preprocessing
+from vitlab.registry import MODELS
 
 TIMM_POOLS = {"token": "token", "avg": "gap"}
 
@@ -29,8 +30,6 @@ def read_state_dict(sd: dict[str, torch.Tensor]) -> Converted:
 
 def hints_from_hub_config(hub_cfg: dict[str, Any]) -> tuple[dict[str, Any], Preprocessing | None, list | None]:
     """Config fields, preprocessing and class names from a timm hub ``config.json``."""
-    from vitlab.registry import MODELS
-
     hints: dict[str, Any] = {}
     arch = hub_cfg.get("architecture", "")
     if arch in MODELS:
