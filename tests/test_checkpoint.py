@@ -117,7 +117,8 @@ def test_a_wrong_shaped_checkpoint_is_an_error_not_a_silent_partial_load(tmp_pat
     sd = tiny().state_dict()
     sd["blocks.1.mlp.fc1.weight"] = torch.randn(100, 192)  # block 1's MLP width disagrees with block 0's
     save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "bad.safetensors"))
-    with pytest.raises(CheckpointError, match="does not fit the architecture"):
+    with pytest.raises(CheckpointError, match=r"bad.safetensors: blocks.1.mlp.fc1.weight is \(100, 192\) but the "
+                                              r"architecture read from the checkpoint gives it \(768, 192\)$"):
         vitlab.load(tmp_path / "bad.safetensors")
     sd = tiny().state_dict()
     del sd["blocks.0.norm2.weight"]
@@ -138,7 +139,8 @@ def test_a_vitlab_file_whose_config_does_not_match_its_weights(tmp_path):
                                                                                                num_heads=3).to_dict())}
     sd = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(sd, str(tmp_path / "lie.safetensors"), metadata=meta)
-    with pytest.raises(CheckpointError, match="does not fit"):
+    with pytest.raises(CheckpointError, match=r"lie.safetensors: the metadata says embed_dim=96 but "
+                                              r"blocks.0.attn.qkv.weight is \(576, 192\) \(embed_dim 192\)$"):
         vitlab.load(tmp_path / "lie.safetensors")
     meta["format_version"] = "99"
     save_file(sd, str(tmp_path / "future.safetensors"), metadata=meta)

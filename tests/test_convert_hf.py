@@ -141,3 +141,24 @@ def test_rescale_and_normalize_flags_fold_into_mean_std():
         (224, 224))
     assert pre.mean == pytest.approx((0.5,) * 3) and pre.std == pytest.approx((0.5,) * 3)
     assert (pre.input_size, pre.interpolation) == ((32, 32), "bilinear")
+
+
+def test_a_config_json_the_weights_contradict_is_a_one_line_error(tmp_path):
+    """Issue 12, item 10: a config.json field the weights state too (width, depth, MLP, patch, channels, heads that
+    divide the width) must agree with them; item 8: a config.json that is not JSON names its file."""
+    _save_classifier(tmp_path)
+    cfg_path = tmp_path / "config.json"
+    hub_cfg = json.loads(cfg_path.read_text())
+    for key, value, found in (("hidden_size", 256, 128), ("num_hidden_layers", 3, 2), ("intermediate_size", 512, 200),
+                              ("patch_size", 16, 8), ("num_channels", 1, 3)):
+        cfg_path.write_text(json.dumps({**hub_cfg, key: value}))
+        with pytest.raises(vitlab.CheckpointError, match=rf"config.json says {key}={value} but the weights have "
+                                                         rf"{key} {found}$") as e:
+            vitlab.load(tmp_path)
+        assert str(tmp_path) in str(e.value) and "\n" not in str(e.value)
+    cfg_path.write_text(json.dumps({**hub_cfg, "num_attention_heads": 3}))
+    with pytest.raises(vitlab.CheckpointError, match="num_attention_heads=3, which does not divide .* hidden_size 128"):
+        vitlab.load(tmp_path)
+    cfg_path.write_text(json.dumps(hub_cfg)[:-1])
+    with pytest.raises(vitlab.CheckpointError, match=r"config.json is not valid JSON \(Expecting ',' delimiter"):
+        vitlab.load(tmp_path)

@@ -5,9 +5,13 @@
     - timm state dicts (``.pth`` / ``.bin`` / ``.safetensors``) and timm hub folders;
     - Hugging Face transformers ViT folders (``save_pretrained``), with or without a classifier;
     - Google's official ``.npz`` (vision_transformer and big_vision layouts);
-    - torchvision ``vit_*`` state dicts.
+    - torchvision ``vit_*`` state dicts;
+    - vitlab's training checkpoints (``runs/<run>/ckpt-step*.pt``, format "vitlab-train"): the EMA weights when
+      the run kept them, else the model's, with the model config of the run (see ``vitlab.convert.train``).
 It infers the architecture from the checkpoint, resamples the position embedding to ``img_size``,
-gives a fresh head for another ``num_classes``, and reports every missing or unexpected key.
+gives a fresh head for another ``num_classes``, and reports every missing or unexpected key. A config that the
+weights contradict (vitlab's metadata, a config.json, a training config, an argument) is an error that names
+the file, the field and both values, in one line, as every ``CheckpointError`` is.
 ``vitlab.load`` (``vitlab.factory``) also takes pretrained names and ``hf-hub:`` ids: it downloads them
 through ``vitlab.hub``, then reads the folder here.
 """
@@ -18,6 +22,8 @@ import json
 import os
 import pickle
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,20 +34,29 @@ from safetensors.torch import save_file
 
 from vitlab.cnn import RESNETS, ResNet, ResNetConfig
 from vitlab.config import ViTConfig
-from vitlab.convert import CheckpointError, Converted, canonical_pos_embed, infer_config
+from vitlab.convert import (
+    FORMAT,
+    FORMAT_VERSION,
+    CheckpointError,
+    Converted,
+    canonical_pos_embed,
+    config_of,
+    first_line,
+    metadata_fields,
+    read_json,
+)
 from vitlab.convert import hf as hf_convert
 from vitlab.convert import npz as npz_convert
 from vitlab.convert import timm as timm_convert
 from vitlab.convert import torchvision as tv_convert
+from vitlab.convert import train as train_convert
+from vitlab.convert.fit import check_fits, first_mismatch
 from vitlab.model import VisionTransformer
 from vitlab.pos_embed import resample_pos_embed
 from vitlab.preprocess import Preprocessing
 
-FORMAT = "vitlab"
-FORMAT_VERSION = 1
 FORMATS = "vitlab .safetensors, timm (.pth/.bin/.safetensors or hub folder), Hugging Face ViT folder, " \
-          "Google .npz (vision_transformer or big_vision), torchvision vit_* state dict"
-CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz", ".ckpt")  # what a model spec reads as a file
+          "Google .npz (vision_transformer or big_vision), torchvision vit_* state dict, vitlab training checkpoint"
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
 
 
@@ -50,13 +65,20 @@ def _torch_load(path: Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
-            f"refused to load {path}: it is a pickle holding objects other than tensors and plain containers, "
-            "and unpickling those can execute code. vitlab never does. If you trust the file, re-save its "
-            "state dict in Python (torch.save(obj['model'].state_dict(), 'clean.pth')) or as .safetensors"
+            f"refused to load {path}: it is not a plain pickle of tensors and containers (the weights-only "
+            f"unpickler stopped at: {_unpickler_reason(e)}), and unpickling anything more can execute code. vitlab "
+            "never does. If you trust the file, re-save its state dict in Python "
+            "(torch.save(obj['model'].state_dict(), 'clean.pth')) or as .safetensors"
         ) from e
     except Exception as e:  # garbage bytes make the weights-only unpickler raise KeyError, IndexError, struct.error...
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): "
-                              f"{type(e).__name__}: {e}") from e
+                              f"{first_line(e)}") from e
+
+
+def _unpickler_reason(e: pickle.UnpicklingError) -> str:
+    """The line of torch's multi-line weights-only error that says what stopped it ("Unsupported global: ...")."""
+    lines = [line.strip() for line in str(e).split("WeightsUnpickler error:")[-1].splitlines() if line.strip()]
+    return lines[0] if lines else first_line(e)
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -91,25 +113,27 @@ def _read_safetensors(path: Path) -> Converted:
             meta = f.metadata() or {}
             sd = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is not a readable .safetensors file (truncated or corrupt?): {e}") from e
+        raise CheckpointError(f"{path} is not a readable .safetensors file (truncated or corrupt?): "
+                              f"{first_line(e)}") from e
     if meta.get("format") != FORMAT:
         return read_state_dict(sd, path)
-    version = int(meta.get("format_version", 0))
-    if version > FORMAT_VERSION:
+    version = meta.get("format_version", "0")
+    if not version.isdigit():
+        raise CheckpointError(f"{path}: the metadata field 'format_version' is {version!r}, not a number")
+    if int(version) > FORMAT_VERSION:
         raise CheckpointError(f"{path} was written by a newer vitlab (format {version} > {FORMAT_VERSION}); upgrade")
-    conv = Converted(sd, FORMAT, hints=json.loads(meta["config"]))
-    if "preprocessing" in meta:
-        conv.preprocessing = Preprocessing.from_dict(json.loads(meta["preprocessing"]))
-    if "class_names" in meta:
-        conv.class_names = json.loads(meta["class_names"])
-    return conv
+    config, pre, names = metadata_fields(meta, f"{path}: the metadata")
+    return Converted(sd, FORMAT, hints=config, preprocessing=pre, class_names=names, complete=True,
+                     stated_by="the metadata")
 
 
 def _read_folder(path: Path) -> Converted:
     cfg_path = path / "config.json"
     if not cfg_path.is_file():
         raise CheckpointError(f"{path} is a folder without config.json: pass the weights file itself")
-    hub_cfg = json.loads(cfg_path.read_text())
+    hub_cfg = read_json(cfg_path)
+    if not isinstance(hub_cfg, dict):
+        raise CheckpointError(f"{cfg_path} is a JSON {type(hub_cfg).__name__}, expected an object of fields")
     if "model_type" in hub_cfg and "architecture" not in hub_cfg:  # transformers; read_folder checks the type
         return hf_convert.read_folder(path, hub_cfg)
     weights = next((path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()), None)
@@ -117,14 +141,29 @@ def _read_folder(path: Path) -> Converted:
         raise CheckpointError(f"{path} has a config.json but no model.safetensors or pytorch_model.bin")
     conv = read_file(weights)
     if "architecture" in hub_cfg:
-        hints, conv.preprocessing, conv.class_names = timm_convert.hints_from_hub_config(hub_cfg)
+        try:
+            hints, conv.preprocessing, conv.class_names = timm_convert.hints_from_hub_config(hub_cfg)
+        except CheckpointError:
+            raise
+        except (TypeError, ValueError, AttributeError, KeyError) as e:  # a field of another type than timm writes
+            raise CheckpointError(f"{cfg_path}: a field has an unexpected value ({first_line(e)})") from e
         conv.hints.update(hints)
+        conv.stated_by = "config.json"
     return conv
 
 
-def read_file(path: str | Path) -> Converted:
-    """Read any supported checkpoint into a :class:`Converted` (canonical names, hints, preprocessing)."""
-    path = Path(path)
+@contextmanager
+def _about(path: Path) -> Iterator[None]:
+    """Name the file in a CheckpointError raised inside (the readers' and infer_config's messages may not)."""
+    try:
+        yield
+    except CheckpointError as e:
+        if str(path) in str(e):
+            raise
+        raise CheckpointError(f"{path}: {e}") from e
+
+
+def _read(path: Path, follow_init: bool) -> Converted:
     if path.is_dir():
         return _read_folder(path)
     if not path.is_file():
@@ -133,7 +172,17 @@ def read_file(path: str | Path) -> Converted:
         return _read_safetensors(path)
     if path.suffix == ".npz":
         return npz_convert.read_npz(path)
-    return read_state_dict(_unwrap(_torch_load(path), path), path)
+    obj = _torch_load(path)
+    if train_convert.is_format(obj):  # a fine-tuning run's init is read one level deep, no further
+        return train_convert.read_checkpoint(obj, path, (lambda init: _read(init, False)) if follow_init else None)
+    return read_state_dict(_unwrap(obj, path), path)
+
+
+def read_file(path: str | Path) -> Converted:
+    """Read any supported checkpoint into a :class:`Converted` (canonical names, hints, preprocessing)."""
+    path = Path(path)
+    with _about(path):
+        return _read(path, follow_init=True)
 
 
 def load_local(
@@ -155,16 +204,33 @@ def load_local(
         not change the weights (drop_path_rate, dropout, ...).
     The model carries ``model.preprocessing`` and ``model.class_names`` from the checkpoint.
     """
+    path = Path(path)
     conv = read_file(path)
-    if conv.format == FORMAT and conv.hints.get("arch") in RESNETS:
-        return _load_resnet(conv, path, num_classes, img_size, overrides)
-    if conv.format == FORMAT:
-        cfg = ViTConfig.from_dict({**conv.hints, **overrides})
-    else:
-        cfg = infer_config(conv.state_dict, {**conv.hints, **overrides})
+    with _about(path):
+        if conv.complete and conv.hints.get("arch") in RESNETS:
+            return _load_resnet(conv, path, num_classes, img_size, overrides)
+        return _load_vit(conv, path, num_classes, img_size, strict, overrides)
+
+
+def _class_names(conv: Converted, num_classes: int) -> list[str] | None:
+    names = conv.class_names
+    if names is not None and len(names) != num_classes:
+        raise CheckpointError(f"{conv.stated_by} has {len(names)} class names for a head of {num_classes} classes")
+    return names
+
+
+def _keys(keys: list[str]) -> str:
+    """A list of key names for a one-line message: all of a short one, the first few of a long one."""
+    return repr(keys) if len(keys) <= 8 else f"[{', '.join(map(repr, keys[:8]))}, ... ({len(keys)} in all)]"
+
+
+def _load_vit(conv: Converted, path: Path, num_classes: int | None, img_size: Any, strict: bool,
+              overrides: dict[str, Any]) -> VisionTransformer:
+    cfg = config_of(conv, overrides)
+    check_fits(conv.state_dict, cfg, conv.stated_by, overrides)  # one line for a config the weights contradict
+    class_names = _class_names(conv, cfg.num_classes) if conv.complete else conv.class_names
     sd = canonical_pos_embed(conv.state_dict, cfg)
     pre = conv.preprocessing or Preprocessing.default_for(cfg)
-    class_names = conv.class_names
 
     if img_size is not None:
         new = ViTConfig(**{**cfg.to_dict(), "img_size": img_size})
@@ -175,7 +241,7 @@ def load_local(
     reset_head = num_classes is not None and num_classes != cfg.num_classes
     if reset_head:
         warnings.warn(f"{path}: the checkpoint has {cfg.num_classes} classes, {num_classes} were asked for: "
-                      "the head is new and zero-initialised (train it before use)", stacklevel=2)
+                      "the head is new and zero-initialised (train it before use)", stacklevel=4)
         sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
         cfg, class_names = cfg.replace(num_classes=num_classes), None
 
@@ -183,17 +249,16 @@ def load_local(
     with torch.device("meta"):
         model = VisionTransformer(cfg)
     sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
-    try:
-        result = model.load_state_dict(sd, strict=False, assign=True)
-    except RuntimeError as e:  # shape mismatches
-        raise CheckpointError(f"{path} does not fit the architecture read from it ({e}). If the checkpoint has "
-                              "an unusual head count or image size, pass num_heads=... or img_size=...") from e
+    mismatch = first_mismatch(sd, model.state_dict(), conv.stated_by)
+    if mismatch:  # what the field checks let through, e.g. a tensor that disagrees with its siblings
+        raise CheckpointError(mismatch)
+    result = model.load_state_dict(sd, strict=False, assign=True)
     missing = [k for k in result.missing_keys if not (reset_head and k.startswith("head."))]
     if missing or result.unexpected_keys:
-        msg = f"{path} ({conv.format}): missing keys {missing}, unexpected keys {result.unexpected_keys}"
+        msg = f"{path} ({conv.format}): missing keys {_keys(missing)}, unexpected keys {_keys(result.unexpected_keys)}"
         if strict:
             raise CheckpointError(msg + "; pass strict=False to load anyway (missing tensors keep their init)")
-        warnings.warn(msg, stacklevel=2)
+        warnings.warn(msg, stacklevel=4)
     if reset_head:
         model.reset_classifier(num_classes)  # a real, zero-initialised head
     if missing:  # only with strict=False: give those tensors the model's own init
@@ -208,29 +273,36 @@ def load_local(
 def _load_resnet(conv: Converted, path: Path, num_classes: int | None, img_size: Any,
                  overrides: dict[str, Any]) -> ResNet:
     """A vitlab ResNet baseline checkpoint (vitlab.cnn): the same options as a ViT, less the resampling."""
-    cfg = ResNetConfig.from_dict({**conv.hints, **overrides})
+    try:
+        cfg = ResNetConfig.from_dict({**conv.hints, **overrides})
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{conv.stated_by} is not a valid ResNetConfig ({first_line(e)})") from e
+    class_names = _class_names(conv, cfg.num_classes)
     pre = conv.preprocessing or Preprocessing.default_for(cfg)
     if img_size is not None:  # convolutions take any size; the stem stays the one the weights were trained with
         cfg = cfg.replace(img_size=img_size)
         pre = pre.replace(input_size=cfg.img_size)
     model = ResNet(cfg)
     sd = conv.state_dict
+    if "head.weight" in sd and sd["head.weight"].shape[0] != cfg.num_classes:
+        raise CheckpointError(f"{conv.stated_by} says num_classes={cfg.num_classes} but head.weight is "
+                              f"{tuple(sd['head.weight'].shape)} (num_classes {sd['head.weight'].shape[0]})")
     reset_head = num_classes is not None and num_classes != cfg.num_classes
     if reset_head:
         warnings.warn(f"{path}: the checkpoint has {cfg.num_classes} classes, {num_classes} were asked for: "
-                      "the head is new (train it before use)", stacklevel=3)
+                      "the head is new (train it before use)", stacklevel=4)
         sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
-    try:
-        result = model.load_state_dict(sd, strict=False)
-    except RuntimeError as e:
-        raise CheckpointError(f"{path} does not fit the ResNet its metadata describes ({e})") from e
+    mismatch = first_mismatch(sd, model.state_dict(), f"{conv.stated_by} ({cfg.arch}, {cfg.stem} stem)")
+    if mismatch:
+        raise CheckpointError(mismatch)
+    result = model.load_state_dict(sd, strict=False)
     missing = [k for k in result.missing_keys if not (reset_head and k.startswith("head."))]
     if missing or result.unexpected_keys:
-        raise CheckpointError(f"{path}: missing keys {missing}, unexpected keys {result.unexpected_keys}")
+        raise CheckpointError(f"{path}: missing keys {_keys(missing)}, unexpected keys {_keys(result.unexpected_keys)}")
     if reset_head:
         model.reset_classifier(num_classes)
     model.preprocessing = pre
-    model.class_names = None if reset_head else conv.class_names
+    model.class_names = None if reset_head else class_names
     model.source_format = conv.format
     return model
 

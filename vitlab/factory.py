@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from vitlab import hub
-from vitlab.checkpoint import CHECKPOINT_SUFFIXES, load_local
+from vitlab.checkpoint import load_local
 from vitlab.cnn import RESNETS, ResNet, create_resnet
+from vitlab.convert import CHECKPOINT_SUFFIXES
 from vitlab.model import VisionTransformer
 from vitlab.preprocess import Preprocessing
 from vitlab.registry import DEFAULT_PRETRAINED_TAGS, get_config, is_alias, resolve_name, split_pretrained_tag

@@ -63,5 +63,6 @@ def download(source: str) -> Path:
         raise HubError(f"could not download {source!r} (hub repo {repo_id!r}): no network or offline mode, and "
                        f"it is not in the local cache. {advice}") from e
     except OSError as e:  # connection errors surface as OSError subclasses
-        raise HubError(f"could not download {source!r} (hub repo {repo_id!r}): {e}. {advice}") from e
+        reason = " ".join(str(e).split())  # connection errors span lines
+        raise HubError(f"could not download {source!r} (hub repo {repo_id!r}): {reason}. {advice}") from e
     return Path(config).parent

@@ -45,6 +45,8 @@ def convert(src: str, dst: str, to: str | None = None, img_size: int | tuple[int
             num_classes: int | None = None) -> int:
     """Load any supported checkpoint and write it as vitlab, timm or npz (by ``to``, else by dst's suffix)."""
     dst_path = Path(dst)
+    if num_classes is not None and num_classes < 0:
+        raise ValueError(f"--num-classes must be >= 0 (0: no head), got {num_classes}")
     if to is None:
         to = SUFFIX_FORMATS.get(dst_path.suffix)
         if to is None:

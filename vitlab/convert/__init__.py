@@ -5,12 +5,18 @@ Every reader in this package returns a :class:`Converted`: a state dict with vit
 records them, the preprocessing and class names. :func:`infer_config` then reads the rest of the
 architecture off the tensor shapes, and :func:`canonical_pos_embed` puts the position table into
 vitlab's layout (a class-token row if there is a class token, then the grid; registers have none).
+vitlab's own formats (``vitlab.checkpoint``'s .safetensors, ``convert.train``'s training checkpoints) state the
+whole config instead (``Converted.complete``); :func:`config_of` builds the config either way.
+
+Errors are :class:`CheckpointError`, one line each (``first_line`` keeps a library's multi-line message short).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,17 +29,77 @@ from vitlab.registry import SIZES
 HEADS_BY_WIDTH = {width: heads for width, _, heads, _ in SIZES.values()}
 
 
+FORMAT = "vitlab"  # vitlab's .safetensors: the model's metadata (model_metadata) beside its weights
+FORMAT_VERSION = 1
+CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz", ".ckpt")  # what a model spec reads as a file
+
+
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be read, or does not fit the model asked for."""
+    """A checkpoint that cannot be read, or does not fit the model asked for. The message is one line."""
 
 
 @dataclass
 class Converted:
     state_dict: dict[str, torch.Tensor]
-    format: str  # "vitlab" | "timm" | "hf" | "torchvision" | "npz" | "npz-big_vision"
+    format: str  # "vitlab" | "vitlab-train" | "timm" | "hf" | "torchvision" | "npz" | "npz-big_vision"
     hints: dict[str, Any] = field(default_factory=dict)  # ViTConfig fields the source states outright
     preprocessing: Preprocessing | None = None
     class_names: list[str] | None = None
+    complete: bool = False  # hints are the whole config (a ViTConfig, or a ResNetConfig with its "arch")
+    stated_by: str = "the architecture read from the checkpoint"  # hints' source in messages: "the metadata", ...
+
+
+def first_line(e: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message (libraries' messages run long)."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0].strip() if lines else ''}".rstrip(": ")
+
+
+def parse_json(text: str | bytes, where: str) -> Any:
+    """JSON text -> a value; ``where`` names its file and field in the error."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{where} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{where} is not valid JSON (not UTF-8 text: {e.reason} at byte {e.start})") from None
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file (config.json, preprocessor_config.json, a shard index) -> a value, errors naming the file."""
+    try:
+        text = path.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"{path} could not be read ({e.strerror or first_line(e)})") from e
+    return parse_json(text, str(path))
+
+
+def json_object(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{where} is a JSON {type(value).__name__}, expected an object of fields")
+    return value
+
+
+def metadata_fields(meta: dict[str, str], where: str) -> tuple[dict[str, Any], Preprocessing | None,
+                                                                 list[str] | None]:
+    """vitlab's model metadata (``vitlab.checkpoint.model_metadata``: JSON strings) -> the config as a dict, the
+    preprocessing and the class names. ``where`` names the file (and the part of it) the metadata sits in."""
+    if "config" not in meta:
+        raise CheckpointError(f"{where} has no 'config' field")
+    config = json_object(parse_json(meta["config"], f"{where} field 'config'"), f"{where} field 'config'")
+    pre = None
+    if "preprocessing" in meta:
+        field_where = f"{where} field 'preprocessing'"
+        try:
+            pre = Preprocessing.from_dict(json_object(parse_json(meta["preprocessing"], field_where), field_where))
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{field_where} is not a valid preprocessing ({first_line(e)})") from e
+    names = None
+    if "class_names" in meta:
+        names = parse_json(meta["class_names"], f"{where} field 'class_names'")
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise CheckpointError(f"{where} field 'class_names' is not a list of strings")
+    return config, pre, names
 
 
 def _grid_for(n: int, patch: int, hint_size: tuple[int, int] | None) -> tuple[int, int] | None:
@@ -84,7 +150,19 @@ def infer_config(sd: dict[str, torch.Tensor], hints: dict[str, Any]) -> ViTConfi
     try:
         return ViTConfig(**cfg)
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"the checkpoint's architecture is not a valid ViTConfig: {e}") from e
+        raise CheckpointError(f"the checkpoint's architecture is not a valid ViTConfig ({first_line(e)})") from e
+
+
+def config_of(conv: Converted, overrides: dict[str, Any]) -> ViTConfig:
+    """The ViTConfig of a converted checkpoint with ``overrides`` applied: the config it states whole (vitlab's own
+    formats), else the one :func:`infer_config` reads off its shapes and hints."""
+    if not conv.complete:
+        return infer_config(conv.state_dict, {**conv.hints, **overrides})
+    try:
+        return ViTConfig.from_dict({**conv.hints, **overrides})
+    except (TypeError, ValueError) as e:
+        given = f" with {', '.join(f'{k}={v!r}' for k, v in overrides.items())}" if overrides else ""
+        raise CheckpointError(f"{conv.stated_by}{given} is not a valid ViTConfig ({first_line(e)})") from e
 
 
 def canonical_pos_embed(sd: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, torch.Tensor]:

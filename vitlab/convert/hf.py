@@ -24,7 +24,6 @@ through under its own names, so ``vitlab.load`` reports it as unexpected (``stri
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from pathlib import Path
@@ -34,7 +33,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from vitlab.convert import CheckpointError, Converted
+from vitlab.convert import CheckpointError, Converted, first_line, json_object, read_json
+from vitlab.convert.fit import weights_say
 from vitlab.preprocess import INCEPTION_MEAN, INCEPTION_STD, Preprocessing
 
 HF_LAYER_NORM_EPS = 1e-12  # transformers' ViTConfig default (the official JAX code uses 1e-6)
@@ -42,6 +42,9 @@ HF_ACTS = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_t
 PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL.Image.Resampling codes HF stores
 HF_ARCHITECTURES = ("ViTForImageClassification", "ViTModel", "ViTForMaskedImageModeling")
 _PATCH_KEY = "embeddings.patch_embeddings.projection.weight"
+# config.json fields the weights state too: (config.json's name, the ViTConfig field the shapes give)
+_ALSO_IN_WEIGHTS = (("hidden_size", "embed_dim"), ("num_hidden_layers", "depth"), ("patch_size", "patch_size"),
+                    ("num_channels", "in_chans"), ("intermediate_size", "mlp_dim"))
 
 # Per-layer names, as saved by save_pretrained (transformers 4 and 5) and as held in memory by transformers 5.
 _LAYER = re.compile(r"^(?:encoder\.layer|layers)\.(\d+)\.(.+)$")
@@ -190,7 +193,10 @@ def _load_weights(path: Path) -> dict[str, torch.Tensor]:
     index = path / "model.safetensors.index.json"
     files = [path / "model.safetensors"] if (path / "model.safetensors").is_file() else []
     if not files and index.is_file():  # sharded: the index maps each tensor to its shard
-        files = [path / f for f in dict.fromkeys(json.loads(index.read_text())["weight_map"].values())]
+        weight_map = json_object(read_json(index), str(index)).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index} has no 'weight_map' object (tensor name -> shard file)")
+        files = [path / f for f in dict.fromkeys(weight_map.values())]
     try:
         if files:
             sd: dict[str, torch.Tensor] = {}
@@ -201,7 +207,7 @@ def _load_weights(path: Path) -> dict[str, torch.Tensor]:
             obj = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
             return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     except (SafetensorError, OSError, RuntimeError, EOFError, ValueError) as e:
-        raise CheckpointError(f"{path}: the weights are not readable (truncated or corrupt?): {e}") from e
+        raise CheckpointError(f"{path}: the weights are not readable (truncated or corrupt?): {first_line(e)}") from e
     raise CheckpointError(f"{path} has a transformers config.json but no model.safetensors, sharded "
                           "model.safetensors.index.json or pytorch_model.bin")
 
@@ -213,18 +219,49 @@ def read_folder(path: str | Path, hub_cfg: dict[str, Any]) -> Converted:
     hints = hints_from_config(hub_cfg)
     conv = read_state_dict(_load_weights(path))
     conv.hints.update(hints)
+    conv.stated_by = "config.json"
     sd = conv.state_dict
+    check_config_against_weights(hub_cfg, sd)
     if "pre_logits.0.weight" in sd and hub_cfg.get("pooler_act", "tanh") != "tanh":
         raise CheckpointError(f"config.json: pooler_act={hub_cfg['pooler_act']!r}; vitlab's pre-logits layer "
                               "(HF's pooler) is Linear + tanh")
     if "head.weight" in sd:
         n = sd["head.weight"].shape[0]
-        id2label = {int(k): v for k, v in (hub_cfg.get("id2label") or {}).items()}
+        try:
+            id2label = {int(k): v for k, v in (hub_cfg.get("id2label") or {}).items()}
+        except (ValueError, TypeError, AttributeError):
+            raise CheckpointError("config.json: id2label is not a map from class index to name") from None
         names = [id2label.get(i) for i in range(n)]
         # transformers writes LABEL_0, LABEL_1, ... when no labels were given: those name nothing.
         if None not in names and names != [f"LABEL_{i}" for i in range(n)]:
             conv.class_names = names
     pre_path = path / "preprocessor_config.json"
     if pre_path.is_file():
-        conv.preprocessing = preprocessing_from_config(json.loads(pre_path.read_text()), hints["img_size"])
+        pre_cfg = json_object(read_json(pre_path), str(pre_path))
+        try:
+            conv.preprocessing = preprocessing_from_config(pre_cfg, hints["img_size"])
+        except (TypeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"{pre_path} is not a valid ViTImageProcessor config ({first_line(e)})") from e
     return conv
+
+
+def check_config_against_weights(hub_cfg: dict[str, Any], sd: dict[str, torch.Tensor]) -> None:
+    """A config.json field the (converted) weights contradict is an error: one line, with both values."""
+    says = weights_say(sd)
+    for key, name in _ALSO_IN_WEIGHTS:
+        if key in hub_cfg and name in says:
+            stated = _pair(hub_cfg[key], key)[0] if key == "patch_size" else hub_cfg[key]
+            if stated != says[name][0]:
+                raise CheckpointError(f"config.json says {key}={stated!r} but the weights have {key} {says[name][0]}")
+    width = says["embed_dim"][0] if "embed_dim" in says else None
+    heads = hub_cfg.get("num_attention_heads", 12)  # transformers' default
+    if width is not None and (not isinstance(heads, int) or heads <= 0 or width % heads):
+        said = "says" if "num_attention_heads" in hub_cfg else "has no field for it, which means"
+        raise CheckpointError(f"config.json {said} num_attention_heads={heads!r}, which does not divide the weights' "
+                              f"hidden_size {width}")
+    if "image_size" in hub_cfg and "pos_embed" in sd and "patch_size" in says:
+        (h, w), P = _pair(hub_cfg["image_size"], "image_size"), says["patch_size"][0]
+        rows, expected = sd["pos_embed"].shape[1], 1 + (h // P) * (w // P)  # HF: a class row, then the grid
+        if rows != expected:
+            raise CheckpointError(f"config.json says image_size={hub_cfg['image_size']!r} ({expected} position rows at "
+                                  f"patch {P}) but the weights' position table has {rows} rows")

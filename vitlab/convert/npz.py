@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from vitlab.config import ViTConfig
-from vitlab.convert import CheckpointError, Converted
+from vitlab.convert import CheckpointError, Converted, first_line
 from vitlab.preprocess import INCEPTION_MEAN, INCEPTION_STD, Preprocessing
 
 FLAX_LAYER_NORM_EPS = 1e-6  # flax.linen.LayerNorm's default epsilon
@@ -64,14 +64,14 @@ def _load_arrays(path: Path) -> dict[str, np.ndarray]:
     try:
         f = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise CheckpointError(f"{path} is not a readable .npz file (truncated or corrupt?): {e}") from e
+        raise CheckpointError(f"{path} is not a readable .npz file (truncated or corrupt?): {first_line(e)}") from e
     if not isinstance(f, np.lib.npyio.NpzFile):
         raise CheckpointError(f"{path} holds a single array, not a .npz archive of named weights")
     try:
         with f:
             return {k: f[k] for k in f.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as e:
-        raise CheckpointError(f"{path}: an array could not be read (truncated or corrupt?): {e}") from e
+        raise CheckpointError(f"{path}: an array could not be read (truncated or corrupt?): {first_line(e)}") from e
 
 
 def _t(a: np.ndarray) -> torch.Tensor:

@@ -31,6 +31,25 @@ class ModelConfig:
     init: str = ""  # fine-tuning: a checkpoint path or pretrained name; "" = from scratch
     overrides: dict[str, Any] = field(default_factory=dict)  # ViTConfig fields, e.g. {depth = 6}
 
+    def __post_init__(self) -> None:
+        for key, instead in (("img_size", "data.img_size"), ("num_classes", "the data set")):
+            if key in self.overrides:
+                raise ConfigError(f"model.overrides.{key}: the trained model's {key} comes from {instead}; "
+                                  f"remove model.overrides.{key}")
+        if self.init:  # a fine-tuning source is resolved (and checked) when the run starts: it may be a download
+            return
+        from vitlab.cnn import RESNETS, ResNetConfig
+        from vitlab.registry import get_config
+
+        try:
+            if self.name in RESNETS:
+                ResNetConfig(arch=self.name, **self.overrides)
+            else:
+                get_config(self.name, **self.overrides)
+        except (TypeError, ValueError) as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ConfigError(f"model (name={self.name!r}, overrides={self.overrides}): {first}") from e
+
 
 @dataclass
 class DataConfig:
@@ -53,6 +72,12 @@ class DataConfig:
     mix_prob: float = 1.0
     label_smoothing: float = 0.0
 
+    def __post_init__(self) -> None:
+        _check(self, "data", positive=("batch_size",), at_least_0=("num_workers", "image_size", "crop_padding",
+               "randaugment_n", "randaugment_m", "mixup_alpha", "cutmix_alpha"),
+               fractions=("val_fraction", "label_smoothing"), closed_fractions=("random_erasing", "mix_prob"))
+        _check_choice("data.auto_augment", self.auto_augment, ("none", "trivial", "randaugment"))
+
 
 @dataclass
 class OptimConfig:
@@ -66,6 +91,16 @@ class OptimConfig:
     clip_grad: float = 0.0  # max global gradient norm; 0 = off
     accum_steps: int = 1  # gradient accumulation
     layer_decay: float = 1.0  # layer-wise lr decay (fine-tuning); 1.0 = off
+
+    def __post_init__(self) -> None:
+        _check(self, "optim", positive=("lr", "accum_steps", "layer_decay"),
+               at_least_0=("weight_decay", "warmup_steps", "min_lr", "clip_grad"), fractions=("momentum",))
+        for i, beta in enumerate(self.betas):
+            if not 0 <= beta < 1:
+                raise ConfigError(f"optim.betas[{i}] must be in [0, 1), got {beta}")
+        if self.layer_decay > 1:
+            raise ConfigError(f"optim.layer_decay must be in (0, 1] (1 = off), got {self.layer_decay}")
+        _check_choice("optim.optimizer", self.optimizer, ("adamw", "sgd"))
 
 
 @dataclass
@@ -91,6 +126,11 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     tensorboard: bool = False
 
+    def __post_init__(self) -> None:
+        _check(self, "", positive=("epochs", "eval_every_epochs", "ckpt_every_steps", "keep_last", "log_every_steps"),
+               at_least_0=("max_steps", "budget_minutes", "seed"), fractions=("ema_decay",))
+        _check_choice("amp", self.amp, ("none", "bf16"))
+
 
 class ConfigError(ValueError):
     """A configuration key or value that is not valid."""
@@ -98,6 +138,23 @@ class ConfigError(ValueError):
 
 class TrainingError(RuntimeError):
     """A run that cannot go on (non-finite loss, bad setup); the last good checkpoint is intact."""
+
+
+def _check(cfg: Any, section: str, positive: tuple[str, ...] = (), at_least_0: tuple[str, ...] = (),
+           fractions: tuple[str, ...] = (), closed_fractions: tuple[str, ...] = ()) -> None:
+    """Range checks of numeric fields, each failure a ConfigError naming the key (``section.key``)."""
+    rules = [(positive, lambda v: v > 0, "> 0"), (at_least_0, lambda v: v >= 0, ">= 0"),
+             (fractions, lambda v: 0 <= v < 1, "in [0, 1)"), (closed_fractions, lambda v: 0 <= v <= 1, "in [0, 1]")]
+    for names, ok, what in rules:
+        for name in names:
+            value = getattr(cfg, name)
+            if not ok(value):
+                raise ConfigError(f"{section + '.' if section else ''}{name} must be {what}, got {value!r}")
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r} is not one of {', '.join(repr(c) for c in choices)}")
 
 
 def _fields(cls: type) -> dict[str, dataclasses.Field]:
