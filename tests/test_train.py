@@ -1,7 +1,13 @@
 """The trainer never loses work: exact resume after SIGKILL, after a kill mid-write, after SIGTERM;
-a non-finite loss stops with the last good checkpoint intact."""
+a non-finite loss stops with the last good checkpoint intact.
+
+The runs read a small `shapes` set written as image folders (192 training images: 6 steps of 32 per epoch, so the
+8-step runs cross an epoch boundary and its evaluation); a folder data set reads the same in this process, in a
+child process and under torchrun."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -11,36 +17,71 @@ import torch
 from safetensors.torch import load_file
 
 import vitlab
+from vitlab.data.shapes import CLASS_NAMES, make_shapes
 from vitlab.train.config import TrainingError, load_config
 from vitlab.train.state import latest_state, list_checkpoints
 from vitlab.train.trainer import train
 
-# A tiny model on `shapes`; drop_path uses the global RNG, so its state must be restored on resume.
+# A tiny model; drop_path uses the global RNG, so its state must be restored on resume.
 TINY = ["model.overrides={embed_dim = 32, depth = 2, num_heads = 2, mlp_dim = 64, drop_path_rate = 0.1}",
         "data.batch_size=32", "max_steps=8", "ckpt_every_steps=4", "log_every_steps=1", "keep_last=3",
         "data.auto_augment=\"trivial\"", "data.mixup_alpha=0.2", "data.cutmix_alpha=1.0", "data.random_erasing=0.25"]
+SPLIT_SIZES = {"train": 192, "val": 60, "test": 120}
 
 
-def tiny_config(*extra):
-    return load_config("demo", overrides=TINY + list(extra))
+def write_shapes_folder(root, sizes=SPLIT_SIZES):
+    """``sizes[split]`` images of each split of `shapes`, written as ``root/<split>/<class>/<i>.png``."""
+    from PIL import Image
+
+    for split, n in sizes.items():
+        data = make_shapes(split, size=n)
+        for i, (image, label) in enumerate(zip(data.images, data.labels, strict=True)):
+            folder = root / split / data.class_names[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{i:04d}.png")  # (H, W, 3) uint8
+    return root
 
 
-def run_script(code: str, run_dir, timeout=300) -> subprocess.CompletedProcess:
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread, here and in the child processes (run_script): a tiny model gains nothing from two,
+    and on a busy 2-core machine two threads wait on each other (measured: steps 5-20x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_shapes_folder(tmp_path_factory.mktemp("shapes"))
+
+
+def tiny_overrides(data):
+    return [*TINY, f"data.dataset='folder:{data}'"]
+
+
+def tiny_config(data, *extra):
+    return load_config("demo", overrides=tiny_overrides(data) + list(extra))
+
+
+def run_script(code: str, data, run_dir, timeout=300) -> subprocess.CompletedProcess:
     """Train in a child process; ``code`` runs first (to inject a fault)."""
     script = textwrap.dedent(code) + textwrap.dedent(f"""
         from vitlab.train.config import load_config
         from vitlab.train.trainer import train
-        cfg = load_config("demo", overrides={TINY!r})
+        cfg = load_config("demo", overrides={tiny_overrides(data)!r})
         train(cfg, run_dir={str(run_dir)!r}, progress=False)
     """)
-    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # as in this process (one_thread): the same float sums
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory):
+def straight(tmp_path_factory, data):
     run_dir = tmp_path_factory.mktemp("straight")
-    result = train(tiny_config(), run_dir=run_dir, progress=False)
-    assert result.step == 8 and not result.interrupted
+    result = train(tiny_config(data), run_dir=run_dir, progress=False)
+    assert result.step == 8 and result.epoch == 1 and not result.interrupted
     return run_dir
 
 
@@ -62,13 +103,13 @@ def test_run_folder_is_complete(straight):
     assert env["torch"] == torch.__version__ and "git" in env
     records = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == list(range(1, 9))
-    assert any("val_acc" in r for r in records)
+    assert [r["step"] for r in records if "val_acc" in r] == [6, 8]  # the end of epoch 0, the end of the run
     model = vitlab.load(straight / "model.safetensors")
     assert model.class_names and len(model.class_names) == model.config.num_classes
     assert [p.name for p in list_checkpoints(straight)] == ["ckpt-step00000008.pt", "ckpt-step00000004.pt"]
 
 
-def test_sigkill_then_resume_gives_identical_weights(straight, tmp_path):
+def test_sigkill_then_resume_gives_identical_weights(straight, data, tmp_path):
     run_dir = tmp_path / "killed"
     proc = run_script("""
         import os, signal
@@ -80,16 +121,16 @@ def test_sigkill_then_resume_gives_identical_weights(straight, tmp_path):
                 os.kill(os.getpid(), signal.SIGKILL)
             return path
         T.save_state = save_then_die
-    """, run_dir)
+    """, data, run_dir)
     assert proc.returncode == -9, proc.stderr
     assert [p.name for p in list_checkpoints(run_dir)] == ["ckpt-step00000004.pt"]
     assert not (run_dir / "model.safetensors").exists()
-    result = train(load_config("demo", overrides=TINY), run_dir=run_dir, resume=True, progress=False)
+    result = train(tiny_config(data), run_dir=run_dir, resume=True, progress=False)
     assert result.step == 8
     assert_same_weights(straight, run_dir)
 
 
-def test_killed_while_writing_a_checkpoint_resumes_from_the_previous_one(straight, tmp_path):
+def test_killed_while_writing_a_checkpoint_resumes_from_the_previous_one(straight, data, tmp_path):
     run_dir = tmp_path / "torn"
     proc = run_script("""
         import os, signal
@@ -102,35 +143,40 @@ def test_killed_while_writing_a_checkpoint_resumes_from_the_previous_one(straigh
                 os.kill(os.getpid(), signal.SIGKILL)
             real(obj, f)
         S.torch.save = torn_save
-    """, run_dir)
+    """, data, run_dir)
     assert proc.returncode == -9, proc.stderr
     assert [p.name for p in list_checkpoints(run_dir)] == ["ckpt-step00000004.pt"]  # the torn one never landed
     path, state = latest_state(run_dir)
     assert state["step"] == 4
-    train(load_config("demo", overrides=TINY), run_dir=run_dir, resume=True, progress=False)
+    train(tiny_config(data), run_dir=run_dir, resume=True, progress=False)
     assert_same_weights(straight, run_dir)
 
 
-def test_sigterm_writes_a_checkpoint_and_exits_cleanly(straight, tmp_path):
+def test_sigterm_writes_a_checkpoint_and_returns(straight, data, tmp_path, monkeypatch, capsys):
+    """SIGTERM (sent by this process to itself during step 3) ends the step, writes its checkpoint and returns."""
+    import vitlab.train.trainer as T
+
+    real = T.set_lr
+
+    def set_lr_then_term(opt, cfg, step, total, *args):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(opt, cfg, step, total, *args)
+
     run_dir = tmp_path / "term"
-    proc = run_script("""
-        import os, signal
-        import vitlab.train.trainer as T
-        real = T.set_lr
-        def set_lr_then_term(opt, cfg, step, total, *args):
-            if step == 2:
-                os.kill(os.getpid(), signal.SIGTERM)
-            return real(opt, cfg, step, total, *args)
-        T.set_lr = set_lr_then_term
-    """, run_dir)
-    assert proc.returncode == 0, proc.stderr
-    assert "stopped by signal" in proc.stderr and "--resume" in proc.stderr
+    monkeypatch.setattr(T, "set_lr", set_lr_then_term)
+    result = train(tiny_config(data), run_dir=run_dir, progress=False)
+    assert result.interrupted and result.step == 3
+    err = capsys.readouterr().err
+    assert "stopped by signal" in err and "--resume" in err
     assert [p.name for p in list_checkpoints(run_dir)] == ["ckpt-step00000003.pt"]
-    train(load_config("demo", overrides=TINY), run_dir=run_dir, resume=True, progress=False)
+    assert not (run_dir / "model.safetensors").exists()
+    monkeypatch.setattr(T, "set_lr", real)
+    train(tiny_config(data), run_dir=run_dir, resume=True, progress=False)
     assert_same_weights(straight, run_dir)
 
 
-def test_non_finite_loss_stops_with_the_last_good_checkpoint(tmp_path, monkeypatch):
+def test_non_finite_loss_stops_with_the_last_good_checkpoint(data, tmp_path, monkeypatch):
     import vitlab.train.trainer as T
 
     real, calls = T.F.cross_entropy, []
@@ -142,52 +188,54 @@ def test_non_finite_loss_stops_with_the_last_good_checkpoint(tmp_path, monkeypat
 
     monkeypatch.setattr(T.F, "cross_entropy", poisoned)
     with pytest.raises(TrainingError, match="non-finite loss .* at step 5 .*last good checkpoint"):
-        train(tiny_config(), run_dir=tmp_path, progress=False)
+        train(tiny_config(data), run_dir=tmp_path, progress=False)
     path, state = latest_state(tmp_path)
     assert state["step"] == 4 and path.name == "ckpt-step00000004.pt"
 
 
-def test_resume_needs_a_checkpoint(tmp_path):
+def test_resume_needs_a_checkpoint(data, tmp_path):
     with pytest.raises(TrainingError, match="no readable checkpoint"):
-        train(tiny_config(), run_dir=tmp_path, resume=True, progress=False)
+        train(tiny_config(data), run_dir=tmp_path, resume=True, progress=False)
 
 
-def test_finetune_from_a_checkpoint_at_another_resolution_and_class_count(tmp_path):
+def test_finetune_from_a_checkpoint_at_another_resolution_and_class_count(data, tmp_path):
     init = vitlab.create_model("Ti/4@32", img_size=16, num_classes=10, embed_dim=32, depth=2, num_heads=2, mlp_dim=64)
     path = vitlab.save(init, tmp_path / "init.safetensors", class_names=[f"c{i}" for i in range(10)])
     cfg = load_config("finetune", overrides=["data.batch_size=32", "max_steps=2", "ckpt_every_steps=100",
-                                             f"model.init={str(path)!r}", "optim.warmup_steps=1"])
+                                             f"model.init={str(path)!r}", "optim.warmup_steps=1",
+                                             f"data.dataset='folder:{data}'"])
     with pytest.warns(UserWarning, match="10 classes, 6 were asked for"):
         result = train(cfg, run_dir=tmp_path / "ft", progress=False)
     model = vitlab.load(tmp_path / "ft" / "model.safetensors")
     assert model.config.img_size == (32, 32) and model.config.num_classes == 6 and result.step == 2
-    assert model.class_names == vitlab.data.SHAPES_CLASS_NAMES
+    assert model.class_names == sorted(CLASS_NAMES)  # the data's (a folder's classes are sorted)
     assert model.pos_embed.shape == (1, 1 + 64, 32)  # resampled from the 4x4 grid to 8x8
 
 
-def test_bf16_autocast_and_gradient_accumulation(tmp_path):
-    cfg = tiny_config("amp=\"bf16\"", "optim.accum_steps=2", "max_steps=3")
+def test_bf16_autocast_and_gradient_accumulation(data, tmp_path):
+    cfg = tiny_config(data, "amp=\"bf16\"", "optim.accum_steps=2", "max_steps=3")
     result = train(cfg, run_dir=tmp_path, progress=False)
     assert result.step == 3 and 0.0 <= result.val_acc <= 1.0
     assert all(torch.isfinite(t).all() for t in final_weights(tmp_path).values())
 
 
-def test_eval_command_writes_json_and_confusion(straight, tmp_path, capsys):
+def test_eval_command_writes_json_and_confusion(straight, data, tmp_path, capsys):
     from vitlab.cli import main
 
-    assert main(["eval", "--checkpoint", str(straight / "model.safetensors"), "--data", "shapes",
+    assert main(["eval", "--checkpoint", str(straight / "model.safetensors"), "--data", f"folder:{data}",
                  "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "eval.json").read_text())
-    assert result["num_images"] == 2000 and 0.0 <= result["top1"] <= result["top5"] <= 1.0
-    assert len(result["confusion"]) == 6 and sum(map(sum, result["confusion"])) == 2000
+    n = SPLIT_SIZES["test"]
+    assert result["num_images"] == n and 0.0 <= result["top1"] <= result["top5"] <= 1.0
+    assert len(result["confusion"]) == 6 and sum(map(sum, result["confusion"])) == n
     assert (tmp_path / "confusion.png").stat().st_size > 1000
     assert "top-1" in capsys.readouterr().out
 
 
-def test_fewshot_command(straight, capsys):
+def test_fewshot_command(straight, data, capsys):
     from vitlab.cli import main
 
-    assert main(["fewshot", "--checkpoint", str(straight / "model.safetensors"), "--data", "shapes",
+    assert main(["fewshot", "--checkpoint", str(straight / "model.safetensors"), "--data", f"folder:{data}",
                  "--shots", "1,5", "--seeds", "2"]) == 0
     out = capsys.readouterr().out
     assert "  1-shot" in out and "  5-shot" in out and "chance 0.167" in out
@@ -222,11 +270,13 @@ def test_large_images_stream_through_the_trainer_and_eval(tmp_path):
     assert evaluate_model(model, val, batch_size=4).num_images == 8
 
 
-def test_tensorboard_events(tmp_path):
+def test_tensorboard_events_in_a_run_folder_named_by_the_config(data, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    train(tiny_config("tensorboard=true", "max_steps=2"), run_dir=tmp_path, progress=False)
-    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    cfg = tiny_config(data, "tensorboard=true", "max_steps=2", f"out_dir={str(tmp_path)!r}", "run_name='tb'")
+    result = train(cfg, progress=False)  # no run_dir: <out_dir>/<run_name>
+    assert result.run_dir == tmp_path / "tb"
+    events = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
     assert {"train_loss", "train_lr", "val_acc"} <= tags
@@ -234,10 +284,10 @@ def test_tensorboard_events(tmp_path):
 
 
 @pytest.mark.slow
-def test_torch_compile_trains_like_eager(tmp_path):
+def test_torch_compile_trains_like_eager(data, tmp_path):
     """torch.compile (inductor, C++ on the CPU): about 30 s of compilation on 2 cores."""
-    overrides = ["model.overrides={embed_dim = 32, depth = 2, num_heads = 2, mlp_dim = 64}", "data.batch_size=32",
-                 "max_steps=4", "ckpt_every_steps=100"]
+    overrides = ["model.overrides={embed_dim = 32, depth = 1, num_heads = 2, mlp_dim = 64}", "data.batch_size=32",
+                 "max_steps=4", "ckpt_every_steps=100", f"data.dataset='folder:{data}'"]
     train(load_config("demo", overrides=overrides + ["compile=true"]), run_dir=tmp_path / "compiled", progress=False)
     train(load_config("demo", overrides=overrides), run_dir=tmp_path / "eager", progress=False)
     compiled, eager = final_weights(tmp_path / "compiled"), final_weights(tmp_path / "eager")
@@ -275,16 +325,29 @@ def test_a_damaged_newest_checkpoint_is_skipped_for_the_previous_one(straight, t
     assert path.name == "ckpt-step00000004.pt" and state["step"] == 4
 
 
-def test_a_wall_clock_budget_ends_the_run_and_its_schedule(tmp_path):
-    cfg = load_config("demo", overrides=[TINY[0], "data.batch_size=32", "budget_minutes=0.05", "epochs=1000",
-                                         "log_every_steps=1", "ckpt_every_steps=100000", "optim.warmup_steps=3"])
+def test_a_wall_clock_budget_ends_the_run_and_its_schedule(data, tmp_path, monkeypatch):
+    """On a clock that moves 0.125 s per reading (the budget reads it once per step), a 3 s budget is 24 steps,
+    whatever the machine's speed. Under torchrun, the real clock: test_train_ddp.py."""
+    import functools
+    import itertools
+
+    import vitlab.train.trainer as T
+    from vitlab.train.budget import Budget
+
+    readings = itertools.count(0.0, 0.125)
+    monkeypatch.setattr(T, "Budget", functools.partial(Budget, clock=lambda: next(readings)))
+    cfg = load_config("demo", overrides=[TINY[0], f"data.dataset='folder:{data}'", "data.batch_size=32",
+                                         "budget_minutes=0.05", "epochs=1000", "log_every_steps=1",
+                                         "ckpt_every_steps=100000", "optim.warmup_steps=3"])
     result = train(cfg, run_dir=tmp_path, progress=False)
-    assert 3.0 <= result.train_seconds < 30 and result.val_acc is not None and not result.interrupted
+    assert result.train_seconds == 3.0 and result.step == 24 and result.epoch == 4  # 6 steps per epoch
+    assert result.val_acc is not None and not result.interrupted
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     lrs = [r["lr"] for r in records if "lr" in r]
-    assert len(lrs) == result.step > 10
+    assert len(lrs) == result.step
     assert lrs[2] == pytest.approx(cfg.optim.lr)  # the end of warmup
     assert all(a >= b for a, b in zip(lrs[2:], lrs[3:], strict=False))  # then only down
     assert lrs[-1] < 0.2 * cfg.optim.lr  # ... to near zero at the end of the budget
     _, state = latest_state(tmp_path)
-    assert state["train_seconds"] == pytest.approx(result.train_seconds)  # a resume continues the budget
+    assert state["train_seconds"] == result.train_seconds  # a resume continues the budget ...
+    assert state["warmup_seconds"] == 3 * 0.125  # ... and its schedule

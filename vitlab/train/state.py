@@ -1,17 +1,19 @@
 """Training checkpoints that never lose work: atomic, self-describing, resumable exactly.
 
-A training checkpoint (``ckpt-step00001234.pt``) holds the model, optimizer, EMA and scaler state,
-the position in the data (epoch, batch within the epoch, optimizer step), every RNG state and the
-resolved config. It is written to a temporary file, flushed to disk and renamed, so a process killed
-mid-write (or a full disk) leaves the previous checkpoint intact; only the last ``keep_last`` are kept.
-It holds only tensors and plain containers, so it loads with ``torch.load(weights_only=True)``.
+A training checkpoint (``ckpt-step00001234.pt``) holds the model, optimizer and EMA state, the run's
+``TrainState`` (optimizer step, position in the data, training time spent, best accuracy; stored as flat
+keys), every RNG state and the resolved config. It is written to a temporary file, flushed to disk and
+renamed, so a process killed mid-write (or a full disk) leaves the previous checkpoint intact; only the last
+``keep_last`` are kept. It holds only tensors and plain containers, so it loads with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,26 @@ from vitlab.convert import CheckpointError
 TRAIN_FORMAT = "vitlab-train"
 TRAIN_FORMAT_VERSION = 1
 _CKPT = re.compile(r"^ckpt-step(\d+)\.pt$")
+
+
+@dataclass
+class TrainState:
+    """Where a run stands: exactly what a checkpoint stores besides the weights, optimizer, RNG and config."""
+
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0
+    batch_in_epoch: int = 0  # micro-batches of this epoch consumed: where a resume continues in the data
+    train_seconds: float = 0.0  # time spent in training steps (evaluation and checkpoint writes excluded)
+    warmup_seconds: float = 0.0  # train_seconds at the end of warmup (where a time budget's schedule starts)
+    best_acc: float = -1.0  # best validation accuracy so far (-1: not evaluated yet)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainState:
+        """From a checkpoint's flat keys (other keys ignored); keys that format 1 did not always have default."""
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
 
 
 def rng_state() -> dict[str, Any]:

@@ -3,20 +3,23 @@
 Never loses work: checkpoints every ``ckpt_every_steps`` optimizer steps and at the end, written
 atomically; SIGINT/SIGTERM finish the current step, write a checkpoint and return; a non-finite loss
 stops the run with the last good checkpoint intact. ``resume`` continues exactly: the data order and
-augmentation are functions of (seed, epoch, batch), and the model, optimizer, EMA and RNG states are
-restored, so N steps straight and N/2 + kill + resume give the same weights on the CPU.
+augmentation are functions of (seed, epoch, batch), and the model, optimizer, EMA, RNG and ``TrainState``
+are restored, so N steps straight and N/2 + kill + resume give the same weights on the CPU.
+
+A run, step by step (``Trainer``): set up (processes, data, model, optimizer, the newest checkpoint or a new
+run folder); then epochs of ``train_epoch`` (``forward_backward`` per micro-batch, ``optimizer_step`` per
+``accum_steps`` of them, with logging and periodic ``save_checkpoint``), each followed by ``end_epoch``
+(``validate`` when due, keeping ``best.safetensors``); then ``finish`` (last checkpoint, ``model.safetensors``).
+A new run never writes into a folder that holds something already (``rundir.check_new_run_dir``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import os
 import signal
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,9 +32,15 @@ import vitlab
 from vitlab.cnn import ResNet
 from vitlab.data import AugmentConfig, ImageDataset, load_dataset, make_loader
 from vitlab.model import VisionTransformer
+from vitlab.train.budget import Budget
 from vitlab.train.config import TrainConfig, TrainingError, to_dict
 from vitlab.train.optim import build_optimizer, set_lr
-from vitlab.train.state import latest_state, save_state, set_rng_state
+from vitlab.train.rundir import check_new_run_dir, load_resume_config, new_run_dir, write_run_info
+from vitlab.train.runlog import RunLog
+from vitlab.train.state import TrainState, latest_state, save_state, set_rng_state
+
+__all__ = ["ModelEMA", "RunResult", "Trainer", "TrainState", "evaluate", "load_resume_config", "new_run_dir",
+           "train"]
 
 
 @dataclass
@@ -42,6 +51,22 @@ class RunResult:
     val_acc: float | None
     interrupted: bool
     train_seconds: float = 0.0  # time spent in training steps (evaluation and checkpoint writes excluded)
+
+
+def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool = False, progress: bool = True
+          ) -> RunResult:
+    """Train (or fine-tune) per ``cfg`` into ``run_dir``; with ``resume``, continue its newest checkpoint.
+
+    A new run needs an absent or empty ``run_dir`` (``TrainingError`` otherwise); without one it gets
+    ``new_run_dir(cfg)``: ``<cfg.out_dir>/<cfg.run_name or run-<timestamp>>``."""
+    if run_dir is None:
+        if resume:
+            raise TrainingError("resume=True needs the run_dir of the run to continue")
+        run_dir = new_run_dir(cfg)
+    run_dir = Path(run_dir)
+    if not resume:
+        check_new_run_dir(run_dir)  # by every process, before any of them writes (see Trainer._start_run_folder)
+    return Trainer(cfg, run_dir, resume=resume, progress=progress).run()
 
 
 class ModelEMA:
@@ -60,46 +85,184 @@ class ModelEMA:
                 e.copy_(m)
 
 
-def _device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    return torch.device(name)
+class Trainer:
+    """One run: everything set up from the config (and the newest checkpoint when resuming), then ``run()``."""
 
+    def __init__(self, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, progress: bool = True):
+        self.cfg, self.run_dir = cfg, run_dir
+        self.device, self.world, self.rank = _join_processes(cfg.device)
+        self.main_process = self.rank == 0
+        torch.manual_seed(cfg.seed + self.rank)
+        found = latest_state(run_dir) if resume else None
+        if resume and found is None:
+            raise TrainingError(f"--resume: no readable checkpoint in {run_dir}")
 
-def _git_revision() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        train_set, val_set = _datasets(cfg)
+        self.model = _build_model(cfg, train_set).to(self.device)
+        self.loader, self.val_loader = _loaders(cfg, train_set, val_set, self.model, self.device, self.world,
+                                                self.rank)
+        self.steps_per_epoch = len(self.loader) // cfg.optim.accum_steps
+        if self.steps_per_epoch == 0:
+            raise TrainingError(f"the training set ({len(train_set)} images) is smaller than one batch of "
+                                f"{cfg.data.batch_size}")
+        self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.ema = ModelEMA(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        self.state = TrainState()
+        if found is not None:
+            self._restore(*found)
+        else:
+            self._start_run_folder()
 
+        self.net: torch.nn.Module = self.model  # what the training step calls: DDP-wrapped, compiled
+        if self.world > 1:
+            device_ids = [self.device] if self.device.type == "cuda" else None
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+        if cfg.compile:
+            self.net = torch.compile(self.net)
+        self.budget = Budget(cfg.budget_minutes * 60, cfg.optim.warmup_steps, self.device)
+        self.log = RunLog(run_dir, main_process=self.main_process, world_size=self.world,
+                          tensorboard=cfg.tensorboard, progress=progress, initial_step=self.state.step,
+                          total_steps=None if self.budget.seconds > 0 else self.total_steps)
+        self.val_acc: float | None = None
 
-def _environment() -> dict[str, str]:
-    import numpy
-    import torchvision
+    # ---------------------------------------------------------------------------------------------- the loop
 
-    return {"vitlab": vitlab.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "numpy": numpy.__version__, "python": sys.version.split()[0], "git": _git_revision()}
+    def run(self) -> RunResult:
+        interrupted = False
+        with _StopFlag() as stop:
+            while not self.finished():
+                self.train_epoch(stop)
+                if stop.signal is not None:
+                    self.save_checkpoint()
+                    interrupted = True
+                    if self.main_process:
+                        print(f"\nstopped by signal {stop.signal}: checkpoint at step {self.state.step} in "
+                              f"{self.run_dir}; continue with --resume", file=sys.stderr)
+                    break
+                self.end_epoch()
+        return self.finish(interrupted)
 
+    def finished(self) -> bool:
+        return self.state.step >= self.total_steps or self.budget.exhausted(self.state)
 
-def _build_model(cfg: TrainConfig, train_set: Any) -> VisionTransformer | ResNet:
-    """The model for the data: its classes, and its resolution (the images' own when held in memory). A ResNet
-    name (vitlab.cnn.RESNETS) builds the CNN baseline, trained the same way."""
-    n = len(train_set.class_names)
-    if isinstance(train_set, ImageDataset):
-        size: Any = tuple(train_set.images.shape[-2:])
-    else:
-        size = cfg.data.image_size or None  # None: the model's own img_size
-    if cfg.model.init:  # fine-tuning: resample the position table, fresh zero head if the class count differs
-        model = vitlab.load(cfg.model.init, num_classes=n, img_size=size, **cfg.model.overrides)
-    else:
-        model = vitlab.create_model(cfg.model.name, num_classes=n, img_size=size, **cfg.model.overrides)
-    pre = model.preprocessing
-    crop = 1.0 if isinstance(train_set, ImageDataset) else pre.crop_pct
-    model.preprocessing = pre.replace(input_size=model.config.img_size, crop_pct=crop)
-    model.class_names = list(train_set.class_names)
-    return model
+    def train_epoch(self, stop: _StopFlag) -> None:
+        """Optimizer steps from the current position in the data to the end of the epoch, the end of the run,
+        or a stop signal."""
+        s, accum = self.state, self.cfg.optim.accum_steps
+        self.net.train()
+        self.log.start_window()
+        self.budget.restart()
+        batches = self.loader.epoch(s.epoch, start_step=s.batch_in_epoch)
+        for i, (x, y) in enumerate(batches, start=s.batch_in_epoch):
+            if i // accum >= self.steps_per_epoch:  # the last micro-batches, too few for an optimizer step
+                break
+            self.forward_backward(x, y, batch=i)
+            if (i + 1) % accum:
+                continue
+            self.optimizer_step(batches_done=i + 1)
+            if stop.signal is not None or self.finished():
+                break
+
+    def forward_backward(self, x: torch.Tensor, y: torch.Tensor, batch: int) -> None:
+        """One micro-batch: x (B, C, H, W); y (B,) class indices, or (B, classes) soft targets (mixup/cutmix)."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp == "bf16"):
+            logits = self.net(x)  # (B, classes)
+        loss = F.cross_entropy(logits.float(), y)
+        if not torch.isfinite(loss):
+            raise TrainingError(f"non-finite loss ({loss.item()}) at step {self.state.step} (epoch "
+                                f"{self.state.epoch}, batch {batch}); the last good checkpoint in {self.run_dir} is "
+                                "intact. Lower optim.lr, enable optim.clip_grad, or check the data")
+        (loss / self.cfg.optim.accum_steps).backward()
+        labels = y if y.ndim == 1 else y.argmax(-1)  # soft targets: the class with the largest share
+        self.log.add_batch(x.shape[0], loss.item(), (logits.argmax(-1) == labels).sum().item())
+
+    def optimizer_step(self, batches_done: int) -> None:
+        """Step on the accumulated gradients; then count the time, log, and checkpoint when due."""
+        cfg, s = self.cfg, self.state
+        lr = set_lr(self.optimizer, cfg.optim, s.step, self.total_steps, self.budget.time_progress(s))
+        if cfg.optim.clip_grad > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_grad)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.model)
+        s.step, s.batch_in_epoch = s.step + 1, batches_done
+        self.budget.count_step(s)
+        if s.step % cfg.log_every_steps == 0 or self.finished():
+            self.log.write_train(s.step, s.epoch, lr, s.train_seconds)
+        self.log.step_done()
+        if s.step % cfg.ckpt_every_steps == 0:
+            self.save_checkpoint()
+            self.budget.restart()  # the checkpoint write is not training time
+
+    def end_epoch(self) -> None:
+        """At the end of the data, move to the next epoch; validate when due (and at the end of the run)."""
+        s = self.state
+        if s.batch_in_epoch // self.cfg.optim.accum_steps >= self.steps_per_epoch:
+            s.epoch, s.batch_in_epoch = s.epoch + 1, 0
+        if (s.epoch % self.cfg.eval_every_epochs == 0 and s.batch_in_epoch == 0) or self.finished():
+            self.validate()
+
+    def validate(self) -> None:
+        """Accuracy on the validation data, logged; a new best is saved as ``best.safetensors``."""
+        s = self.state
+        stats = evaluate(self.averaged_model, self.val_loader, self.device, self.cfg.amp)
+        self.val_acc = stats["acc"]
+        self.log.write({"step": s.step, "epoch": s.epoch, "val_acc": self.val_acc, "val_loss": stats["loss"],
+                        "train_seconds": s.train_seconds})
+        if self.val_acc > s.best_acc:
+            s.best_acc = self.val_acc
+            if self.main_process:
+                vitlab.save(self.averaged_model, self.run_dir / "best.safetensors",
+                            extra_metadata={"step": str(s.step), "val_acc": f"{self.val_acc:.6f}"})
+
+    def save_checkpoint(self) -> None:
+        """The whole run (``TrainState`` as flat keys, weights, optimizer, EMA, config; RNG added by save_state)."""
+        if self.main_process:
+            ema = self.ema.module.state_dict() if self.ema is not None else {}
+            checkpoint = {**self.state.to_dict(), "model": self.model.state_dict(),
+                          "optimizer": self.optimizer.state_dict(), "ema": ema, "config": to_dict(self.cfg)}
+            save_state(self.run_dir, checkpoint, self.cfg.keep_last)
+
+    def finish(self, interrupted: bool) -> RunResult:
+        """A finished run writes its last checkpoint and ``model.safetensors``; an interrupted one has already."""
+        if not interrupted:
+            self.save_checkpoint()
+            if self.main_process:
+                final = self.averaged_model
+                final.preprocessing, final.class_names = self.model.preprocessing, self.model.class_names
+                vitlab.save(final, self.run_dir / "model.safetensors")
+        self.log.close()
+        s = self.state
+        return RunResult(self.run_dir, s.step, s.epoch, self.val_acc, interrupted, s.train_seconds)
+
+    # ---------------------------------------------------------------------------------------------- set-up
+
+    @property
+    def averaged_model(self) -> torch.nn.Module:
+        """The weights that are validated and saved: the EMA's when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def _restore(self, path: Path, checkpoint: dict[str, Any]) -> None:
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        if self.ema is not None:
+            self.ema.module.load_state_dict(checkpoint["ema"])
+        self.state = TrainState.from_dict(checkpoint)
+        set_rng_state(checkpoint["rng"])
+        if self.main_process:
+            s = self.state
+            print(f"resumed from {path} (step {s.step}, epoch {s.epoch}, batch {s.batch_in_epoch})")
+
+    def _start_run_folder(self) -> None:
+        if self.world > 1:  # every process has checked that the folder is new before the main one writes in it
+            if _uses_nccl(self.device):
+                dist.barrier(device_ids=[self.device.index])
+            else:
+                dist.barrier()
+        if self.main_process:
+            write_run_info(self.run_dir, self.cfg, self.world)
 
 
 @torch.no_grad()
@@ -121,6 +284,69 @@ def evaluate(model: torch.nn.Module, loader: Any, device: torch.device, amp: str
     return {"acc": correct / max(total, 1), "loss": loss_sum / max(total, 1)}
 
 
+def _join_processes(device_name: str) -> tuple[torch.device, int, int]:
+    """This process's device, the number of processes and this one's rank (torchrun sets the environment)."""
+    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if device_name == "auto":
+        device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    else:
+        device = torch.device(device_name)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device, world, rank
+
+
+def _uses_nccl(device: torch.device) -> bool:
+    return device.type == "cuda" and device.index is not None and dist.get_backend() == "nccl"
+
+
+def _datasets(cfg: TrainConfig) -> tuple[Any, Any]:
+    """The training and validation sets (the validation split is carved out of train where there is none)."""
+    d = cfg.data
+    common = dict(data_dir=d.data_dir or None, val_fraction=d.val_fraction, seed=cfg.seed, strict=d.strict,
+                  image_size=d.image_size or None)
+    return load_dataset(d.dataset, "train", **common), load_dataset(d.dataset, "val", **common)
+
+
+def _build_model(cfg: TrainConfig, train_set: Any) -> VisionTransformer | ResNet:
+    """The model for the data: its classes, and its resolution (the images' own when held in memory). A ResNet
+    name (vitlab.cnn.RESNETS) builds the CNN baseline, trained the same way."""
+    n = len(train_set.class_names)
+    if isinstance(train_set, ImageDataset):
+        size: Any = tuple(train_set.images.shape[-2:])
+    else:
+        size = cfg.data.image_size or None  # None: the model's own img_size
+    if cfg.model.init:  # fine-tuning: resample the position table, fresh zero head if the class count differs
+        model = vitlab.load(cfg.model.init, num_classes=n, img_size=size, **cfg.model.overrides)
+    else:
+        model = vitlab.create_model(cfg.model.name, num_classes=n, img_size=size, **cfg.model.overrides)
+    pre = model.preprocessing
+    crop = 1.0 if isinstance(train_set, ImageDataset) else pre.crop_pct
+    model.preprocessing = pre.replace(input_size=model.config.img_size, crop_pct=crop)
+    model.class_names = list(train_set.class_names)
+    return model
+
+
+def _loaders(cfg: TrainConfig, train_set: Any, val_set: Any, model: torch.nn.Module, device: torch.device,
+             world: int, rank: int) -> tuple[Any, Any]:
+    """This process's share of the training data (augmented, in micro-batches) and of the validation data."""
+    d, accum = cfg.data, cfg.optim.accum_steps
+    if d.batch_size % (world * accum):
+        raise TrainingError(f"data.batch_size={d.batch_size} is not divisible by processes x accum_steps = "
+                            f"{world} x {accum}")
+    micro = d.batch_size // (world * accum)
+    aug = AugmentConfig(crop_padding=d.crop_padding, hflip=d.hflip, auto_augment=d.auto_augment,
+                        randaugment_n=d.randaugment_n, randaugment_m=d.randaugment_m,
+                        random_erasing=d.random_erasing, mixup_alpha=d.mixup_alpha, cutmix_alpha=d.cutmix_alpha,
+                        mix_prob=d.mix_prob, label_smoothing=d.label_smoothing)
+    shared = dict(preprocessing=model.preprocessing, num_classes=len(train_set.class_names), seed=cfg.seed,
+                  device=device, rank=rank, world_size=world, num_workers=d.num_workers)
+    loader = make_loader(train_set, micro, train=True, augment=aug, **shared)
+    val_loader = make_loader(val_set, max(micro, 256), train=False, augment=None, **shared)
+    return loader, val_loader
+
+
 class _StopFlag:
     """Turns SIGINT/SIGTERM into a flag the loop checks after each optimizer step."""
 
@@ -140,216 +366,3 @@ class _StopFlag:
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
-
-
-def train(cfg: TrainConfig, *, run_dir: str | Path, resume: bool = False, progress: bool = True) -> RunResult:
-    """Train (or fine-tune) per ``cfg`` into ``run_dir``; with ``resume``, continue its newest checkpoint."""
-    run_dir = Path(run_dir)
-    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    device = _device(cfg.device, local_rank)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    main_proc = rank == 0
-    torch.manual_seed(cfg.seed + rank)
-    found = latest_state(run_dir) if resume else None
-    if resume and found is None:
-        raise TrainingError(f"--resume: no readable checkpoint in {run_dir}")
-
-    d = cfg.data
-    common = dict(data_dir=d.data_dir or None, val_fraction=d.val_fraction, seed=cfg.seed, strict=d.strict,
-                  image_size=d.image_size or None)
-    train_set = load_dataset(d.dataset, "train", **common)
-    val_set = load_dataset(d.dataset, "val", **common)
-    model = _build_model(cfg, train_set).to(device)
-    n_classes = len(train_set.class_names)
-    accum = cfg.optim.accum_steps
-    if d.batch_size % (world * accum):
-        raise TrainingError(f"data.batch_size={d.batch_size} is not divisible by processes x accum_steps = "
-                            f"{world} x {accum}")
-    micro = d.batch_size // (world * accum)
-    aug = AugmentConfig(crop_padding=d.crop_padding, hflip=d.hflip, auto_augment=d.auto_augment,
-                        randaugment_n=d.randaugment_n, randaugment_m=d.randaugment_m,
-                        random_erasing=d.random_erasing, mixup_alpha=d.mixup_alpha, cutmix_alpha=d.cutmix_alpha,
-                        mix_prob=d.mix_prob, label_smoothing=d.label_smoothing)
-    shared = dict(preprocessing=model.preprocessing, num_classes=n_classes, seed=cfg.seed, device=device, rank=rank,
-                  world_size=world, num_workers=d.num_workers)
-    loader = make_loader(train_set, micro, train=True, augment=aug, **shared)
-    val_loader = make_loader(val_set, max(micro, 256), train=False, augment=None, **shared)
-    steps_per_epoch = len(loader) // accum
-    if steps_per_epoch == 0:
-        raise TrainingError(f"the training set ({len(train_set)} images) is smaller than one batch of {d.batch_size}")
-    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
-
-    optimizer = build_optimizer(model, cfg.optim)
-    ema = ModelEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    step = epoch = batch_in_epoch = 0
-    best_acc = -1.0
-    budget_s = cfg.budget_minutes * 60
-    train_s = warmup_s = 0.0  # seconds spent in training steps; at the end of warmup
-    if found is not None:
-        ckpt_path, state = found
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if ema is not None:
-            ema.module.load_state_dict(state["ema"])
-        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        best_acc = state.get("best_acc", -1.0)
-        train_s, warmup_s = state.get("train_seconds", 0.0), state.get("warmup_seconds", 0.0)
-        set_rng_state(state["rng"])
-        if main_proc:
-            print(f"resumed from {ckpt_path} (step {step}, epoch {epoch}, batch {batch_in_epoch})")
-    elif main_proc:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
-        (run_dir / "environment.json").write_text(json.dumps({**_environment(), "world_size": world}, indent=2))
-
-    net: torch.nn.Module = model
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    step_fn = torch.compile(net) if cfg.compile else net
-    log = (run_dir / "metrics.jsonl").open("a") if main_proc else None
-    tb = None
-    if cfg.tensorboard and main_proc:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as e:
-            raise TrainingError("tensorboard=true needs the tensorboard package: pip install tensorboard") from e
-        tb = SummaryWriter(str(run_dir / "tensorboard"))
-
-    def snapshot() -> dict[str, Any]:
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "ema": ema.module.state_dict() if ema is not None else {}, "step": step, "epoch": epoch,
-                "batch_in_epoch": batch_in_epoch, "best_acc": best_acc, "config": to_dict(cfg),
-                "train_seconds": train_s, "warmup_seconds": warmup_s}
-
-    def checkpoint() -> None:
-        if main_proc:
-            save_state(run_dir, snapshot(), cfg.keep_last)
-
-    def write(record: dict[str, Any]) -> None:
-        if log is not None:
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-        if tb is not None:
-            for key, value in record.items():
-                if key not in ("step", "epoch"):
-                    tb.add_scalar(key if key.startswith(("val_", "train_")) else f"train_{key}", value, record["step"])
-
-    bar = None
-    if main_proc and progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=None if budget_s > 0 else total_steps, initial=step, unit="step", dynamic_ncols=True)
-
-    def time_progress() -> float:
-        """The fraction of the budget spent after warmup (0 without a budget)."""
-        if budget_s <= 0 or step < cfg.optim.warmup_steps:
-            return 0.0
-        return (train_s - warmup_s) / max(budget_s - warmup_s, 1e-9)
-
-    def finished() -> bool:
-        return step >= total_steps or (budget_s > 0 and train_s >= budget_s)
-
-    val_acc = None
-    interrupted = False
-    with _StopFlag() as stop:
-        while not finished():
-            net.train()
-            t0, seen, loss_acc, correct = time.perf_counter(), 0, 0.0, 0
-            clock = t0  # the step timer: evaluation and checkpoint writes are not counted in train_s
-            batches = loader.epoch(epoch, start_step=batch_in_epoch)
-            for i, (x, y) in enumerate(batches, start=batch_in_epoch):
-                if i // accum >= steps_per_epoch:
-                    break
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16"):
-                    logits = step_fn(x)
-                loss = F.cross_entropy(logits.float(), y)
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"non-finite loss ({loss.item()}) at step {step} (epoch {epoch}, batch {i}); "
-                                        f"the last good checkpoint in {run_dir} is intact. Lower optim.lr, enable "
-                                        "optim.clip_grad, or check the data")
-                (loss / accum).backward()
-                seen += x.shape[0]
-                loss_acc += loss.item() * x.shape[0]
-                correct += (logits.argmax(-1) == (y if y.ndim == 1 else y.argmax(-1))).sum().item()
-                if (i + 1) % accum:
-                    continue
-                lr = set_lr(optimizer, cfg.optim, step, total_steps, time_progress())
-                if cfg.optim.clip_grad > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                if ema is not None:
-                    ema.update(model)
-                step, batch_in_epoch = step + 1, i + 1
-                now = time.perf_counter()
-                train_s, clock = train_s + (now - clock), now
-                if budget_s > 0 and world > 1:  # every rank must stop at the same step: the slowest one's clock
-                    t = torch.tensor([train_s], dtype=torch.float64, device=device)
-                    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-                    train_s = t.item()
-                if step == cfg.optim.warmup_steps:
-                    warmup_s = train_s
-                if step % cfg.log_every_steps == 0 or finished():
-                    rate = seen * world / max(time.perf_counter() - t0, 1e-9)
-                    record = {"step": step, "epoch": epoch, "lr": lr, "loss": loss_acc / seen,
-                              "train_acc": correct / seen, "img_per_s": rate, "train_seconds": train_s}
-                    write(record)
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['train_acc']:.3f}",
-                                        img_s=f"{rate:.0f}", refresh=False)
-                    t0, seen, loss_acc, correct = time.perf_counter(), 0, 0.0, 0  # each record: its own window
-                if bar is not None:
-                    bar.update(1)
-                if step % cfg.ckpt_every_steps == 0:
-                    checkpoint()
-                    clock = time.perf_counter()
-                if stop.signal is not None or finished():
-                    break
-            if stop.signal is not None:
-                checkpoint()
-                interrupted = True
-                if main_proc:
-                    print(f"\nstopped by signal {stop.signal}: checkpoint at step {step} in {run_dir}; "
-                          "continue with --resume", file=sys.stderr)
-                break
-            if batch_in_epoch // accum >= steps_per_epoch:
-                epoch, batch_in_epoch = epoch + 1, 0
-            if (epoch % cfg.eval_every_epochs == 0 and batch_in_epoch == 0) or finished():
-                stats = evaluate(ema.module if ema is not None else model, val_loader, device, cfg.amp)
-                val_acc = stats["acc"]
-                write({"step": step, "epoch": epoch, "val_acc": val_acc, "val_loss": stats["loss"],
-                       "train_seconds": train_s})
-                if main_proc and val_acc > best_acc:
-                    best_acc = val_acc
-                    vitlab.save(ema.module if ema is not None else model, run_dir / "best.safetensors",
-                                extra_metadata={"step": str(step), "val_acc": f"{val_acc:.6f}"})
-            if finished():
-                break
-    if bar is not None:
-        bar.close()
-    if not interrupted:
-        checkpoint()
-        if main_proc:
-            final = ema.module if ema is not None else model
-            final.preprocessing, final.class_names = model.preprocessing, model.class_names
-            vitlab.save(final, run_dir / "model.safetensors")
-    if tb is not None:
-        tb.close()
-    if log is not None:
-        log.close()
-        from vitlab.plot import plot_curves, read_metrics
-
-        plot_curves(read_metrics(run_dir / "metrics.jsonl"), run_dir / "curves.png")
-    return RunResult(run_dir, step, epoch, val_acc, interrupted, train_s)
-
-
-def load_resume_config(run_dir: str | Path) -> TrainConfig:
-    """The config a run folder was started with (what ``--resume`` continues)."""
-    from vitlab.train.config import from_dict
-
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise TrainingError(f"{run_dir} has no config.json: not a vitlab run folder")
-    return from_dict(TrainConfig, json.loads(path.read_text()))

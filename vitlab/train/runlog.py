@@ -1,0 +1,87 @@
+"""What a run reports, from the main process only: ``metrics.jsonl`` (one JSON record per line, appended, so a
+resumed run continues it), TensorBoard scalars (``tensorboard=true``), a progress bar, and ``curves.png`` at the end.
+
+Training records average the loss, accuracy and throughput over the steps since the previous record (a window);
+evaluation records carry ``val_acc`` and ``val_loss``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from vitlab.train.config import TrainingError
+
+
+class RunLog:
+    def __init__(self, run_dir: Path, *, main_process: bool, world_size: int, tensorboard: bool = False,
+                 progress: bool = True, total_steps: int | None = None, initial_step: int = 0):
+        """``total_steps=None``: the length is not known ahead (a time budget); the bar counts steps."""
+        self.run_dir = run_dir
+        self.world_size = world_size
+        self.file = (run_dir / "metrics.jsonl").open("a") if main_process else None
+        self.tb = _summary_writer(run_dir / "tensorboard") if tensorboard and main_process else None
+        self.bar = None
+        if main_process and progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True)
+        self.start_window()
+
+    def start_window(self) -> None:
+        """Start averaging anew (a new epoch, or after a record)."""
+        self._started, self._images, self._loss_sum, self._correct = time.perf_counter(), 0, 0.0, 0
+
+    def add_batch(self, images: int, mean_loss: float, correct: int) -> None:
+        self._images += images
+        self._loss_sum += mean_loss * images
+        self._correct += correct
+
+    def write_train(self, step: int, epoch: int, lr: float, train_seconds: float) -> None:
+        """A training record over the window; then a new window."""
+        seen = max(self._images, 1)
+        rate = self._images * self.world_size / max(time.perf_counter() - self._started, 1e-9)
+        record = {"step": step, "epoch": epoch, "lr": lr, "loss": self._loss_sum / seen,
+                  "train_acc": self._correct / seen, "img_per_s": rate, "train_seconds": train_seconds}
+        self.write(record)
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['train_acc']:.3f}", img_s=f"{rate:.0f}",
+                                 refresh=False)
+        self.start_window()
+
+    def write(self, record: dict[str, Any]) -> None:
+        """One record (``step`` and ``epoch`` plus metrics) to metrics.jsonl and TensorBoard."""
+        if self.file is not None:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+        if self.tb is not None:
+            for key, value in record.items():
+                if key not in ("step", "epoch"):
+                    self.tb.add_scalar(key if key.startswith(("val_", "train_")) else f"train_{key}", value,
+                                       record["step"])
+
+    def step_done(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        """Close everything; draw ``curves.png`` from the whole of metrics.jsonl."""
+        if self.bar is not None:
+            self.bar.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.file is not None:
+            self.file.close()
+            from vitlab.plots.training import plot_curves, read_metrics
+
+            plot_curves(read_metrics(self.run_dir / "metrics.jsonl"), self.run_dir / "curves.png")
+
+
+def _summary_writer(folder: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise TrainingError("tensorboard=true needs the tensorboard package: pip install tensorboard") from e
+    return SummaryWriter(str(folder))
