@@ -1,6 +1,7 @@
 """Every analysis on a hand-built case whose answer is known."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,8 +24,8 @@ from vitlab.analysis import (
     soft_nearest_neighbor_loss,
     uniform_attention_distance,
 )
+from vitlab.analysis.attention import attention_maps, fuse_heads, query_row, rollout
 from vitlab.analysis.figure7 import attention_distances, model_position_similarity
-from vitlab.attention import attention_maps, fuse_heads, query_row, rollout
 
 
 def softmax_rows(b, h, n):
@@ -94,6 +95,33 @@ def test_raw_attention_is_the_explicit_softmax_and_fused_attention_stays_on():
     expected = out.attention[0][0, :, 0, 1:].mean(0)
     torch.testing.assert_close(attention_maps(model, x, "raw", layer=0).maps.flatten(), expected / expected.sum())
     assert all(blk.attn.fused for blk in model.blocks)
+
+
+def test_attention_figure_draws_the_image_its_map_and_the_heads(tmp_path, monkeypatch):
+    import vitlab.analysis.attention as attention
+
+    model = randomize_(vitlab.create_model("Ti/4@32", num_classes=3, depth=2, embed_dim=48, num_heads=3,
+                                           mlp_dim=96), std=0.2)
+    model.class_names = ["cat", "dog", "bird"]
+    image = torch.rand(1, 3, 32, 48)
+    x = model.preprocessing.normalize(image)
+    drawn = {}
+    monkeypatch.setattr(attention, "plot_attention_figure", lambda *args: drawn.update(args=args) or Path(args[-1]))
+    fig = attention.attention_figure(model, x, tmp_path / "a.png", method="grad-rollout", target=1, title="x.png")
+    shown, saliency, heads, title, map_title, heads_title, path = drawn["args"]
+    assert torch.equal(torch.from_numpy(shown), (image[0] * 255).round().byte().permute(1, 2, 0))  # denormalised
+    assert saliency.shape == (32, 48) and heads.shape == (3, 32, 48)  # upsampled; heads of the last block
+    p, c = model(x).softmax(-1)[0].max(0)
+    assert fig.prediction == f"{model.class_names[c]} ({p:.2f})" and title == f"x.png\npredicted: {fig.prediction}"
+    assert map_title == "grad-rollout, blocks 0-1\nfor class dog" and heads_title == "block 1"
+    assert fig.maps.target.tolist() == [1] and fig.path == path == tmp_path / "a.png"
+    monkeypatch.undo()
+    grey = vitlab.create_model("Ti/4@32", in_chans=1, num_classes=0, depth=1, embed_dim=48, num_heads=3, mlp_dim=96)
+    fig = attention.attention_figure(grey, grey.preprocessing.normalize(torch.rand(1, 1, 32, 32)), tmp_path / "g.png",
+                                     head=1)
+    assert fig.path.stat().st_size > 0 and fig.prediction == ""  # one channel, no head: drawn all the same
+    with pytest.raises(ValueError, match="draws one image"):
+        attention.attention_figure(model, torch.randn(2, 3, 32, 32), tmp_path / "b.png")
 
 
 def test_attention_map_arguments_are_checked():
@@ -238,9 +266,7 @@ def test_a_trained_shapes_model_points_at_the_object(tmp_path):
     train(load_config("demo"), run_dir=tmp_path, progress=False)
     model = vitlab.load(tmp_path / "model.safetensors").eval()
     test = load_dataset("shapes", "test")
-    pre = model.preprocessing
-    mean, std = torch.tensor(pre.mean).view(1, 3, 1, 1), torch.tensor(pre.std).view(1, 3, 1, 1)
-    x = (test.images[:500].float() / 255 - mean) / std
+    x = model.preprocessing.normalize(test.images[:500].float() / 255)
     masks = test.masks[:500]
     scores = {}
     for method in ("raw", "rollout", "grad-rollout"):
@@ -284,13 +310,13 @@ def test_block_representations_and_probes():
                                            mlp_dim=96), std=0.2)
     x = torch.randn(20, 3, 32, 32)
     reps = block_representations(model, x, batch_size=8)
-    assert reps["mean"].shape == reps["cls"].shape == (2, 20, 48)
+    assert [tuple(r.shape) for r in reps["mean"]] == [tuple(r.shape) for r in reps["cls"]] == [(20, 48)] * 2
     out = model.forward_intermediates(x, layers=None)
     torch.testing.assert_close(reps["cls"][1], out.tokens[1][:, 0])
     torch.testing.assert_close(reps["mean"][0], out.tokens[0][:, 1:].mean(1))
     y = torch.arange(20) % 2
-    probes = probe_blocks({k: v[:, :12] for k, v in reps.items()}, y[:12], {k: v[:, 12:] for k, v in reps.items()},
-                          y[12:])
+    probes = probe_blocks({k: [r[:12] for r in v] for k, v in reps.items()}, y[:12],
+                          {k: [r[12:] for r in v] for k, v in reps.items()}, y[12:])
     assert set(probes) == {"mean", "cls"} and len(probes["cls"]) == 2
     gap = vitlab.create_model("Ti/4@32", depth=1, pool="gap", class_token=False)
     assert set(block_representations(gap, x[:2])) == {"mean"}

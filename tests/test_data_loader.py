@@ -102,6 +102,8 @@ def test_loader_errors():
         _loader(ds, 2, rank=2, world_size=2)
     with pytest.raises(ValueError, match="num_classes=3 but the data set has label 3"):
         _loader(ds, 2, num_classes=3)
+    with pytest.raises(ValueError, match="mean and std need 3 values each, one per image channel"):
+        _loader(ds, 2, mean=(0.5,), std=(0.5,))
     eval_loader = _loader(ds, 4, train=False, rank=2, world_size=3)  # 10 images, global batch 12
     assert [len(y) for _, y in eval_loader.epoch(0)] == [2]  # rows 8..9 are rank 2's; an empty batch otherwise
     assert [len(y) for _, y in _loader(ds, 8, train=False, rank=1, world_size=3).epoch(0)] == [2]

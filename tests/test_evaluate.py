@@ -5,7 +5,14 @@ import torch
 
 import vitlab
 from vitlab.data import ImageDataset
-from vitlab.evaluate import evaluate_model, fewshot, fewshot_accuracy
+from vitlab.evaluate import (
+    accuracy,
+    count_correct,
+    evaluate_model,
+    fewshot,
+    fewshot_accuracy,
+    ridge_probe_accuracy,
+)
 
 
 def _separable(n_per_class=40, k=4, d=32, noise=0.05, seed=0):
@@ -56,3 +63,48 @@ def test_evaluate_model_maps_classes_by_name_and_rejects_unknown_ones():
     other = ImageDataset(data.images, data.labels, ["cat", "horse"])
     with pytest.raises(ValueError, match=r"\['horse'\] are not among the model's classes"):
         evaluate_model(model, other)
+
+
+def test_count_correct_with_class_indices_soft_targets_and_top_k():
+    logits = torch.tensor([[3.0, 2.0, 1.0], [0.0, 1.0, 2.0], [5.0, 0.0, 4.0]])  # predicted: 0, 2, 0
+    y = torch.tensor([0, 1, 2])
+    assert count_correct(logits, y) == 1
+    assert count_correct(logits, y, k=2) == 3  # the targets of rows 1 and 2 are their second classes
+    assert count_correct(logits[:2, :2], y[:2], k=5) == 2  # k beyond the classes: every class counts
+    with pytest.raises(ValueError, match=r"3 rows of logits and 2 targets"):
+        count_correct(logits, y[:2])
+    soft = torch.tensor([[0.9, 0.05, 0.05], [0.1, 0.6, 0.3], [0.4, 0.0, 0.6]])  # Mixup-like: argmax 0, 1, 2
+    assert count_correct(logits, soft) == 1
+
+
+def test_accuracy_in_batches_in_eval_mode():
+    model = vitlab.create_model("Ti/4@32", num_classes=3, embed_dim=32, depth=1, num_heads=2, mlp_dim=32,
+                                dropout=0.5).train()
+    x = torch.randn(7, 3, 32, 32)
+    with torch.no_grad():
+        y = model.eval()(x).argmax(-1)
+    y[:2] = (y[:2] + 1) % 3  # two of seven wrong
+    model.train()
+    assert accuracy(model, x, y, batch_size=3) == pytest.approx(5 / 7)  # eval mode: no dropout
+    assert model.training  # restored
+    with pytest.raises(ValueError, match="7 images, 6 targets"):
+        accuracy(model, x, y[:6])
+
+
+def _ridge_by_hand(train_x, train_y, test_x, l2_reg, k):
+    """The primal solution written out: W = (X^T X + l2_reg I)^-1 X^T Y on normalised, centred features."""
+    x = torch.nn.functional.normalize(train_x.double(), dim=-1)
+    mean = x.mean(0, keepdim=True)
+    x = x - mean
+    y = torch.full((len(train_y), k), -1.0, dtype=torch.float64).scatter_(1, train_y[:, None], 1.0)
+    w = torch.linalg.inv(x.T @ x + l2_reg * torch.eye(x.shape[1], dtype=torch.float64)) @ x.T @ y
+    return ((torch.nn.functional.normalize(test_x.double(), dim=-1) - mean) @ w).argmax(-1)
+
+
+@pytest.mark.parametrize("features", [10, 60], ids=["primal (n >= D)", "dual (n < D)"])
+def test_ridge_probe_solves_the_ridge_regression_in_either_form(features):
+    g = torch.Generator().manual_seed(0)
+    train_x, test_x = torch.randn(40, features, generator=g), torch.randn(50, features, generator=g)
+    train_y, test_y = torch.arange(40) % 4, torch.randint(0, 4, (50,), generator=g)  # noise: near chance
+    expected = (_ridge_by_hand(train_x, train_y, test_x, 0.5, 4) == test_y).double().mean().item()
+    assert ridge_probe_accuracy(train_x, train_y, test_x, test_y, l2_reg=0.5) == pytest.approx(expected)

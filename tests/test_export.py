@@ -1,4 +1,8 @@
-"""ONNX export: ONNX Runtime against eager PyTorch at two sizes, the metadata, and the failure modes."""
+"""ONNX export: ONNX Runtime against eager PyTorch at two sizes, the metadata, and the failure modes.
+
+An export takes a few seconds (torch.export, then the ONNX translation), however small the model: the quick tests
+share one export (the ``exported`` fixture), make one that fails its parity check, and check every argument error
+before any exporting; the other exports are marked slow."""
 
 import os
 import sys
@@ -14,7 +18,8 @@ ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 
-TINY = dict(embed_dim=32, depth=2, num_heads=4, mlp_dim=64, num_classes=5, img_size=32, patch_size=8)
+# One block: every op of the graph is in it (the exporter's time grows with the blocks, what is checked does not).
+TINY = dict(embed_dim=32, depth=1, num_heads=4, mlp_dim=64, num_classes=5, img_size=32, patch_size=8)
 TOL = 1e-4
 
 
@@ -66,6 +71,7 @@ def test_metadata_round_trip(exported):
     assert "preprocessing" in custom  # readable with onnxruntime alone
 
 
+@pytest.mark.slow  # an export each (a few seconds): variations of the dynamic export tested above
 @pytest.mark.parametrize("kw", [
     dict(pool="gap", class_token=False),
     dict(num_register_tokens=2, stem="conv"),  # BatchNorm in eval mode
@@ -78,6 +84,7 @@ def test_other_architectures_export_dynamically(tmp_path, kw):
     assert read_onnx_metadata(tmp_path / "m.onnx")["class_names"] is None
 
 
+@pytest.mark.slow  # one more export, in the static mode
 def test_static_export_runs_only_at_its_size(tmp_path):
     model = tiny()
     report = export_onnx(model, tmp_path / "s.onnx", batch=1)
@@ -132,6 +139,7 @@ def test_missing_extra_gives_the_install_hint(tmp_path, monkeypatch):
         read_onnx_metadata(tmp_path / "m.onnx")
 
 
+@pytest.mark.slow  # one more export, for a path only weights above 1.5 GiB take
 def test_large_weights_go_to_an_external_data_file(tmp_path, monkeypatch):
     monkeypatch.setattr("vitlab.export.EXTERNAL_DATA_BYTES", 0)  # as ViT-H/14 would, beyond 1.5 GiB
     model = tiny()
@@ -145,6 +153,7 @@ def test_large_weights_go_to_an_external_data_file(tmp_path, monkeypatch):
     assert "MB" in report.summary()
 
 
+@pytest.mark.slow  # an export through the command line; its argument errors are checked quickly below
 def test_the_export_command_checks_two_sizes_and_keeps_the_metadata(tmp_path, capsys):
     import vitlab
     from vitlab.cli import main
@@ -160,10 +169,18 @@ def test_the_export_command_checks_two_sizes_and_keeps_the_metadata(tmp_path, ca
     assert read_onnx_metadata(out)["class_names"] == list("abcde")
     x = torch.randn(1, 3, 40, 56)
     torch.testing.assert_close(run_onnx(out, x), vitlab.load(ckpt).eval()(x).detach(), atol=TOL, rtol=0)
+
+
+def test_the_export_command_rejects_a_check_size_off_the_patch_grid(tmp_path, capsys):
+    import vitlab
+    from vitlab.cli import main
+
+    ckpt = vitlab.save(tiny(), tmp_path / "m.safetensors")
     code = main(["export", "--model", str(ckpt), "--out", str(tmp_path / "bad.onnx"), "--check-size", "30"])
     assert code == 2 and "multiple" in capsys.readouterr().err and not (tmp_path / "bad.onnx").exists()
 
 
+@pytest.mark.slow  # one more export, of a bf16 model in training mode
 def test_a_bf16_model_in_training_mode_is_exported_from_an_fp32_copy_and_left_as_it_was(tmp_path):
     model = tiny().to(torch.bfloat16).train()
     report = export_onnx(model, tmp_path / "m.onnx")

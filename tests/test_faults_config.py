@@ -9,7 +9,7 @@ BAD_OVERRIDES = [
     ("model.overrides.img_size=30", "model.overrides.img_size: the trained model's img_size comes from data.img"),
     ("model.overrides.num_classes=3", "model.overrides.num_classes"),
     ("model.overrides.patch_size=5", "patch_size must be a power of 2"),
-    ("model.overrides.depth=0", "depth must be >= 1"),
+    ("model.overrides.depth=0", "depth must be an integer >= 1, got 0"),
     ("model.overrides.wings=2", r"unknown ViTConfig field\(s\) \['wings'\]"),
     ("model.name=B/99", "unknown model 'vit_base_patch99_224'"),
     ("ckpt_every_steps=0", "ckpt_every_steps must be > 0, got 0"),

@@ -7,10 +7,12 @@ from conftest import randomize_
 import vitlab
 from vitlab.inference import prepare_for_inference
 
+SMALL = dict(depth=2, embed_dim=64, num_heads=2, mlp_dim=128)  # a narrow Ti/4: quick to build and to run in bf16
+
 
 def test_bf16_copy_is_close_to_fp32_and_leaves_the_model_alone():
     torch.manual_seed(0)
-    model = randomize_(vitlab.create_model("Ti/4@32", num_classes=10, depth=2), std=0.05)
+    model = randomize_(vitlab.create_model("Ti/4@32", num_classes=10, **SMALL), std=0.05)
     fast = prepare_for_inference(model)
     assert next(model.parameters()).dtype == torch.float32 and model.blocks[0].attn.qkv.weight.requires_grad
     assert {p.dtype for p in fast.parameters()} == {torch.bfloat16}
@@ -34,7 +36,7 @@ def test_predict_with_bf16(capsys, tmp_path):
     from vitlab.cli import main
 
     torch.manual_seed(0)
-    model = randomize_(vitlab.create_model("Ti/4@32", num_classes=3, depth=2), std=0.05)
+    model = randomize_(vitlab.create_model("Ti/4@32", num_classes=3, **SMALL), std=0.05)
     ckpt = vitlab.save(model, tmp_path / "m.safetensors", class_names=["a", "b", "c"])
     png = tmp_path / "x.png"
     Image.fromarray((torch.rand(32, 32, 3) * 255).byte().numpy()).save(png)
@@ -51,7 +53,7 @@ def test_evaluate_model_on_the_bf16_path_agrees_with_fp32():
     from vitlab.evaluate import evaluate_model
 
     torch.manual_seed(0)
-    model = randomize_(vitlab.create_model("Ti/4@32", num_classes=3, depth=2), std=0.05)
+    model = randomize_(vitlab.create_model("Ti/4@32", num_classes=3, **SMALL), std=0.05)
     images = (torch.rand(40, 3, 32, 32) * 255).byte()
     with torch.no_grad():  # labels = the fp32 model's own predictions: fp32 top-1 is 1 by construction
         labels = model(((images.float() / 255) - 0.5) / 0.5).argmax(-1)

@@ -142,6 +142,16 @@ def test_config_validation():
     assert cfg.num_tokens == 4 * 8 + 3
 
 
+def test_the_conv_stem_channels_have_one_rule():
+    cfg = ViTConfig(stem="conv", patch_size=16, embed_dim=192, num_heads=3)  # 4 convs from D / 2^3 = 24
+    assert cfg.conv_stem_channels == (24, 48, 96, 192)
+    assert cfg.replace(stem_width=64).conv_stem_channels == (64, 128, 192, 192)  # capped at D
+    assert cfg.replace(embed_dim=32, num_heads=2).conv_stem_channels == (8, 16, 32, 32)  # at least 8 wide
+    assert ViTConfig().conv_stem_channels == ()  # the patch stem has no convs
+    stem = VisionTransformer(cfg.replace(depth=1)).patch_embed
+    assert [m.out_channels for m in stem.convs if isinstance(m, torch.nn.Conv2d)] == [24, 48, 96, 192]
+
+
 def test_official_init():
     model = tiny(num_register_tokens=2, layer_scale_init=0.1)
     assert model.head.weight.abs().sum() == 0 and model.head.bias.abs().sum() == 0

@@ -7,18 +7,22 @@ Built from torchvision's ``BasicBlock`` / ``Bottleneck``. Two stems, picked by t
 Sizes (``RESNETS``): resnet20/56 are the paper's CIFAR ResNets (three stages of 16/32/64 channels,
 Sec. 4.2); resnet18/34/50 the ImageNet ones (Table 1).
 
-``forward_blocks`` returns every residual block's output, the CNN counterpart of the ViT's per-block
-tokens that ``vitlab.analysis.block_representations`` reads.
+``forward_intermediates`` returns every residual block's output as the ViT's does (``vitlab.model.Intermediates``,
+one token per position of the block's feature map), so the analyses (``vitlab.analysis.block_representations``)
+read both architectures the same way.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn as nn
+
+from vitlab.model import Intermediates, layer_indices
 
 # name -> (block, blocks per stage, channels per stage); He et al. 2016 Table 1 and Sec. 4.2.
 RESNETS: dict[str, tuple[str, tuple[int, ...], tuple[int, ...]]] = {
@@ -53,6 +57,11 @@ class ResNetConfig:
     def depth(self) -> int:
         """Residual blocks in all (the CNN's counterpart of the ViT's depth)."""
         return sum(RESNETS[self.arch][1])
+
+    @property
+    def class_token(self) -> bool:
+        """A CNN has no class token (read like ``ViTConfig.class_token`` by the analyses)."""
+        return False
 
     def replace(self, **changes: Any) -> ResNetConfig:
         return dataclasses.replace(self, **changes)
@@ -117,16 +126,26 @@ class ResNet(nn.Module):
         if x.ndim != 4 or x.shape[1] != self.config.in_chans:
             raise ValueError(f"expected images of shape (B, {self.config.in_chans}, H, W), got {tuple(x.shape)}")
 
-    def forward_blocks(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The output of every residual block, in order: a list of (B, C_i, h_i, w_i)."""
+    def forward_intermediates(self, x: torch.Tensor, layers: int | Sequence[int] | None = None,
+                              return_attention: bool = False) -> Intermediates:
+        """Run the model and keep the output of the requested residual blocks, as ``VisionTransformer`` does.
+
+        layers: None = every block; an int n = the last n; a sequence = those indices (negative from the end).
+        ``tokens[l]`` is block l's feature map (B, C_l, h_l, w_l) as (B, h_l*w_l, C_l); ``features`` the last
+        feature map (B, C, h, w) that ``forward_head`` reads; no attention (``return_attention`` is an error).
+        """
+        if return_attention:
+            raise ValueError("a ResNet has no attention to return; attention analyses are for ViTs")
         self._check_input(x)
+        keep = layer_indices(layers, self.config.depth)
+        tokens = {}
         x = self.stem(x)
-        out = []
-        for stage in self.stages:
-            for blk in stage:
-                x = blk(x)
-                out.append(x)
-        return out
+        blocks = [blk for stage in self.stages for blk in stage]
+        for i, blk in enumerate(blocks):
+            x = blk(x)  # (B, C_l, h_l, w_l)
+            if i in keep:
+                tokens[i] = x.flatten(2).transpose(1, 2)  # (B, h_l*w_l, C_l)
+        return Intermediates(tokens, {}, x, tuple(x.shape[-2:]), num_prefix_tokens=0)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> the last stage's feature map (B, C', h, w)."""

@@ -75,6 +75,14 @@ class ViTConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "img_size", _pair(self.img_size))
         object.__setattr__(self, "no_residual_blocks", tuple(int(i) for i in self.no_residual_blocks))
+        for name in ("patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_dim"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        for name in ("num_classes", "num_register_tokens"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
+        if min(self.img_size) < 1:
+            raise ValueError(f"img_size must be positive, got {self.img_size}")
         for i in self.no_residual_blocks:
             if not 0 <= i < self.depth:
                 raise ValueError(f"no_residual_blocks: block {i} does not exist "
@@ -120,6 +128,16 @@ class ViTConfig:
     def num_tokens(self) -> int:
         """N: tokens the encoder sees at img_size (patches + class + registers)."""
         return math.prod(self.grid_size) + self.num_prefix_tokens
+
+    @property
+    def conv_stem_channels(self) -> tuple[int, ...]:
+        """Output channels of each 3x3 stride-2 conv of the conv stem (empty for stem='patch'): log2(P) convs, the
+        first ``stem_width`` wide (default D / 2^(n_convs - 1), at least 8), doubling up to D (Xiao et al. 2021)."""
+        if self.stem != "conv":
+            return ()
+        n_convs = self.patch_size.bit_length() - 1  # P = 2^n_convs
+        width = self.stem_width or max(self.embed_dim // 2 ** (n_convs - 1), 8)
+        return tuple(min(width * 2**i, self.embed_dim) for i in range(n_convs))
 
     @property
     def num_features(self) -> int:

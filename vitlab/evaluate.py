@@ -1,18 +1,23 @@
-"""Evaluation of a classifier on a data set: top-1/top-5, per-class accuracy, confusion matrix."""
+"""Evaluation of a classifier: top-1/top-5, per-class accuracy and confusion matrix on a data set; the one
+accuracy count (:func:`count_correct`, :func:`accuracy`) and the one closed-form ridge probe
+(:func:`ridge_probe_accuracy`) of frozen features, which the analyses use too."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vitlab.data import ImageDataset, StreamingDataset, make_loader
 from vitlab.inference import prepare_for_inference
 from vitlab.model import VisionTransformer
+
+if TYPE_CHECKING:  # vitlab.data imports torchvision: the analyses import this module without it
+    from vitlab.data import ImageDataset, StreamingDataset
 
 
 @dataclass
@@ -48,11 +53,42 @@ def class_index_map(model: VisionTransformer, dataset: ImageDataset | StreamingD
     return torch.tensor([names.index(c) for c in dataset.class_names])
 
 
+def count_correct(logits: torch.Tensor, targets: torch.Tensor, k: int = 1) -> int:
+    """How many of the rows of ``logits`` (B, K) have their target among the top ``k`` classes. ``targets``: class
+    indices (B,), or soft targets (B, K) (Mixup, CutMix, label smoothing), which count by their largest class."""
+    if targets.shape[0] != logits.shape[0]:
+        raise ValueError(f"{logits.shape[0]} rows of logits and {targets.shape[0]} targets: expected one per row")
+    if targets.ndim == 2:
+        targets = targets.argmax(dim=-1)
+    if k == 1:
+        return int((logits.argmax(dim=-1) == targets).sum().item())
+    top = logits.topk(min(k, logits.shape[-1]), dim=-1).indices  # (B, k)
+    return int((top == targets[:, None]).any(dim=-1).sum().item())
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
+    """Top-1 of ``model`` (in eval mode; its mode is restored) on images ``x`` (N, C, H, W) already normalised and
+    targets ``y`` (N,) or (N, K), in batches of ``batch_size``."""
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x and y must hold the same examples: {x.shape[0]} images, {y.shape[0]} targets")
+    was_training = model.training
+    model.eval()
+    try:
+        correct = sum(count_correct(model(x[i:i + batch_size]), y[i:i + batch_size])
+                      for i in range(0, x.shape[0], batch_size))
+    finally:
+        model.train(was_training)
+    return correct / max(x.shape[0], 1)
+
+
 @torch.no_grad()
 def evaluate_model(model: VisionTransformer, dataset: ImageDataset | StreamingDataset, *, batch_size: int = 256,
                    device: str | torch.device = "cpu", dtype: str = "float32") -> EvalResult:
     """Accuracy of ``model`` on every image of ``dataset`` (no augmentation; the model's mean/std). ``dtype``
     "bfloat16" measures the fast inference path (vitlab.inference), i.e. its accuracy cost against float32."""
+    from vitlab.data import make_loader
+
     device = torch.device(device)
     model = model.eval().to(device)
     net = model if dtype == "float32" else prepare_for_inference(model, dtype)
@@ -61,18 +97,18 @@ def evaluate_model(model: VisionTransformer, dataset: ImageDataset | StreamingDa
     loader = make_loader(dataset, batch_size, train=False, augment=None, preprocessing=model.preprocessing,
                          num_classes=len(dataset.class_names), device=device)
     confusion = torch.zeros(k, k, dtype=torch.int64)
-    top5 = total = 0
+    top1 = top5 = total = 0
     for x, y in loader.epoch(0):
         logits = net(x)
         target = to_model[y]
-        pred = logits.argmax(-1)
-        confusion += torch.bincount(target * k + pred, minlength=k * k).reshape(k, k).cpu()
-        top5 += (logits.topk(min(5, k), dim=-1).indices == target[:, None]).any(-1).sum().item()
+        confusion += torch.bincount(target * k + logits.argmax(-1), minlength=k * k).reshape(k, k).cpu()
+        top1 += count_correct(logits, target)
+        top5 += count_correct(logits, target, k=5)
         total += y.numel()
     names = model.class_names or list(dataset.class_names) + [f"class_{i}" for i in range(len(dataset.class_names), k)]
     per_class = {names[i]: (confusion[i, i] / confusion[i].sum()).item() for i in to_model.tolist()
                  if confusion[i].sum() > 0}
-    return EvalResult(top1=confusion.diag().sum().item() / max(total, 1), top5=top5 / max(total, 1),
+    return EvalResult(top1=top1 / max(total, 1), top5=top5 / max(total, 1),
                       per_class=per_class, confusion=confusion.numpy(), class_names=list(names), num_images=total)
 
 
@@ -80,6 +116,8 @@ def evaluate_model(model: VisionTransformer, dataset: ImageDataset | StreamingDa
 def extract_features(model: VisionTransformer, dataset: ImageDataset | StreamingDataset, *, batch_size: int = 256,
                      device: str | torch.device = "cpu") -> torch.Tensor:
     """Frozen pooled representations (N, num_features): the input of the head (``pre_logits=True``)."""
+    from vitlab.data import make_loader
+
     device = torch.device(device)
     model = model.eval().to(device)
     loader = make_loader(dataset, batch_size, train=False, augment=None, preprocessing=model.preprocessing,
@@ -90,12 +128,8 @@ def extract_features(model: VisionTransformer, dataset: ImageDataset | Streaming
 
 def fewshot_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
                      shots: int, seed: int, l2_reg: float = 1.0) -> float:
-    """The ViT paper's linear few-shot evaluation (Sec. 4.1): closed-form regularised least squares from
-    frozen features of ``shots`` images per class to targets in {-1, 1}^K, then top-1 on the test set.
-
-    Features are L2-normalised and centred on the few-shot subset; W = X^T (X X^T + l2_reg I)^-1 Y
-    (the dual form: the subset has far fewer rows than features).
-    """
+    """The ViT paper's linear few-shot evaluation (Sec. 4.1): :func:`ridge_probe_accuracy` from frozen features of
+    ``shots`` images per class (a seeded random subset) to targets in {-1, 1}^K, then top-1 on the test set."""
     k = int(train_y.max()) + 1
     g = torch.Generator().manual_seed(seed)
     idx = []
@@ -105,14 +139,31 @@ def fewshot_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch
             raise ValueError(f"class {c} has {len(members)} training images, fewer than {shots} shots")
         idx.append(members[torch.randperm(len(members), generator=g)[:shots]])
     idx = torch.cat(idx)
-    x = F.normalize(train_x[idx].double(), dim=-1)
+    return ridge_probe_accuracy(train_x[idx], train_y[idx], test_x, test_y, l2_reg, num_classes=k)
+
+
+def ridge_probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+                         l2_reg: float, num_classes: int | None = None) -> float:
+    """Top-1 on (test_x, test_y) of a closed-form ridge regression from features (n, ...) to class targets in
+    {-1, 1}^K (the ViT paper's linear evaluation). Features are flattened per example, L2-normalised and centred
+    on the training set; ``num_classes`` K defaults to the largest training label + 1.
+
+    W = (X^T X + l2_reg I)^-1 X^T Y (primal), computed as X^T (X X^T + l2_reg I)^-1 Y (dual) when there are
+    fewer examples than features: the same W, from the smaller system.
+    """
+    x = F.normalize(train_x.reshape(train_x.shape[0], -1).double(), dim=-1)
     mean = x.mean(dim=0, keepdim=True)
-    x = x - mean
-    y = -torch.ones(len(idx), k, dtype=torch.float64)
-    y[torch.arange(len(idx)), train_y[idx]] = 1.0
-    w = x.T @ torch.linalg.solve(x @ x.T + l2_reg * torch.eye(len(idx), dtype=torch.float64), y)  # (D, K)
-    pred = ((F.normalize(test_x.double(), dim=-1) - mean) @ w).argmax(dim=-1)
-    return (pred == test_y).double().mean().item()
+    x = x - mean  # (n, D)
+    n, d = x.shape
+    k = int(train_y.max()) + 1 if num_classes is None else num_classes
+    y = -torch.ones(n, k, dtype=torch.float64)
+    y[torch.arange(n), train_y] = 1.0
+    if n < d:
+        w = x.T @ torch.linalg.solve(x @ x.T + l2_reg * torch.eye(n, dtype=torch.float64), y)  # (D, K)
+    else:
+        w = torch.linalg.solve(x.T @ x + l2_reg * torch.eye(d, dtype=torch.float64), x.T @ y)  # (D, K)
+    test = F.normalize(test_x.reshape(test_x.shape[0], -1).double(), dim=-1) - mean
+    return count_correct(test @ w, test_y) / max(test_y.shape[0], 1)
 
 
 def fewshot(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,

@@ -21,14 +21,8 @@ from vitlab.config import ViTConfig
 
 def _conv_stem_layers(cfg: ViTConfig) -> list[tuple[int, int]]:
     """(c_in, c_out) of each 3x3 stride-2 conv of ``model.ConvStem``, in order."""
-    n_convs = cfg.patch_size.bit_length() - 1  # P = 2^n_convs
-    width = cfg.stem_width or max(cfg.embed_dim // 2 ** (n_convs - 1), 8)
-    layers, c_in = [], cfg.in_chans
-    for i in range(n_convs):
-        c_out = min(width * 2**i, cfg.embed_dim)
-        layers.append((c_in, c_out))
-        c_in = c_out
-    return layers
+    c_out = cfg.conv_stem_channels
+    return list(zip((cfg.in_chans, *c_out[:-1]), c_out, strict=True))
 
 
 def count_flops(config: ViTConfig, img_size: int | tuple[int, int] | None = None) -> int:

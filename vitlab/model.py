@@ -48,11 +48,8 @@ class ConvStem(nn.Module):
 
     def __init__(self, cfg: ViTConfig):
         super().__init__()
-        n_convs = cfg.patch_size.bit_length() - 1  # P = 2^n_convs
-        width = cfg.stem_width or max(cfg.embed_dim // 2 ** (n_convs - 1), 8)
         layers, c_in = [], cfg.in_chans
-        for i in range(n_convs):
-            c_out = min(width * 2**i, cfg.embed_dim)
+        for c_out in cfg.conv_stem_channels:  # log2(P) convs, channels doubling up to D
             layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out),
                        nn.ReLU(inplace=True)]
             c_in = c_out
@@ -157,14 +154,18 @@ class Block(nn.Module):
 
 @dataclass
 class Intermediates:
-    """What ``VisionTransformer.forward_intermediates`` returns.
+    """What ``forward_intermediates`` returns, for a ``VisionTransformer`` and for the ResNet baseline
+    (``vitlab.cnn``) alike.
 
     tokens:    block index -> (B, N, D), the residual stream after that block (before the final LN).
+               A ResNet: (B, h_l*w_l, C_l), the block's feature map as one token per position (row-major).
     attention: block index -> (B, Nh, N, N) softmax probabilities (rows: queries, columns: keys);
-               filled only with return_attention=True, for the requested blocks.
-    features:  (B, N, D), the output of ``forward_features`` (the head reads it through ``forward_head``).
-    grid_size: (h, w) of the patch grid for this input. Token order: [class, registers..., patches].
-    num_prefix_tokens: class + register tokens before the patches.
+               filled only with return_attention=True, for the requested blocks (a ResNet has none).
+    features:  the output of ``forward_features``, which ``forward_head`` reads: (B, N, D) tokens, or a
+               ResNet's last feature map (B, C, h, w).
+    grid_size: (h, w) of the patch grid for this input (a ResNet: of its last block; earlier stages are finer).
+               Token order: [class, registers..., patches].
+    num_prefix_tokens: class + register tokens before the patches (0 for a ResNet).
     """
 
     tokens: dict[int, torch.Tensor]
@@ -176,7 +177,29 @@ class Intermediates:
     def patch_tokens(self, layer: int) -> torch.Tensor:
         """The patch tokens of a block as a grid, (B, h, w, D)."""
         x = self.tokens[layer][:, self.num_prefix_tokens:]
-        return x.reshape(x.shape[0], *self.grid_size, x.shape[-1])
+        h, w = self.grid_size
+        if x.shape[1] != h * w:
+            raise ValueError(f"block {layer} has {x.shape[1]} patch tokens, not the {h}x{w} grid of grid_size "
+                             "(a ResNet's stages before the last have finer grids)")
+        return x.reshape(x.shape[0], h, w, x.shape[-1])
+
+
+def layer_indices(layers: int | Sequence[int] | None, depth: int) -> set[int]:
+    """The block indices ``forward_intermediates(layers=...)`` keeps, of a model of ``depth`` blocks: None = every
+    block; an int n = the last n blocks; a sequence = those indices (negative counts from the end)."""
+    if layers is None:
+        return set(range(depth))
+    if isinstance(layers, int):
+        if not 0 < layers <= depth:
+            raise ValueError(f"layers={layers}: as an int it means the last n blocks, 1 <= n <= {depth}")
+        return set(range(depth - layers, depth))
+    out = set()
+    for i in layers:
+        if not -depth <= i < depth:
+            raise ValueError(f"layer index {i} is out of range for a model of {depth} blocks "
+                             f"(valid: {-depth}..{depth - 1})")
+        out.add(i % depth)
+    return out
 
 
 class VisionTransformer(nn.Module):
@@ -316,7 +339,7 @@ class VisionTransformer(nn.Module):
         (negative counts from the end). Only the requested blocks compute explicit attention; every
         other block keeps the fused kernel. See :class:`Intermediates` for what comes back.
         """
-        keep = self._layer_indices(layers)
+        keep = layer_indices(layers, len(self.blocks))
         grid = (x.shape[-2] // self.config.patch_size, x.shape[-1] // self.config.patch_size)
         tokens, attention = {}, {}
         x = self.embed(x)
@@ -327,22 +350,6 @@ class VisionTransformer(nn.Module):
                 if probs is not None:
                     attention[i] = probs
         return Intermediates(tokens, attention, self.norm(x), grid, self.config.num_prefix_tokens)
-
-    def _layer_indices(self, layers: int | Sequence[int] | None) -> set[int]:
-        depth = len(self.blocks)
-        if layers is None:
-            return set(range(depth))
-        if isinstance(layers, int):
-            if not 0 < layers <= depth:
-                raise ValueError(f"layers={layers}: as an int it means the last n blocks, 1 <= n <= {depth}")
-            return set(range(depth - layers, depth))
-        out = set()
-        for i in layers:
-            if not -depth <= i < depth:
-                raise ValueError(f"layer index {i} is out of range for a model of {depth} blocks "
-                                 f"(valid: {-depth}..{depth - 1})")
-            out.add(i % depth)
-        return out
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the head with a fresh zero-initialised one (0 = no head)."""

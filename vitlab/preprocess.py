@@ -8,7 +8,9 @@ inside every checkpoint vitlab writes and is read from every format that records
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,8 @@ class Preprocessing:
         object.__setattr__(self, "input_size", tuple(int(s) for s in self.input_size))
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        if len(self.mean) != len(self.std) or min(self.std, default=0) <= 0:
+            raise ValueError(f"mean and std need one value per channel each (std > 0), got {self.mean} and {self.std}")
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation={self.interpolation!r} is not one of {INTERPOLATIONS}")
         if not 0 < self.crop_pct <= 1:
@@ -45,9 +49,11 @@ class Preprocessing:
 
     @classmethod
     def default_for(cls, config) -> Preprocessing:
-        """For a model without pretrained weights: its input size, mean = std = 0.5, no crop for small images."""
+        """For a model without pretrained weights: its input size, mean = std = 0.5 for each of its input channels,
+        no crop for small images."""
         small = max(config.img_size) <= 64
-        return cls(input_size=config.img_size, crop_pct=1.0 if small else 0.9)
+        half = (0.5,) * config.in_chans
+        return cls(input_size=config.img_size, mean=half, std=half, crop_pct=1.0 if small else 0.9)
 
     def replace(self, **changes: Any) -> Preprocessing:
         return dataclasses.replace(self, **changes)
@@ -61,6 +67,26 @@ class Preprocessing:
     def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Float images (..., C, H, W) in [0, 1] -> (x - mean) / std per channel, on x's device and in its dtype."""
+        mean, std = self._channel_stats(x)
+        return (x - mean) / std
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`normalize`: (..., C, H, W) -> x * std + mean (in [0, 1] for images it normalised)."""
+        mean, std = self._channel_stats(x)
+        return x * std + mean
+
+    def _channel_stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """mean and std as (C, 1, 1) tensors on x's device and in its dtype, after checking x's channels."""
+        if not x.is_floating_point():
+            raise TypeError(f"expected float images scaled to [0, 1], got dtype {x.dtype}; convert uint8 images "
+                            "with x.float() / 255")
+        if x.ndim < 3 or x.shape[-3] != len(self.mean):
+            raise ValueError(f"expected images (..., {len(self.mean)}, H, W) for the {len(self.mean)} channel(s) of "
+                             f"mean {self.mean} and std {self.std}, got shape {tuple(x.shape)}")
+        return _stats_tensors(self.mean, self.std, x.device, x.dtype)
 
     def transform(self):
         """A torchvision.transforms.v2 pipeline: PIL image or uint8 tensor -> normalised float tensor."""
@@ -81,6 +107,33 @@ class Preprocessing:
             T.ToDtype(torch.float32, scale=True),
             T.Normalize(self.mean, self.std),
         ])
+
+    def transform_whole(self, patch_size: int) -> Callable[[Any], torch.Tensor]:
+        """Like :meth:`transform` without the crop, for a model that takes any size divisible by ``patch_size``:
+        PIL image or uint8 tensor -> normalised float tensor (C, H', W') of the whole image, its shorter side resized
+        to the shorter side of ``input_size`` and both sides rounded to a multiple of ``patch_size``."""
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms import v2 as T
+
+        mode = InterpolationMode(self.interpolation)
+
+        def apply(image: Any) -> torch.Tensor:
+            x = T.ToImage()(image)  # (C, H, W) uint8
+            h, w = x.shape[-2:]
+            scale = min(self.input_size) / min(h, w)
+            size = [max(patch_size, round(s * scale / patch_size) * patch_size) for s in (h, w)]
+            x = T.ToDtype(torch.float32, scale=True)(T.Resize(size, mode, antialias=True)(x))
+            return self.normalize(x.as_subclass(torch.Tensor))
+
+        return apply
+
+
+@functools.lru_cache(maxsize=16)
+def _stats_tensors(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device, dtype: torch.dtype
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(C, 1, 1) tensors of mean and std, made once per device and dtype (a batch loader normalises every batch)."""
+    return (torch.tensor(mean, dtype=dtype, device=device).view(-1, 1, 1),
+            torch.tensor(std, dtype=dtype, device=device).view(-1, 1, 1))
 
 
 def load_image(path: str | Path) -> Image.Image:

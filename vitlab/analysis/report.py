@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from vitlab.analysis import figure7, plots
+from vitlab.analysis import figure7
+from vitlab.analysis.attention import METHODS, attention_maps, upsample_map
 from vitlab.analysis.faithfulness import deletion_insertion_curves, pointing_game, random_order, summarize
 from vitlab.analysis.representations import (
     block_representations,
@@ -28,20 +29,26 @@ from vitlab.analysis.representations import (
     residual_ablation_cka,
     soft_nearest_neighbor_loss,
 )
-from vitlab.attention import METHODS, attention_maps, upsample_map
 from vitlab.cnn import ResNet
 from vitlab.data import ImageDataset
-from vitlab.data.augment import normalize
 from vitlab.data.datasets import generator
-from vitlab.evaluate import class_index_map
+from vitlab.evaluate import accuracy, class_index_map
 from vitlab.model import VisionTransformer
+from vitlab.plots.analysis import (
+    plot_attention_distance,
+    plot_matrix,
+    plot_patch_components,
+    plot_per_block,
+    plot_position_similarity,
+)
+from vitlab.plots.attention import plot_deletion_insertion, plot_saliency_grid
 
 
 @dataclass
 class Sample:
-    x: torch.Tensor  # (n, 3, H, W) normalised with the model's mean and std
+    x: torch.Tensor  # (n, C, H, W) normalised with the model's mean and std
     y: torch.Tensor  # (n,) the model's class indices
-    images: torch.Tensor  # (n, 3, H, W) uint8, for display
+    images: torch.Tensor  # (n, C, H, W) uint8, for display
     masks: torch.Tensor | None  # (n, H, W) bool object masks, when the data set has them
 
 
@@ -50,26 +57,18 @@ def sample_images(model: VisionTransformer, dataset: Any, n: int, seed: int = 0)
     to_model = class_index_map(model, dataset)
     idx = torch.randperm(len(dataset), generator=generator("analyze", seed))[:n]
     pre = model.preprocessing
-    mean, std = torch.tensor(pre.mean), torch.tensor(pre.std)
     if isinstance(dataset, ImageDataset):
         images = dataset.images[idx]
-        x = normalize(images, mean, std)
+        x = pre.normalize(images.float() / 255.0)
         masks = dataset.masks[idx] if dataset.masks is not None else None
         labels = dataset.labels[idx]
     else:  # streamed: the weights' own preprocessing (resize, centre crop), un-normalised for display
         transform = pre.transform()
         loaded = [dataset.load(int(i)) for i in idx]
         x = torch.stack([transform(img) for img, _ in loaded])
-        images = ((x * std.view(1, 3, 1, 1) + mean.view(1, 3, 1, 1)).clamp(0, 1) * 255).round().byte()
+        images = (pre.denormalize(x).clamp(0, 1) * 255).round().byte()
         masks, labels = None, torch.tensor([label for _, label in loaded])
     return Sample(x, to_model[labels], images, masks)
-
-
-@torch.no_grad()
-def _accuracy(model: VisionTransformer, s: Sample, batch: int = 256) -> float:
-    correct = sum((model(s.x[i:i + batch]).argmax(-1) == s.y[i:i + batch]).sum().item()
-                  for i in range(0, len(s.y), batch))
-    return correct / max(len(s.y), 1)
 
 
 def analyze(model: VisionTransformer, test_set: Any, train_set: Any, out_dir: str | Path, *,
@@ -93,7 +92,7 @@ def analyze(model: VisionTransformer, test_set: Any, train_set: Any, out_dir: st
         bar.update(1)
 
     test = sample_images(model, test_set, n_images, seed)
-    numbers["accuracy"] = {"top1": _accuracy(model, test), "images": len(test.y)}
+    numbers["accuracy"] = {"top1": accuracy(model, test.x, test.y), "images": len(test.y)}
     step("sample")
 
     show = slice(0, min(n_show, len(test.y)))
@@ -108,8 +107,8 @@ def analyze(model: VisionTransformer, test_set: Any, train_set: Any, out_dir: st
     titles = [f"true {class_names[t]}\npred {class_names[p]}" for t, p in zip(test.y[show].tolist(), pred.tolist(),
                                                                               strict=True)]
     shown = {m: upsample_map(v[show], size).numpy() for m, v in maps.items()}
-    figures.append(("Attention maps", plots.plot_saliency_grid(test.images[show].permute(0, 2, 3, 1).numpy(), shown,
-                                                               titles, out / "attention.png").name,
+    figures.append(("Attention maps", plot_saliency_grid(test.images[show].permute(0, 2, 3, 1).numpy(), shown,
+                                                         titles, out / "attention.png").name,
                     "Raw attention of the last block, attention rollout and gradient rollout (predicted class)."))
     step("attention maps")
 
@@ -124,7 +123,7 @@ def analyze(model: VisionTransformer, test_set: Any, train_set: Any, out_dir: st
         faith[m] = asdict(summarize(c, rand))
     fraction = rand["fraction"].numpy()
     numbers["faithfulness"] = faith
-    curve_png = plots.plot_deletion_insertion(fraction, curves, out / "deletion_insertion.png")
+    curve_png = plot_deletion_insertion(fraction, curves, out / "deletion_insertion.png")
     figures.append(("Faithfulness", curve_png.name,
                     f"Probability of the true class as patches are deleted / inserted in the order of each map "
                     f"({n_faithfulness} images)."))
@@ -137,17 +136,17 @@ def analyze(model: VisionTransformer, test_set: Any, train_set: Any, out_dir: st
 
     if cfg.stem == "patch":
         comps, var = figure7.patch_embedding_components(model, k=28)
-        figures.append(("Figure 7", plots.plot_patch_components(comps.numpy(), var.numpy(), out / "patch_pcs.png").name,
+        figures.append(("Figure 7", plot_patch_components(comps.numpy(), var.numpy(), out / "patch_pcs.png").name,
                         "Principal components of the patch-embedding filters (paper Figure 7, left)."))
     if model.pos_embed is not None:
         sim = figure7.model_position_similarity(model)
-        figures.append(("Figure 7", plots.plot_position_similarity(sim.numpy(), out / "pos_similarity.png").name,
+        figures.append(("Figure 7", plot_position_similarity(sim.numpy(), out / "pos_similarity.png").name,
                         "Cosine similarity of each position embedding with all others (Figure 7, centre)."))
     dist = figure7.attention_distances(model, test.x[:256])
     ceiling = figure7.uniform_attention_distance((size[0] // cfg.patch_size, size[1] // cfg.patch_size),
                                                  cfg.patch_size)
     numbers["mean_attention_distance"] = {"per_block_head": dist.tolist(), "uniform": ceiling}
-    dist_png = plots.plot_attention_distance(dist.numpy(), ceiling, out / "attention_distance.png")
+    dist_png = plot_attention_distance(dist.numpy(), ceiling, out / "attention_distance.png")
     figures.append(("Figure 7", dist_png.name,
                     "Mean attention distance of every head against the block (Figure 7, right)."))
     step("figure 7")
@@ -158,15 +157,15 @@ def analyze(model: VisionTransformer, test_set: Any, train_set: Any, out_dir: st
     probes = probe_blocks(reps_train, train.y, reps_test, test.y)
     numbers["linear_probes"] = probes
     chance = 1.0 / cfg.num_classes if cfg.num_classes else None
-    figures.append(("Representations", plots.plot_per_block(
+    figures.append(("Representations", plot_per_block(
         {f"{k} token" if k == "cls" else "mean of patch tokens": v for k, v in probes.items()}, "linear probe top-1",
         out / "probes.png", chance).name, f"Linear probes per block ({n_probe_train} train images)."))
     step("probes")
 
     cka_self = cka_matrix(reps_test["mean"], reps_test["mean"], cka_batch)
     numbers["cka"] = {"within": cka_self.tolist()}
-    figures.append(("Representations", plots.plot_matrix(cka_self.numpy(), f"CKA between blocks ({names[0]})", "block",
-                                                         "block", out / "cka.png").name,
+    figures.append(("Representations", plot_matrix(cka_self.numpy(), f"CKA between blocks ({names[0]})", "block",
+                                                   "block", out / "cka.png").name,
                     "Minibatch linear CKA between the blocks' mean patch tokens."))
     if compare is not None:
         compare = compare.eval()
@@ -175,33 +174,34 @@ def analyze(model: VisionTransformer, test_set: Any, train_set: Any, out_dir: st
         cross = cka_matrix(reps_test["mean"], other, cka_batch)
         numbers["cka"]["across"] = cross.tolist()
         numbers["compare"] = {"model": names[1], "architecture": type(compare).__name__,
-                              "config": compare.config.to_dict(), "accuracy": _accuracy(compare, other_test)}
-        kinds = ("ViT", "ViT" if isinstance(compare, VisionTransformer) else "ResNet")
-        figures.append(("Representations", plots.plot_matrix(cross.numpy(), "CKA across models",
-                                                             f"compare ({kinds[1]}) block", f"model ({kinds[0]}) block",
-                                                             out / "cka_across.png").name,
+                              "config": compare.config.to_dict(),
+                              "accuracy": accuracy(compare, other_test.x, other_test.y)}
+        figures.append(("Representations", plot_matrix(cross.numpy(), "CKA across models",
+                                                       f"compare ({type(compare).__name__}) block",
+                                                       f"model ({type(model).__name__}) block",
+                                                       out / "cka_across.png").name,
                         f"Minibatch linear CKA between the blocks of the model ({names[0]}) and of the compared "
                         f"model ({names[1]}), each block's output averaged over tokens or positions."))
     step("cka")
 
-    snn = {k: [soft_nearest_neighbor_loss(torch.nn.functional.normalize(r[i], dim=-1), test.y, snn_temperature)
-               for i in range(r.shape[0])] for k, r in reps_test.items()}
+    snn = {k: [soft_nearest_neighbor_loss(torch.nn.functional.normalize(block, dim=-1), test.y, snn_temperature)
+               for block in r] for k, r in reps_test.items()}
     numbers["soft_nearest_neighbor_loss"] = {"temperature": snn_temperature, **snn}
-    figures.append(("Representations", plots.plot_per_block(snn, "soft nearest-neighbour loss", out / "snn.png").name,
+    figures.append(("Representations", plot_per_block(snn, "soft nearest-neighbour loss", out / "snn.png").name,
                     f"Soft nearest-neighbour loss of the L2-normalised representations (T = {snn_temperature}): "
                     "lower means classes are better separated."))
     step("soft nn")
 
     ablation = residual_ablation(model, test.x, test.y)
     numbers["residual_ablation"] = {"top1_without_block_residual": ablation, "top1": numbers["accuracy"]["top1"]}
-    figures.append(("Representations", plots.plot_per_block({"block i without residuals": ablation}, "top-1",
-                                                            out / "ablation.png", chance).name,
+    figures.append(("Representations", plot_per_block({"block i without residuals": ablation}, "top-1",
+                                                      out / "ablation.png", chance).name,
                     "Accuracy with the residual connections of one block removed at inference."))
     change = residual_ablation_cka(model, test.x, cka_batch, intact=reps_test["mean"])
     numbers["residual_ablation"]["cka_to_intact"] = change.tolist()
-    figures.append(("Representations", plots.plot_matrix(change.numpy(), "CKA to the intact model's block",
-                                                         "block j", "residuals removed in block i",
-                                                         out / "ablation_cka.png").name,
+    figures.append(("Representations", plot_matrix(change.numpy(), "CKA to the intact model's block",
+                                                   "block j", "residuals removed in block i",
+                                                   out / "ablation_cka.png").name,
                     "How removing one block's residuals changes every block: CKA between block j's representation "
                     "in the intact model and with block i's residuals removed (1 = unchanged)."))
     step("ablation")

@@ -14,9 +14,8 @@ import contextlib
 from collections.abc import Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 
-from vitlab.cnn import ResNet
+from vitlab.evaluate import accuracy, ridge_probe_accuracy
 
 
 def hsic_unbiased(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:  # noqa: E741 (the papers' names)
@@ -109,49 +108,37 @@ def soft_nearest_neighbor_loss(x: torch.Tensor, labels: torch.Tensor, temperatur
 def linear_probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
                           l2_reg: float = 1e-3) -> float:
     """Top-1 of a closed-form ridge-regression probe from features to {-1, 1} class targets (the ViT paper's linear
-    evaluation, primal form): features L2-normalised and centred on the training set."""
-    x = F.normalize(train_x.reshape(train_x.shape[0], -1).double(), dim=-1)
-    mean = x.mean(dim=0, keepdim=True)
-    x = x - mean
+    evaluation, :func:`vitlab.evaluate.ridge_probe_accuracy`), the penalty ``l2_reg`` per training example."""
     k = int(max(train_y.max(), test_y.max())) + 1
-    y = -torch.ones(x.shape[0], k, dtype=torch.float64)
-    y[torch.arange(x.shape[0]), train_y] = 1.0
-    w = torch.linalg.solve(x.T @ x + l2_reg * x.shape[0] * torch.eye(x.shape[1], dtype=torch.float64), x.T @ y)
-    test = F.normalize(test_x.reshape(test_x.shape[0], -1).double(), dim=-1) - mean
-    return ((test @ w).argmax(dim=-1) == test_y).double().mean().item()
+    return ridge_probe_accuracy(train_x, train_y, test_x, test_y, l2_reg * train_x.shape[0], num_classes=k)
 
 
 @torch.no_grad()
 def block_representations(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 256
-                          ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
-    """Per-block representations of images ``x`` (B, C, H, W), on the CPU in fp32: ``"mean"``, the mean of the
-    patch tokens (L, B, D), and ``"cls"``, the class token (L, B, D; absent for a model without one). Block i's
-    output is the residual stream after it (before the final LayerNorm), as Raghu et al. probe it.
-
-    For a ResNet baseline (vitlab.cnn) ``"mean"`` is a list of the residual blocks' spatially averaged outputs
-    (B, C_i): the channel count changes from stage to stage, so the blocks cannot be stacked.
+                          ) -> dict[str, list[torch.Tensor]]:
+    """Per-block representations of images ``x`` (B, C, H, W), on the CPU in fp32, as lists with one (B, D_l)
+    tensor per block l: ``"mean"``, the mean of the patch tokens, and ``"cls"``, the class token (absent for a
+    model without one). Block l's output is the residual stream after it (before the final LayerNorm), as Raghu
+    et al. probe it; read through ``forward_intermediates``, so a ResNet baseline (vitlab.cnn) gives its residual
+    blocks' outputs averaged over the positions, whose width D_l changes from stage to stage.
     """
     was_training = model.training
     model.eval()
-    cls, mean = [], []
+    cls, mean = [], []  # per batch: one (b, D_l) tensor per block
+    has_cls = model.config.class_token
     try:
         for i in range(0, x.shape[0], batch_size):
-            if isinstance(model, ResNet):
-                mean.append([f.mean(dim=(2, 3)).float().cpu() for f in model.forward_blocks(x[i:i + batch_size])])
-                continue
             out = model.forward_intermediates(x[i:i + batch_size], layers=None)
             p = out.num_prefix_tokens
-            tokens = [out.tokens[k] for k in sorted(out.tokens)]  # L x (b, N, D)
-            mean.append(torch.stack([t[:, p:].mean(dim=1) for t in tokens]).float().cpu())
-            if model.config.class_token:
-                cls.append(torch.stack([t[:, 0] for t in tokens]).float().cpu())
+            tokens = [out.tokens[k] for k in sorted(out.tokens)]  # L x (b, N, D_l)
+            mean.append([t[:, p:].mean(dim=1).float().cpu() for t in tokens])
+            if has_cls:
+                cls.append([t[:, 0].float().cpu() for t in tokens])
     finally:
         model.train(was_training)
-    if isinstance(model, ResNet):
-        return {"mean": [torch.cat(block) for block in zip(*mean, strict=True)]}
-    reps = {"mean": torch.cat(mean, dim=1)}
-    if cls:
-        reps["cls"] = torch.cat(cls, dim=1)
+    reps = {"mean": [torch.cat(block) for block in zip(*mean, strict=True)]}
+    if has_cls:
+        reps["cls"] = [torch.cat(block) for block in zip(*cls, strict=True)]
     return reps
 
 
@@ -202,15 +189,8 @@ def residual_ablation(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
                       ) -> list[float]:
     """Top-1 on (x, y) with the residual connections of block i removed at inference, for every i (the trained
     weights unchanged; train with ``no_residual_blocks`` for the trained ablation of Raghu et al.)."""
-    was_training = model.training
-    model.eval()
     accs = []
-    try:
-        for blk in model.blocks:
-            with _without_residual(blk):
-                correct = sum((model(x[i:i + batch_size]).argmax(-1) == y[i:i + batch_size]).sum().item()
-                              for i in range(0, x.shape[0], batch_size))
-            accs.append(correct / x.shape[0])
-    finally:
-        model.train(was_training)
+    for blk in model.blocks:
+        with _without_residual(blk):
+            accs.append(accuracy(model, x, y, batch_size))
     return accs

@@ -154,7 +154,7 @@ def complexity(model: str, img_sizes: Sequence[int | tuple[int, int]] = (), wind
                  for lab, a, b in zip(labels, msa, wmsa, strict=True)], left={0})
     print("MSA: 4 hw C^2 + 2 (hw)^2 C; W-MSA: 4 hw C^2 + 2 M^2 hw C (Liu et al. 2021, Eq. 1-2).")
     if plot:
-        from vitlab.plot import plot_attention_cost
+        from vitlab.plots import plot_attention_cost
 
         pixels = [int(lab.split("x")[0]) * int(lab.split("x")[-1]) for lab in labels]
         print(f"plot: {plot_attention_cost(pixels, msa, wmsa, window, plot)}")

@@ -106,22 +106,6 @@ def predict(images: Sequence[str], model: str, topk: int = 5, device: str = "cpu
     return _finish(failed, len(images))
 
 
-def _attention_input(image: Any, preprocessing: vitlab.Preprocessing, whole: bool, patch: int) -> torch.Tensor:
-    """(1, C, H, W): the weights' own preprocessing (resize + centre crop), or with ``whole`` the whole image,
-    its shorter side resized to the model's input size and both sides rounded to a multiple of the patch size."""
-    if not whole:
-        return preprocessing.transform()(image).unsqueeze(0)
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms import v2 as T
-
-    w, h = image.size
-    scale = min(preprocessing.input_size) / min(h, w)
-    size = [max(patch, round(s * scale / patch) * patch) for s in (h, w)]
-    t = T.Compose([T.ToImage(), T.Resize(size, InterpolationMode(preprocessing.interpolation), antialias=True),
-                   T.ToDtype(torch.float32, scale=True), T.Normalize(preprocessing.mean, preprocessing.std)])
-    return t(image).unsqueeze(0)
-
-
 def add_attention(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("attention", help="attention maps, rollout or gradient rollout of images, as figures",
                        description="Overlay where the model looks on each image: one block's attention (raw), "
@@ -157,8 +141,7 @@ def attention(images: Sequence[str], model: str, method: str = "raw", layer: int
               device: str = "cpu", pretrained: bool = False) -> int:
     """Write, per image, a figure of the image, its saliency map by ``method`` and the per-head maps of ``layer``,
     with the predicted class; print the prediction and the figure's path."""
-    from vitlab.attention import attention_maps, upsample_map
-    from vitlab.plot import plot_attention_figure
+    from vitlab.analysis.attention import attention_figure
 
     dev = parse_device(device)
     net, trained = load_model_spec(model, pretrained)
@@ -169,7 +152,8 @@ def attention(images: Sequence[str], model: str, method: str = "raw", layer: int
     names = class_names_for(net) if net.config.num_classes else []
     if target is not None and not 0 <= target < len(names):
         raise ValueError(f"--target {target}: the model has {len(names)} classes (0..{len(names) - 1})")
-    head_arg: str | int = int(head) if head.isdigit() else head
+    pre = net.preprocessing
+    transform = pre.transform_whole(net.config.patch_size) if whole else pre.transform()
     net = net.eval().to(dev)
     folder = Path(out or "attention") if len(images) > 1 else None
     failed = 0
@@ -177,25 +161,9 @@ def attention(images: Sequence[str], model: str, method: str = "raw", layer: int
         if img is None:
             failed += 1
             continue
-        x = _attention_input(img, net.preprocessing, whole, net.config.patch_size).to(dev)
-        result = attention_maps(net, x, method, layer, head_arg, discard_ratio, target)
-        heads = result.head_maps if result.head_maps is not None else attention_maps(net, x, "raw", layer).head_maps
-        size = tuple(x.shape[-2:])
-        mean = torch.tensor(net.preprocessing.mean, device=dev).view(3, 1, 1)
-        std = torch.tensor(net.preprocessing.std, device=dev).view(3, 1, 1)
-        shown = ((x[0] * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-        title = Path(image).name
-        if names:
-            p, c = result.logits.float().softmax(-1)[0].max(0)
-            title += f"\npredicted: {names[c]} ({p:.2f})"
-        block = layer % net.config.depth
-        map_title = f"{method}, " + (f"block {block}" if method == "raw" else f"blocks 0-{block}")
-        if method == "raw":
-            map_title += f", head {head}" if isinstance(head_arg, int) else f", heads {head}"
-        if result.target is not None:
-            map_title += f"\nfor class {names[int(result.target[0])]}"
         path = folder / f"{Path(image).stem}.png" if folder else Path(out or f"attention-{Path(image).stem}.png")
-        plot_attention_figure(shown, upsample_map(result.maps, size)[0].cpu().numpy(),
-                              upsample_map(heads[0], size).cpu().numpy(), title, map_title, f"block {block}", path)
-        print(f"{image}: {title.split(chr(10))[-1] if names else 'no head'} -> {path}")
+        fig = attention_figure(net, transform(img).unsqueeze(0).to(dev), path, method=method, layer=layer,
+                               head=int(head) if head.isdigit() else head, discard_ratio=discard_ratio,
+                               target=target, title=Path(image).name, class_names=names)
+        print(f"{image}: {'predicted: ' + fig.prediction if fig.prediction else 'no head'} -> {fig.path}")
     return _finish(failed, len(images))

@@ -7,8 +7,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 import vitlab
 from vitlab.cli.common import EXIT_FAILED, EXIT_OK, add_device, beside, parse_device, positive, with_warnings
 
@@ -36,10 +34,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 def train(recipe: str | None = None, config: str | None = None, overrides: Sequence[str] = (), out: str | None = None,
           name: str | None = None, resume: str | None = None, progress: bool = True) -> int:
     """Train per a recipe / config file / overrides into a new run folder, or continue one (``resume``)."""
-    from datetime import datetime
-
     from vitlab.train.config import load_config
-    from vitlab.train.trainer import load_resume_config
+    from vitlab.train.rundir import load_resume_config, new_run_dir
     from vitlab.train.trainer import train as run_training
 
     if resume:
@@ -49,13 +45,7 @@ def train(recipe: str | None = None, config: str | None = None, overrides: Seque
         cfg, run_dir = load_resume_config(resume), Path(resume)
     else:
         cfg = load_config(recipe, config, list(overrides))
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        source = recipe or (Path(config).stem if config else "run")
-        label = name or cfg.run_name or f"{source}-{stamp}"
-        run_dir = Path(out or cfg.out_dir) / label
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise ValueError(f"run folder {run_dir} already exists and is not empty; pick another --name, "
-                             f"or continue it with --resume {run_dir}")
+        run_dir = new_run_dir(cfg, out=out, name=name, source=recipe or (Path(config).stem if config else "run"))
     result = run_training(cfg, run_dir=run_dir, resume=bool(resume), progress=progress)
     if result.interrupted:
         return EXIT_FAILED
@@ -76,26 +66,25 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
 
 def demo(out: str = "runs", progress: bool = True) -> int:
     """Train the demo recipe on `shapes` (offline), evaluate it and draw what it learned."""
-    from datetime import datetime
-
-    from vitlab.attention import last_layer_attention, upsample_map
+    from vitlab.analysis.attention import last_layer_attention, upsample_map
     from vitlab.data import load_dataset
     from vitlab.evaluate import evaluate_model
-    from vitlab.plot import plot_attention_overlays, plot_confusion
+    from vitlab.plots import plot_attention_overlays, plot_confusion
     from vitlab.train.config import load_config
+    from vitlab.train.rundir import new_run_dir
     from vitlab.train.trainer import train as run_training
 
-    run_dir = Path(out) / f"demo-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    cfg = load_config("demo")
+    run_dir = new_run_dir(cfg, out=out, source="demo")
     started = time.perf_counter()
-    run_training(load_config("demo"), run_dir=run_dir, progress=progress)
+    run_training(cfg, run_dir=run_dir, progress=progress)
     model = vitlab.load(run_dir / "model.safetensors")
     test = load_dataset("shapes", "test")
     result = evaluate_model(model, test)
     result.save_json(run_dir / "eval.json")
     plot_confusion(result.confusion, result.class_names, run_dir / "confusion.png")
-    pre = model.preprocessing
     images = test.images[:8]
-    x = (images.float() / 255 - torch.tensor(pre.mean)[:, None, None]) / torch.tensor(pre.std)[:, None, None]
+    x = model.preprocessing.normalize(images.float() / 255)
     maps = upsample_map(last_layer_attention(model, x), tuple(images.shape[-2:]))
     pred = model(x).argmax(-1).tolist()
     titles = [f"{test.class_names[t]} -> {model.class_names[p]}" for t, p in zip(test.labels[:8].tolist(), pred,
@@ -132,7 +121,7 @@ def evaluate(checkpoint: str, data: str, split: str = "test", data_dir: str | No
     """Top-1/top-5 and per-class accuracy of a checkpoint on a data set; writes eval.json and confusion.png."""
     from vitlab.data import load_dataset
     from vitlab.evaluate import evaluate_model
-    from vitlab.plot import plot_confusion
+    from vitlab.plots import plot_confusion
 
     model = with_warnings(vitlab.load, checkpoint)
     dataset = load_dataset(data, split, data_dir=data_dir)

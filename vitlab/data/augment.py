@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from vitlab.data.autoaugment import apply_ops, check_policy, sample_ops
+from vitlab.preprocess import Preprocessing
 
 ERASE_SCALE = (0.02, 0.33)  # torchvision RandomErasing defaults: area fraction and aspect ratio ranges
 ERASE_RATIO = (0.3, 3.3)
@@ -172,21 +173,17 @@ def mix(x: torch.Tensor, t: torch.Tensor, x_partner: torch.Tensor, t_partner: to
     return x, t * lam + t_partner * (1.0 - lam)
 
 
-def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 (n, 3, H, W) -> float32 (x / 255 - mean) / std, with mean and std (3,) on x's device."""
-    return (x.float() / 255.0 - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
-
-
 def augment_rows(images: torch.Tensor, rows: torch.Tensor, params: BatchParams, cfg: AugmentConfig,
-                 mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """Per-image steps 1-4 for ``images`` (uint8 (m, 3, H, W)), which are rows ``rows`` (m,) of the batch."""
+                 preprocessing: Preprocessing) -> torch.Tensor:
+    """Per-image steps 1-4 for ``images`` (uint8 (m, C, H, W)), which are rows ``rows`` (m,) of the batch;
+    normalised with ``preprocessing``'s mean and std."""
     rows = rows.cpu()
     x = images
     if cfg.crop_padding > 0 or cfg.hflip:
         x = crop_flip(x, params.crop[rows], params.flip[rows], cfg.crop_padding)
     if params.ops.shape[1]:
         x = apply_ops(x, params.ops[rows], params.mags[rows])
-    x = normalize(x, mean, std)
+    x = preprocessing.normalize(x.float() / 255.0)
     if cfg.random_erasing > 0:
         x = erase(x, params.erase[rows], params.erase_box[rows])
     return x

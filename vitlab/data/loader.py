@@ -25,22 +25,25 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from vitlab.data.augment import AugmentConfig, augment_rows, mix, normalize, sample_params, smooth_one_hot
+from vitlab.data.augment import AugmentConfig, augment_rows, mix, sample_params, smooth_one_hot
 from vitlab.data.datasets import ImageDataset, derive_seed, generator
 from vitlab.data.folder import StreamingDataset
+from vitlab.preprocess import Preprocessing
 
 
 def _rank_rows(n: int, batch_size: int, rank: int) -> tuple[int, int]:
     return min(rank * batch_size, n), min((rank + 1) * batch_size, n)
 
 
-def _check_common(batch_size: int, rank: int, world_size: int, mean: Sequence[float], std: Sequence[float]) -> None:
+def _check_common(batch_size: int, rank: int, world_size: int, mean: Sequence[float], std: Sequence[float],
+                  channels: int) -> None:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
-    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-        raise ValueError(f"mean and std need 3 values each (std > 0), got {tuple(mean)} and {tuple(std)}")
+    if len(mean) != channels or len(std) != channels or min(std) <= 0:
+        raise ValueError(f"mean and std need {channels} values each, one per image channel (std > 0), got "
+                         f"{tuple(mean)} and {tuple(std)}")
 
 
 class BatchLoader:
@@ -62,7 +65,7 @@ class BatchLoader:
         if not isinstance(dataset, ImageDataset):
             raise TypeError(f"BatchLoader needs an ImageDataset (in memory), got {type(dataset).__name__}; "
                             "stream larger images with make_stream_loader")
-        _check_common(batch_size, rank, world_size, mean, std)
+        _check_common(batch_size, rank, world_size, mean, std, channels=dataset.images.shape[1])
         if len(dataset) and int(dataset.labels.max()) >= num_classes:
             raise ValueError(f"num_classes={num_classes} but the data set has label {int(dataset.labels.max())}")
         self.device = torch.device(device)
@@ -73,8 +76,7 @@ class BatchLoader:
         self.train = train
         self.augment = (augment or AugmentConfig(crop_padding=0, hflip=False)) if train else None
         self.drop_last = train if drop_last is None else drop_last
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device)
-        self.std = torch.tensor(std, dtype=torch.float32, device=self.device)
+        self.normalization = Preprocessing(mean=mean, std=std)  # only its normalize() is used here
         if len(self) == 0:
             raise ValueError(f"the data set ({len(dataset)} images) is smaller than one global batch of "
                              f"{batch_size} x {world_size} process(es) and drop_last is set")
@@ -112,14 +114,14 @@ class BatchLoader:
         cfg = self.augment
         if cfg is None:
             mine = idx[lo:hi].to(self.device)
-            return normalize(self.images[mine], self.mean, self.std), self.labels[mine]
+            return self.normalization.normalize(self.images[mine].float() / 255.0), self.labels[mine]
         h, w = self.images.shape[2:]
         params = sample_params(cfg, n, h, w, generator("augment", self.seed, epoch, step))
         mixed = params.mix != "none"
         # With mixing, row i needs row i - 1 (its partner) too: compute rows lo-1 .. hi-1 (mod n).
         rows = torch.arange(lo - 1 if mixed else lo, hi) % max(n, 1)
         dev_idx = idx[rows].to(self.device)
-        x = augment_rows(self.images[dev_idx], rows, params, cfg, self.mean, self.std)
+        x = augment_rows(self.images[dev_idx], rows, params, cfg, self.normalization)
         y = self.labels[dev_idx]
         if not cfg.soft_targets:
             return x, y
@@ -207,7 +209,7 @@ def make_stream_loader(dataset: StreamingDataset, batch_size: int, *, train: boo
     """
     if not isinstance(dataset, StreamingDataset):
         raise TypeError(f"make_stream_loader needs a StreamingDataset, got {type(dataset).__name__}")
-    _check_common(batch_size, rank, world_size, preprocessing.mean, preprocessing.std)
+    _check_common(batch_size, rank, world_size, preprocessing.mean, preprocessing.std, channels=3)  # RGB decoded
     drop_last = train if drop_last is None else drop_last
     n, gb = len(dataset), batch_size * world_size
     order = torch.randperm(n, generator=generator("order", seed, epoch)) if train else torch.arange(n)

@@ -28,7 +28,9 @@ RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 @dataclass
 class ModelConfig:
     name: str = "vit_tiny_patch4_32"  # a registered name or alias (vitlab models)
-    init: str = ""  # fine-tuning: a checkpoint path or pretrained name; "" = from scratch
+    # Fine-tuning: a model spec with weights (a path, name.tag, hf-hub:org/repo; a bare name: its default
+    # pretrained weights); "" = from scratch.
+    init: str = ""
     overrides: dict[str, Any] = field(default_factory=dict)  # ViTConfig fields, e.g. {depth = 6}
 
     def __post_init__(self) -> None:
@@ -48,7 +50,7 @@ class ModelConfig:
                 get_config(self.name, **self.overrides)
         except (TypeError, ValueError) as e:
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise ConfigError(f"model (name={self.name!r}, overrides={self.overrides}): {first}") from e
+            raise ConfigError(f"model: {first} (model.name={self.name!r}, model.overrides={self.overrides})") from e
 
 
 @dataclass

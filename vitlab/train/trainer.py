@@ -29,8 +29,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 import vitlab
+from vitlab.checkpoint import model_metadata
 from vitlab.cnn import ResNet
 from vitlab.data import AugmentConfig, ImageDataset, load_dataset, make_loader
+from vitlab.evaluate import count_correct
 from vitlab.model import VisionTransformer
 from vitlab.train.budget import Budget
 from vitlab.train.config import TrainConfig, TrainingError, to_dict
@@ -174,8 +176,7 @@ class Trainer:
                                 f"{self.state.epoch}, batch {batch}); the last good checkpoint in {self.run_dir} is "
                                 "intact. Lower optim.lr, enable optim.clip_grad, or check the data")
         (loss / self.cfg.optim.accum_steps).backward()
-        labels = y if y.ndim == 1 else y.argmax(-1)  # soft targets: the class with the largest share
-        self.log.add_batch(x.shape[0], loss.item(), (logits.argmax(-1) == labels).sum().item())
+        self.log.add_batch(x.shape[0], loss.item(), count_correct(logits, y))  # soft targets: their largest share
 
     def optimizer_step(self, batches_done: int) -> None:
         """Step on the accumulated gradients; then count the time, log, and checkpoint when due."""
@@ -221,8 +222,11 @@ class Trainer:
         """The whole run (``TrainState`` as flat keys, weights, optimizer, EMA, config; RNG added by save_state)."""
         if self.main_process:
             ema = self.ema.module.state_dict() if self.ema is not None else {}
+            # model_meta: what vitlab.load needs to rebuild the model exactly (config, preprocessing, class names).
+            meta = model_metadata(self.model)
             checkpoint = {**self.state.to_dict(), "model": self.model.state_dict(),
-                          "optimizer": self.optimizer.state_dict(), "ema": ema, "config": to_dict(self.cfg)}
+                          "optimizer": self.optimizer.state_dict(), "ema": ema, "config": to_dict(self.cfg),
+                          "model_meta": meta}
             save_state(self.run_dir, checkpoint, self.cfg.keep_last)
 
     def finish(self, interrupted: bool) -> RunResult:
@@ -275,7 +279,7 @@ def evaluate(model: torch.nn.Module, loader: Any, device: torch.device, amp: str
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
             logits = model(x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
-        correct += (logits.argmax(-1) == y).sum().item()
+        correct += count_correct(logits, y)
         total += y.numel()
     stats = torch.tensor([correct, total, loss_sum], dtype=torch.float64)
     if dist.is_initialized():
@@ -317,10 +321,10 @@ def _build_model(cfg: TrainConfig, train_set: Any) -> VisionTransformer | ResNet
         size: Any = tuple(train_set.images.shape[-2:])
     else:
         size = cfg.data.image_size or None  # None: the model's own img_size
-    if cfg.model.init:  # fine-tuning: resample the position table, fresh zero head if the class count differs
-        model = vitlab.load(cfg.model.init, num_classes=n, img_size=size, **cfg.model.overrides)
-    else:
-        model = vitlab.create_model(cfg.model.name, num_classes=n, img_size=size, **cfg.model.overrides)
+    # Fine-tuning (model.init: any model spec with weights, or a name's default weights): the position table is
+    # resampled, and the head is fresh (zero) if the class count differs. vitlab.factory reads the spec.
+    spec, pretrained = (cfg.model.init, True) if cfg.model.init else (cfg.model.name, False)
+    model = vitlab.create_model(spec, pretrained=pretrained, num_classes=n, img_size=size, **cfg.model.overrides)
     pre = model.preprocessing
     crop = 1.0 if isinstance(train_set, ImageDataset) else pre.crop_pct
     model.preprocessing = pre.replace(input_size=model.config.img_size, crop_pct=crop)

@@ -15,16 +15,22 @@ pooling): the mean over the patch queries' rows, since the head reads the mean o
   own attention to themselves is kept).
 - ``grad-rollout`` (Chefer et al. 2021's head weighting): the same product, each layer's heads fused as the
   mean of relu(dy_c/dA * A), with y_c the logit of the chosen (default: predicted) class.
+
+:func:`attention_figure` draws one image with its map and the per-head maps (``vitlab attention``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from vitlab.model import VisionTransformer
+from vitlab.plots.attention import plot_attention_figure
+from vitlab.preprocess import Preprocessing
 
 METHODS = ("raw", "rollout", "grad-rollout")
 HEAD_FUSIONS = ("mean", "max", "min")
@@ -175,3 +181,60 @@ def upsample_map(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     lo = up.amin(dim=(1, 2), keepdim=True)
     hi = up.amax(dim=(1, 2), keepdim=True)
     return (up - lo) / (hi - lo).clamp_min(1e-12)
+
+
+@dataclass
+class AttentionFigure:
+    """What :func:`attention_figure` returns.
+
+    path:       the PNG written.
+    maps:       the :class:`AttentionMaps` drawn (their logits give the prediction).
+    prediction: "<class name> (<probability>)" of the predicted class; "" without class names.
+    """
+
+    path: Path
+    maps: AttentionMaps
+    prediction: str
+
+
+def attention_figure(model: VisionTransformer, x: torch.Tensor, path: str | Path, *, method: str = "raw",
+                     layer: int = -1, head: str | int = "mean", discard_ratio: float = 0.0, target: int | None = None,
+                     title: str = "", class_names: list[str] | None = None) -> AttentionFigure:
+    """Write the figure of ``vitlab attention`` for one image ``x`` (1, C, H, W), normalised with the model's
+    preprocessing: the image, titled ``title`` and the prediction; its map by ``method``; the per-head maps of
+    ``layer`` (see :func:`attention_maps` for the arguments). ``class_names``: the model's own by default."""
+    if x.ndim != 4 or x.shape[0] != 1:
+        raise ValueError(f"attention_figure draws one image: expected x of shape (1, C, H, W), got {tuple(x.shape)}")
+    names = list(model.class_names or []) if class_names is None else list(class_names)
+    result = attention_maps(model, x, method, layer, head, discard_ratio, target)
+    heads = result.head_maps if result.head_maps is not None else attention_maps(model, x, "raw", layer).head_maps
+    prediction = ""
+    if names:
+        p, c = result.logits.float().softmax(-1)[0].max(0)
+        prediction = f"{names[c]} ({p:.2f})"
+        title += f"\npredicted: {prediction}"
+    size = tuple(x.shape[-2:])
+    preprocessing = model.preprocessing or Preprocessing.default_for(model.config)
+    path = plot_attention_figure(_display_image(preprocessing.denormalize(x[0])),
+                                 upsample_map(result.maps, size)[0].cpu().numpy(),
+                                 upsample_map(heads[0], size).cpu().numpy(), title,
+                                 _map_title(method, layer % model.config.depth, head, result.target, names),
+                                 f"block {layer % model.config.depth}", path)
+    return AttentionFigure(path, result, prediction)
+
+
+def _map_title(method: str, block: int, head: str | int, target: torch.Tensor | None, names: list[str]) -> str:
+    """E.g. "raw, block 11, heads mean" or "grad-rollout, blocks 0-11\nfor class tabby"."""
+    text = f"{method}, " + (f"block {block}" if method == "raw" else f"blocks 0-{block}")
+    if method == "raw":
+        text += f", head {head}" if isinstance(head, int) else f", heads {head}"
+    if target is not None:
+        t = int(target[0])
+        text += f"\nfor class {names[t] if t < len(names) else t}"
+    return text
+
+
+def _display_image(x: torch.Tensor) -> np.ndarray:
+    """(C, H, W) in [0, 1] -> uint8 (H, W, C) for display, or (H, W) for one channel."""
+    image = (x.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    return image[..., 0] if image.shape[-1] == 1 else image
