@@ -18,7 +18,7 @@ def tiny(**kw):
 
 def test_save_load_round_trip_carries_config_preprocessing_and_class_names(tmp_path):
     model = tiny(stem="conv", pos_embed="sincos2d", num_register_tokens=1, pool="gap", representation_size=32)
-    pre = Preprocessing(input_size=(64, 64), mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6), crop_pct=1.0)
+    pre = Preprocessing(img_size=(64, 64), mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6), crop_pct=1.0)
     path = vitlab.save(model, tmp_path / "m.safetensors", preprocessing=pre, class_names=["a", "b", "c"])
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
@@ -40,7 +40,7 @@ def test_load_with_new_size_and_class_count(tmp_path):
     assert loaded.config.num_classes == 10 and loaded.config.img_size == (96, 96)
     assert loaded.head.weight.abs().sum() == 0 and loaded.class_names is None
     assert not any(t.is_meta for t in loaded.state_dict().values())
-    assert loaded.preprocessing.input_size == (96, 96)
+    assert loaded.preprocessing.img_size == (96, 96)
     assert loaded.pos_embed.shape == (1, 1 + 36, 192)
     torch.testing.assert_close(loaded.blocks[1].mlp.fc2.weight, model.blocks[1].mlp.fc2.weight)
 

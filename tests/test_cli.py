@@ -219,7 +219,7 @@ def test_convert_img_size_and_num_classes(capsys, tmp_path, tiny_ckpt):
     assert err.startswith("vitlab: warning: ") and "head is new" in err
     model = vitlab.load(tmp_path / "ft.safetensors")
     assert model.config.img_size == (48, 64) and model.config.num_classes == 5
-    assert model.preprocessing.input_size == (48, 64) and model.class_names is None
+    assert model.preprocessing.img_size == (48, 64) and model.class_names is None
 
 
 def test_convert_errors(capsys, tmp_path, tiny_ckpt):

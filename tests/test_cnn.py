@@ -90,19 +90,19 @@ def test_checkpoint_round_trip(tmp_path):
     torch.testing.assert_close(loaded.eval()(x), model(x), rtol=0, atol=0)
     with pytest.warns(UserWarning, match="3 classes, 5 were asked for"):
         fresh = vitlab.load(path, num_classes=5, img_size=64)
-    assert fresh.config.num_classes == 5 and fresh.preprocessing.input_size == (64, 64)
+    assert fresh.config.num_classes == 5 and fresh.preprocessing.img_size == (64, 64)
     assert fresh.config.stem == "cifar" and fresh.class_names is None  # the stem the weights were trained with
 
 
 @pytest.mark.slow  # 100 training steps and 2,000 validation images: 5-10 s on 2 CPU cores
 def test_the_trainer_trains_a_resnet_like_a_vit(tmp_path):
     # shapes drawn at 16 px: a fifth of the time of 32 px (5 s against 34 s on 2 CPU cores), still learnable.
-    cfg = load_config("cifar10-resnet20", overrides=["data.dataset=shapes", "data.image_size=16", "budget_minutes=0",
+    cfg = load_config("cifar10-resnet20", overrides=["data.dataset=shapes", "data.img_size=16", "budget_minutes=0",
                                                      "max_steps=100", "data.batch_size=32", "optim.warmup_steps=5",
                                                      "optim.lr=0.05", "eval_every_epochs=100", "device=cpu"])
     result = train(cfg, run_dir=tmp_path / "run", progress=False)
     model = vitlab.load(tmp_path / "run" / "model.safetensors")
-    assert isinstance(model, ResNet) and model.config.num_classes == 6 and model.preprocessing.input_size == (16, 16)
+    assert isinstance(model, ResNet) and model.config.num_classes == 6 and model.preprocessing.img_size == (16, 16)
     # 6 classes: chance is 1/6; measured 0.4405 (seed 0), 0.4405, 0.484, 0.4345 (seeds 1-3), 2 CPU cores, 2026-11-23.
     assert result.step == 100 and result.val_acc > 0.3, result
 

@@ -53,7 +53,7 @@ def test_classifier_folder_loads_to_identical_logits(tmp_path, weights):
     assert model.class_names == LABELS
     pre = model.preprocessing
     assert pre.mean == pytest.approx((0.1, 0.2, 0.3)) and pre.std == pytest.approx((0.4, 0.5, 0.6))
-    assert (pre.input_size, pre.interpolation, pre.crop_pct) == ((48, 48), "bicubic", 1.0)
+    assert (pre.img_size, pre.interpolation, pre.crop_pct) == ((48, 48), "bicubic", 1.0)
 
 
 def test_classifier_at_another_size(tmp_path):
@@ -66,7 +66,7 @@ def test_classifier_at_another_size(tmp_path):
     ref = _save_classifier(tmp_path)
     model = vitlab.load(tmp_path).eval()
     model64 = vitlab.load(tmp_path, img_size=64).eval()
-    assert model64.config.img_size == (64, 64) and model64.preprocessing.input_size == (64, 64)
+    assert model64.config.img_size == (64, 64) and model64.preprocessing.img_size == (64, 64)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         theirs = ref(pixel_values=x, interpolate_pos_encoding=True).logits
@@ -89,7 +89,7 @@ def test_vit_model_pooler_becomes_pre_logits(tmp_path):
     model = vitlab.load(tmp_path).eval()  # strict: the mask token must have been dropped, the pooler mapped
     assert (model.config.representation_size, model.config.num_classes, model.config.mlp_act) == (48, 0, "gelu_tanh")
     assert model.class_names is None  # a ViTModel has no classifier, whatever id2label says
-    assert model.preprocessing.input_size == (48, 48)  # no preprocessor_config.json: the model's default
+    assert model.preprocessing.img_size == (48, 48)  # no preprocessor_config.json: the model's default
     x = torch.randn(2, 3, 48, 48)
     with torch.no_grad():
         out = ref(pixel_values=x)
@@ -140,7 +140,7 @@ def test_rescale_and_normalize_flags_fold_into_mean_std():
                                                                                                   "width": 32}),
         (224, 224))
     assert pre.mean == pytest.approx((0.5,) * 3) and pre.std == pytest.approx((0.5,) * 3)
-    assert (pre.input_size, pre.interpolation) == ((32, 32), "bilinear")
+    assert (pre.img_size, pre.interpolation) == ((32, 32), "bilinear")
 
 
 def test_a_config_json_the_weights_contradict_is_a_one_line_error(tmp_path):

@@ -56,7 +56,7 @@ def test_npz_round_trip(tmp_path, case):
     print(f"npz round trip {case}: max |logit diff| {diff:.2e}")
     assert diff <= 1e-6
     pre = back.preprocessing
-    assert (pre.input_size, pre.mean, pre.std, pre.interpolation, pre.crop_pct) == (
+    assert (pre.img_size, pre.mean, pre.std, pre.interpolation, pre.crop_pct) == (
         size, (0.5,) * 3, (0.5,) * 3, "bicubic", 0.9)
 
 

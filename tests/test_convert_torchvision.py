@@ -40,7 +40,7 @@ def test_vit_b_16_loads_to_identical_logits(tmp_path):
 
     pre = model.preprocessing
     assert (pre.mean, pre.std) == (IMAGENET_MEAN, IMAGENET_STD)
-    assert (pre.input_size, pre.interpolation, pre.crop_pct) == ((224, 224), "bilinear", 224 / 256)
+    assert (pre.img_size, pre.interpolation, pre.crop_pct) == ((224, 224), "bilinear", 224 / 256)
 
 
 def _small(**kwargs):

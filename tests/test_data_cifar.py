@@ -97,7 +97,7 @@ def test_download_verify_extract_then_use_the_cache(tmp_path, monkeypatch, serve
     assert server.requests == 1  # the cache serves every later call
     assert len(val) == 4 and torch.equal(val.images, test.images)
     assert torch.equal(test.labels, torch.tensor(members["cifar-10-batches-py/test_batch"][b"labels"]))
-    assert load_dataset("cifar10", "train", image_size=16).images.shape == (15, 3, 16, 16)
+    assert load_dataset("cifar10", "train", img_size=16).images.shape == (15, 3, 16, 16)
 
 
 def test_checksum_mismatch_leaves_no_cache(tmp_path, monkeypatch, server, cifar10_archive):

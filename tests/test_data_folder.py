@@ -30,7 +30,7 @@ def test_train_and_val_folders(tmp_path):
     assert torch.equal(train.images[3], torch.from_numpy(_pixels(100, 16)).permute(2, 0, 1))  # dog/000.png
     val, test = load_dataset(f"folder:{tmp_path}", "val"), load_dataset(f"folder:{tmp_path}", "test")
     assert val.labels.tolist() == [0, 1] and torch.equal(val.images, test.images)  # no test/: val serves both
-    resized = load_dataset(f"folder:{tmp_path}", "train", image_size=8)
+    resized = load_dataset(f"folder:{tmp_path}", "train", img_size=8)
     assert resized.images.shape == (5, 3, 8, 8)
 
 
@@ -106,8 +106,8 @@ def test_large_images_stream(tmp_path):
     img, label = ds[2]
     assert img.dtype == torch.uint8 and img.shape == (3, 96, 96) and label == 1
     assert torch.equal(img, torch.from_numpy(_pixels(100, 96)).permute(2, 0, 1))
-    assert isinstance(load_dataset(f"folder:{tmp_path}", "val", image_size=32), ImageDataset)  # forced in memory
-    assert isinstance(load_dataset(f"folder:{tmp_path}", "val", image_size=96), StreamingDataset)
+    assert isinstance(load_dataset(f"folder:{tmp_path}", "val", img_size=32), ImageDataset)  # forced in memory
+    assert isinstance(load_dataset(f"folder:{tmp_path}", "val", img_size=96), StreamingDataset)
 
 
 @pytest.mark.skipif(not CIFAR_ZIP.is_file(), reason="the shared CIFAR-10 JPEG zip is not present")

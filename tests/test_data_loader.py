@@ -123,7 +123,7 @@ def _folder(tmp_path: Path, size=96) -> Path:
 def test_stream_loader_train_and_eval(tmp_path):
     root = _folder(tmp_path)
     train, val = load_dataset(f"folder:{root}", "train"), load_dataset(f"folder:{root}", "val")
-    pre = Preprocessing(input_size=(64, 64), mean=MEAN, std=STD, crop_pct=0.875)
+    pre = Preprocessing(img_size=(64, 64), mean=MEAN, std=STD, crop_pct=0.875)
     cfg = AugmentConfig(auto_augment="trivial", random_erasing=0.25, mixup_alpha=0.4, label_smoothing=0.1)
     batches = list(make_stream_loader(train, 4, train=True, preprocessing=pre, augment=cfg, seed=1, epoch=0))
     assert len(batches) == 3 and batches[0][0].shape == (4, 3, 64, 64)

@@ -45,11 +45,11 @@ def test_shape_signed_distances_on_known_points():
 
 
 def test_image_size_and_load_dataset():
-    ds = make_shapes("test", size=12, image_size=48)
+    ds = make_shapes("test", size=12, img_size=48)
     assert ds.images.shape == (12, 3, 48, 48) and ds.masks.shape == (12, 48, 48)
     val = load_dataset("shapes", "val")
     assert len(val) == SPLIT_SIZES["val"] and torch.equal(val.images, make_shapes("val").images)
-    assert load_dataset("shapes", "val", image_size=16).images.shape == (2000, 3, 16, 16)
+    assert load_dataset("shapes", "val", img_size=16).images.shape == (2000, 3, 16, 16)
 
 
 def test_unknown_names_and_splits():

@@ -37,7 +37,7 @@ def exported(tmp_path_factory):
     """One dynamic export of a class-token model with a learned E_pos, shared by the tests below."""
     torch.manual_seed(0)
     model = tiny()
-    model.preprocessing = Preprocessing(input_size=(32, 32), mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6), crop_pct=0.875)
+    model.preprocessing = Preprocessing(img_size=(32, 32), mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6), crop_pct=0.875)
     model.class_names = ["ant", "bee", "cat", "dog", "eel"]
     path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
     return model, path, export_onnx(model, path, dynamic=True, batch=3)

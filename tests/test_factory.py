@@ -116,7 +116,7 @@ def test_a_name_builds_random_weights_and_is_no_checkpoint():
     model, trained = model_from_spec("Ti/4@32", depth=1, num_classes=7)
     assert not trained and isinstance(model, vitlab.VisionTransformer)
     assert model.config == vitlab.create_model("vit_tiny_patch4_32", depth=1, num_classes=7).config
-    assert model.class_names is None and model.preprocessing.input_size == (32, 32)
+    assert model.class_names is None and model.preprocessing.img_size == (32, 32)
     with pytest.raises(ValueError, match="'Ti/4@32' is a model name, not a checkpoint: vitlab.create_model"):
         vitlab.load("Ti/4@32")
 

@@ -364,7 +364,7 @@ def test_a_training_checkpoint_with_ema_gives_the_ema_weights(tmp_path):
 def test_model_meta_in_the_checkpoint_wins(tmp_path):
     """The trainer may store the model's own metadata (vitlab.checkpoint.model_metadata): read as it is."""
     model = tiny_vit(num_classes=3, pool="gap", fc_norm=True)
-    pre = vitlab.Preprocessing(input_size=(16, 16), mean=(0.1, 0.2, 0.3), std=(0.3, 0.2, 0.1), crop_pct=0.8)
+    pre = vitlab.Preprocessing(img_size=(16, 16), mean=(0.1, 0.2, 0.3), std=(0.3, 0.2, 0.1), crop_pct=0.8)
     meta = model_metadata(model, pre, ["ant", "bee", "cat"])
     path = train_checkpoint(tmp_path / "run", model, name="no_such_model", model_meta=meta)
     loaded = vitlab.load(path)
@@ -389,14 +389,14 @@ def test_a_fine_tuning_run_takes_the_architecture_of_its_init(tmp_path):
     """model.init: the heads (4 for width 96: the weights cannot say) and the init's preprocessing, at the size
     the run trained at (the position table's)."""
     init = tiny_vit(num_heads=4, norm_eps=1e-12, num_classes=3)
-    pre = vitlab.Preprocessing(input_size=(16, 16), mean=(0.1, 0.2, 0.3), std=(0.3, 0.2, 0.1), crop_pct=0.9)
+    pre = vitlab.Preprocessing(img_size=(16, 16), mean=(0.1, 0.2, 0.3), std=(0.3, 0.2, 0.1), crop_pct=0.9)
     vitlab.save(init, tmp_path / "init.safetensors", preprocessing=pre)
     tuned = tiny_vit(num_heads=4, norm_eps=1e-12, num_classes=5, img_size=24)
     path = train_checkpoint(tmp_path / "run", tuned, init=str(tmp_path / "init.safetensors"), image_size=24,
                             dataset="folder:/data/x")
     loaded = vitlab.load(path)
     assert loaded.config == tuned.config
-    assert loaded.preprocessing == pre.replace(input_size=(24, 24), crop_pct=1.0)  # held in memory: no crop
+    assert loaded.preprocessing == pre.replace(img_size=(24, 24), crop_pct=1.0)  # held in memory: no crop
     torch.testing.assert_close(_logits(loaded, 24), _logits(tuned, 24), atol=0, rtol=0)
 
 

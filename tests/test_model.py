@@ -199,7 +199,7 @@ def test_registry_names_and_aliases():
 def test_create_model_overrides():
     model = vitlab.create_model("Ti/4@32", num_classes=100, drop_path_rate=0.1, depth=2)
     assert model.config.num_classes == 100 and model.config.depth == 2
-    assert model.preprocessing.input_size == (32, 32) and model.preprocessing.crop_pct == 1.0
+    assert model.preprocessing.img_size == (32, 32) and model.preprocessing.crop_pct == 1.0
     with pytest.raises(TypeError, match="unknown ViTConfig field"):
         vitlab.create_model("Ti/16", heads=3)
 

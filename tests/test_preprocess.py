@@ -16,7 +16,7 @@ def _photo(size=(300, 240), mode="RGB"):
 @pytest.mark.parametrize("crop_pct,interp", [(0.9, "bicubic"), (0.875, "bilinear"), (1.0, "bicubic")])
 def test_eval_transform_matches_timm(crop_pct, interp):
     import timm
-    pre = Preprocessing(input_size=(224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+    pre = Preprocessing(img_size=(224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
                         interpolation=interp, crop_pct=crop_pct)
     ref = timm.data.create_transform(input_size=(3, 224, 224), interpolation=interp, mean=pre.mean, std=pre.std,
                                      crop_pct=crop_pct, crop_mode="center")
@@ -48,7 +48,7 @@ def test_a_file_that_is_not_an_image(tmp_path):
 
 
 def test_preprocessing_round_trip_and_validation():
-    pre = Preprocessing(input_size=(32, 48), crop_pct=1.0, interpolation="bilinear")
+    pre = Preprocessing(img_size=(32, 48), crop_pct=1.0, interpolation="bilinear")
     assert Preprocessing.from_dict(pre.to_dict()) == pre
     assert pre.transform()(_photo()).shape == (3, 32, 48)
     with pytest.raises(ValueError, match="interpolation='lanczos'"):
@@ -89,7 +89,7 @@ def test_normalize_checks_the_channels_and_the_dtype():
 def test_transform_whole_keeps_the_whole_image_at_a_multiple_of_the_patch():
     from torchvision.transforms.v2 import functional as TF
 
-    pre = Preprocessing(input_size=(224, 224), mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6), interpolation="bilinear")
+    pre = Preprocessing(img_size=(224, 224), mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6), interpolation="bilinear")
     img = _photo(size=(300, 240))  # W x H: the shorter side 240 -> 224, so 300 -> 280 -> 288 (18 patches)
     x = pre.transform_whole(16)(img)
     assert type(x) is torch.Tensor and x.shape == (3, 224, 288)

@@ -254,7 +254,7 @@ def test_large_images_stream_through_the_trainer_and_eval(tmp_path):
                 img = (torch.tensor(colour, dtype=torch.uint8) + noise).numpy()
                 Image.fromarray(img).save(folder / f"{i}.png")
     cfg = load_config("demo", overrides=[
-        f"data.dataset='folder:{tmp_path / 'data'}'", "data.image_size=96", "data.batch_size=8", "max_steps=2",
+        f"data.dataset='folder:{tmp_path / 'data'}'", "data.img_size=96", "data.batch_size=8", "max_steps=2",
         "data.num_workers=0", "model.name='vit_tiny_patch16_224'",
         "model.overrides={embed_dim = 32, depth = 1, num_heads = 2, mlp_dim = 32}"])
     # 96 px > 64 px: the images are streamed through a DataLoader, not held in memory
@@ -265,7 +265,7 @@ def test_large_images_stream_through_the_trainer_and_eval(tmp_path):
     from vitlab.data import StreamingDataset, load_dataset
     from vitlab.evaluate import evaluate_model
 
-    val = load_dataset(f"folder:{tmp_path / 'data'}", "val", image_size=96)
+    val = load_dataset(f"folder:{tmp_path / 'data'}", "val", img_size=96)
     assert isinstance(val, StreamingDataset)
     assert evaluate_model(model, val, batch_size=4).num_images == 8
 

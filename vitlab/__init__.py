@@ -9,7 +9,7 @@ from vitlab.model import Intermediates, VisionTransformer
 from vitlab.preprocess import Preprocessing, load_image
 from vitlab.registry import get_config, list_models
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "CheckpointError", "HubError", "Intermediates", "Preprocessing", "ViTConfig", "VisionTransformer",

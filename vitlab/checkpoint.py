@@ -237,7 +237,7 @@ def _load_vit(conv: Converted, path: Path, num_classes: int | None, img_size: An
         if "pos_embed" in sd:
             sd["pos_embed"] = resample_pos_embed(sd["pos_embed"], new.grid_size, cfg.grid_size,
                                                  num_prefix=int(cfg.class_token))
-        cfg, pre = new, pre.replace(input_size=new.img_size)
+        cfg, pre = new, pre.replace(img_size=new.img_size)
     reset_head = num_classes is not None and num_classes != cfg.num_classes
     if reset_head:
         warnings.warn(f"{path}: the checkpoint has {cfg.num_classes} classes, {num_classes} were asked for: "
@@ -281,7 +281,7 @@ def _load_resnet(conv: Converted, path: Path, num_classes: int | None, img_size:
     pre = conv.preprocessing or Preprocessing.default_for(cfg)
     if img_size is not None:  # convolutions take any size; the stem stays the one the weights were trained with
         cfg = cfg.replace(img_size=img_size)
-        pre = pre.replace(input_size=cfg.img_size)
+        pre = pre.replace(img_size=cfg.img_size)
     model = ResNet(cfg)
     sd = conv.state_dict
     if "head.weight" in sd and sd["head.weight"].shape[0] != cfg.num_classes:

@@ -9,7 +9,7 @@ hold the vitlab version, the config, the preprocessing and the class names as JS
 
     import json, numpy as np, onnxruntime as ort
     sess = ort.InferenceSession("vit.onnx", providers=["CPUExecutionProvider"])
-    meta = sess.get_modelmeta().custom_metadata_map  # "preprocessing": input_size, mean, std, crop_pct, ...
+    meta = sess.get_modelmeta().custom_metadata_map  # "preprocessing": img_size, mean, std, crop_pct, ...
     pre, names = json.loads(meta["preprocessing"]), json.loads(meta.get("class_names", "null"))
     logits = sess.run(["logits"], {"pixel_values": images.astype(np.float32)})[0]  # images: (B, 3, H, W)
 

@@ -27,17 +27,17 @@ INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """Eval-time preprocessing: resize the shorter side to input_size / crop_pct, centre-crop to
-    input_size, scale to [0, 1], normalise with mean and std (timm's ``crop_pct`` convention)."""
+    """Eval-time preprocessing: resize the shorter side to img_size / crop_pct, centre-crop to
+    img_size, scale to [0, 1], normalise with mean and std (timm's ``crop_pct`` convention)."""
 
-    input_size: tuple[int, int] = (224, 224)
+    img_size: tuple[int, int] = (224, 224)  # (H, W) the model's input, as ViTConfig.img_size
     mean: tuple[float, ...] = INCEPTION_MEAN
     std: tuple[float, ...] = INCEPTION_STD
     interpolation: str = "bicubic"
     crop_pct: float = 0.9
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "input_size", tuple(int(s) for s in self.input_size))
+        object.__setattr__(self, "img_size", tuple(int(s) for s in self.img_size))
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
         if len(self.mean) != len(self.std) or min(self.std, default=0) <= 0:
@@ -53,19 +53,21 @@ class Preprocessing:
         no crop for small images."""
         small = max(config.img_size) <= 64
         half = (0.5,) * config.in_chans
-        return cls(input_size=config.img_size, mean=half, std=half, crop_pct=1.0 if small else 0.9)
+        return cls(img_size=config.img_size, mean=half, std=half, crop_pct=1.0 if small else 0.9)
 
     def replace(self, **changes: Any) -> Preprocessing:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d.update(input_size=list(self.input_size), mean=list(self.mean), std=list(self.std))
+        d.update(img_size=list(self.img_size), mean=list(self.mean), std=list(self.std))
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
         known = {f.name for f in dataclasses.fields(cls)}
+        if "input_size" in d and "img_size" not in d:  # files written before vitlab 0.2 name it input_size
+            d = {**d, "img_size": d["input_size"]}
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -94,7 +96,7 @@ class Preprocessing:
         from torchvision.transforms import v2 as T
 
         mode = InterpolationMode(self.interpolation)
-        h, w = self.input_size
+        h, w = self.img_size
         if h == w:
             resize = T.Resize(math.floor(h / self.crop_pct), interpolation=mode, antialias=True)  # shorter side
         else:
@@ -111,7 +113,7 @@ class Preprocessing:
     def transform_whole(self, patch_size: int) -> Callable[[Any], torch.Tensor]:
         """Like :meth:`transform` without the crop, for a model that takes any size divisible by ``patch_size``:
         PIL image or uint8 tensor -> normalised float tensor (C, H', W') of the whole image, its shorter side resized
-        to the shorter side of ``input_size`` and both sides rounded to a multiple of ``patch_size``."""
+        to the shorter side of ``img_size`` and both sides rounded to a multiple of ``patch_size``."""
         from torchvision.transforms import InterpolationMode
         from torchvision.transforms import v2 as T
 
@@ -120,7 +122,7 @@ class Preprocessing:
         def apply(image: Any) -> torch.Tensor:
             x = T.ToImage()(image)  # (C, H, W) uint8
             h, w = x.shape[-2:]
-            scale = min(self.input_size) / min(h, w)
+            scale = min(self.img_size) / min(h, w)
             size = [max(patch_size, round(s * scale / patch_size) * patch_size) for s in (h, w)]
             x = T.ToDtype(torch.float32, scale=True)(T.Resize(size, mode, antialias=True)(x))
             return self.normalize(x.as_subclass(torch.Tensor))

@@ -185,7 +185,7 @@ def preprocessing_from_config(pre_cfg: dict[str, Any], img_size: tuple[int, int]
     else:
         n = len(pre_cfg.get("image_mean", INCEPTION_MEAN))
         mean, std = (0.0,) * n, (1.0,) * n
-    return Preprocessing(input_size=size, mean=[m / scale for m in mean], std=[s / scale for s in std],
+    return Preprocessing(img_size=size, mean=[m / scale for m in mean], std=[s / scale for s in std],
                          interpolation=interp, crop_pct=1.0)
 
 

@@ -180,7 +180,7 @@ def _preprocessing(sd: dict[str, torch.Tensor], P: int, hints: dict[str, Any]) -
         size = (side * P, side * P) if side * side == n_grid else None
     if size is None:
         return None  # no table, or a non-square one: vitlab.load falls back to the model's own default
-    return Preprocessing(input_size=size, mean=INCEPTION_MEAN, std=INCEPTION_STD, interpolation="bicubic",
+    return Preprocessing(img_size=size, mean=INCEPTION_MEAN, std=INCEPTION_STD, interpolation="bicubic",
                          crop_pct=NPZ_CROP_PCT)
 
 

@@ -48,7 +48,7 @@ def hints_from_hub_config(hub_cfg: dict[str, Any]) -> tuple[dict[str, Any], Prep
     pcfg = hub_cfg.get("pretrained_cfg") or {}
     if "mean" in pcfg:
         size = pcfg.get("input_size", (3, 224, 224))[-2:]
-        pre = Preprocessing(input_size=tuple(size), mean=pcfg["mean"], std=pcfg["std"],
+        pre = Preprocessing(img_size=tuple(size), mean=pcfg["mean"], std=pcfg["std"],
                             interpolation=pcfg.get("interpolation", "bicubic"), crop_pct=pcfg.get("crop_pct", 0.9))
         hints.setdefault("img_size", tuple(size))
     names = hub_cfg.get("label_names") or None

@@ -96,7 +96,7 @@ def _preprocessing(sd: dict[str, torch.Tensor]) -> Preprocessing | None:
     side = round((sd["pos_embed"].shape[1] - 1) ** 0.5)  # torchvision: one class row, then a square grid
     size = side * sd["patch_embed.proj.weight"].shape[-1]
     if size == TV_CROP:
-        return Preprocessing(input_size=(size, size), mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation="bilinear",
+        return Preprocessing(img_size=(size, size), mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation="bilinear",
                              crop_pct=TV_CROP / TV_RESIZE)
-    return Preprocessing(input_size=(size, size), mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation="bicubic",
+    return Preprocessing(img_size=(size, size), mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation="bicubic",
                          crop_pct=1.0)

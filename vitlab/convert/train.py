@@ -13,7 +13,7 @@ config         the checkpoint's "model_meta" when it holds one (what ``vitlab.ch
                alias (``vitlab.registry``), a ResNet baseline (``vitlab.cnn``) or a local checkpoint, with
                ``model.overrides``; an init vitlab cannot find here leaves the architecture to the weights.
                The class count is the head's and the image size the position table's (without a table:
-               ``data.image_size``, else the model's own).
+               ``data.img_size``, else the model's own).
 preprocessing  model_meta's; otherwise the init checkpoint's or the default for the config, at the trained size
                and, for images held in memory, without a crop (as the trainer sets it).
 class names    model_meta's or a "class_names" list; otherwise those of the ``shapes`` data set; else none.
@@ -75,7 +75,7 @@ def read_checkpoint(state: dict[str, Any], path: Path, read_init: ReadInit | Non
                               "'model' table)")
     model_cfg, data_cfg = train_cfg.get("model", {}), train_cfg.get("data") or {}
     cfg, pre = _model_config(model_cfg, data_cfg, sd, path, read_init)
-    pre = (pre or Preprocessing.default_for(cfg)).replace(input_size=cfg.img_size)
+    pre = (pre or Preprocessing.default_for(cfg)).replace(img_size=cfg.img_size)
     if _in_memory(data_cfg, cfg.img_size):
         pre = pre.replace(crop_pct=1.0)
     return Converted(sd, TRAIN_FORMAT, hints=cfg.to_dict(), preprocessing=pre,
@@ -142,7 +142,7 @@ def _resnet_config(base: ResNetConfig, spec: str, overrides: dict[str, Any], n_c
                    data_cfg: dict[str, Any]) -> ResNetConfig:
     """As the trainer builds it: a name anew (its stem follows the image size), an init checkpoint's config with
     the new size (its stem kept)."""
-    size = data_cfg.get("image_size") or overrides.get("img_size") or base.img_size
+    size = _data_img_size(data_cfg) or overrides.get("img_size") or base.img_size
     if split_pretrained_tag(spec)[0] in RESNETS:
         return ResNetConfig(**{**overrides, "arch": base.arch, "num_classes": n_classes, "img_size": size})
     return base.replace(**overrides).replace(num_classes=n_classes, img_size=size)
@@ -150,8 +150,8 @@ def _resnet_config(base: ResNetConfig, spec: str, overrides: dict[str, Any], n_c
 
 def _trained_size(sd: dict[str, torch.Tensor], base: ViTConfig, data_cfg: dict[str, Any]) -> Any:
     """The image size the run trained at: the one whose grid fits the position table (vitlab's layout: a class
-    row, then the grid), preferring data.image_size and the model's own; without a table, those two."""
-    image_size = data_cfg.get("image_size") or 0
+    row, then the grid), preferring data.img_size and the model's own; without a table, those two."""
+    image_size = _data_img_size(data_cfg)
     if "pos_embed" not in sd or base.pos_embed != "learned":
         return image_size or base.img_size
     n_grid = sd["pos_embed"].shape[1] - int(base.class_token)  # (1, [1 +] h*w, D)
@@ -179,3 +179,8 @@ def _class_names(state: dict[str, Any], data_cfg: dict[str, Any], n_classes: int
     if isinstance(names, list) and len(names) == n_classes and all(isinstance(n, str) for n in names):
         return list(names)
     return None
+
+
+def _data_img_size(data_cfg: dict[str, Any]) -> int:
+    """The run's data.img_size (``image_size`` in runs written before vitlab 0.2); 0 = not set."""
+    return data_cfg.get("img_size") or data_cfg.get("image_size") or 0

@@ -95,7 +95,7 @@ class ImageDataset:
         return len(self.class_names)
 
     @property
-    def image_size(self) -> tuple[int, int]:
+    def img_size(self) -> tuple[int, int]:
         return tuple(self.images.shape[2:])
 
     def subset(self, indices: torch.Tensor) -> ImageDataset:
@@ -122,7 +122,7 @@ def _check_split(split: str) -> None:
 
 
 def load_dataset(name: str, split: str, *, data_dir: str | Path | None = None, download: bool = True,
-                 val_fraction: float = 0.1, seed: int = 0, strict: bool = False, image_size: int | None = None
+                 val_fraction: float = 0.1, seed: int = 0, strict: bool = False, img_size: int | None = None
                  ) -> ImageDataset | StreamingDataset:
     """Load a data set by name; returns an :class:`ImageDataset` or a :class:`vitlab.data.StreamingDataset`.
 
@@ -136,24 +136,24 @@ def load_dataset(name: str, split: str, *, data_dir: str | Path | None = None, d
             held out as ``"val"`` (seeded by ``seed``, disjoint from ``"train"``).
         seed: shapes: the generator seed; folder: the seed of the held-out split.
         strict: folder only: a file that does not decode is an error instead of a warning.
-        image_size: the side the images are resized to (square). For ``folder:``, it also decides between
+        img_size: the side the images are resized to (square). For ``folder:``, it also decides between
             in memory (<= 64) and streaming (> 64); by default the first image's size decides. For cifar the
             resized set is held in memory (N x 3 x S x S bytes). ``shapes`` is drawn at this size.
     """
     _check_split(split)
-    if image_size is not None and (not isinstance(image_size, int) or image_size < 8):
-        raise ValueError(f"image_size must be an int >= 8 or None, got {image_size!r}")
+    if img_size is not None and (not isinstance(img_size, int) or img_size < 8):
+        raise ValueError(f"img_size must be an int >= 8 or None, got {img_size!r}")
     if name in ("cifar10", "cifar100"):
         from vitlab.data.cifar import load_cifar
 
         ds = load_cifar(name, split, data_dir=data_dir, download=download)
-        if image_size is not None:
-            ds.images = resize_images(ds.images, image_size)
+        if img_size is not None:
+            ds.images = resize_images(ds.images, img_size)
         return ds
     if name == "shapes":
         from vitlab.data.shapes import make_shapes
 
-        return make_shapes(split, seed=seed, image_size=image_size or 32)
+        return make_shapes(split, seed=seed, img_size=img_size or 32)
     if name.startswith("folder:"):
         from vitlab.data.folder import load_folder
 
@@ -161,5 +161,5 @@ def load_dataset(name: str, split: str, *, data_dir: str | Path | None = None, d
         if not path:
             raise ValueError("folder: needs a path, e.g. 'folder:/data/pets'")
         return load_folder(Path(path).expanduser(), split, val_fraction=val_fraction, seed=seed, strict=strict,
-                           image_size=image_size)
+                           img_size=img_size)
     raise ValueError(f"unknown data set {name!r}; valid names: {', '.join(NAMES)}")

@@ -12,8 +12,8 @@ Class names are the sorted sub-folder names of the training folder; an evaluatio
 not add one. Files are taken recursively within a class folder when their extension is an image's
 (:data:`IMAGE_EXTENSIONS`), in sorted order.
 
-Small images (side <= 64: ``image_size`` if given, else the first image decides) are decoded once into an
-:class:`ImageDataset` (every image resized to ``image_size``, or to the first image's size when they differ).
+Small images (side <= 64: ``img_size`` if given, else the first image decides) are decoded once into an
+:class:`ImageDataset` (every image resized to ``img_size``, or to the first image's size when they differ).
 Larger ones give a :class:`StreamingDataset` that decodes per item.
 
 Bad data: a file that does not decode is skipped, and all skipped files are reported in one warning naming a
@@ -169,14 +169,14 @@ class StreamingDataset(Dataset):
     """
 
     def __init__(self, samples: list[tuple[Path, int]], class_names: list[str], *, root: Path | None = None,
-                 image_size: int | None = None, strict: bool = False,
+                 img_size: int | None = None, strict: bool = False,
                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         if not samples:
             raise ValueError(f"{root or 'StreamingDataset'}: no images")
         self.samples = list(samples)
         self.class_names = list(class_names)
         self.root = root
-        self.image_size = image_size
+        self.img_size = img_size
         self.strict = strict
         self.transform = transform
         self.labels = torch.tensor([label for _, label in self.samples], dtype=torch.int64)
@@ -186,7 +186,7 @@ class StreamingDataset(Dataset):
 
     def with_transform(self, transform: Callable[[torch.Tensor], torch.Tensor] | None) -> StreamingDataset:
         """A copy sharing the file list, with another transform."""
-        return StreamingDataset(self.samples, self.class_names, root=self.root, image_size=self.image_size,
+        return StreamingDataset(self.samples, self.class_names, root=self.root, img_size=self.img_size,
                                 strict=self.strict, transform=transform)
 
     def load(self, i: int) -> tuple[torch.Tensor, int]:
@@ -225,11 +225,11 @@ def _readable_headers(samples: list[tuple[Path, int]], where: Path, strict: bool
 
 
 def load_folder(root: Path, split: str, *, val_fraction: float = 0.1, seed: int = 0, strict: bool = False,
-                image_size: int | None = None) -> ImageDataset | StreamingDataset:
+                img_size: int | None = None) -> ImageDataset | StreamingDataset:
     """``folder:PATH`` (see the module docstring)."""
     samples, class_names, where = folder_samples(root, split, val_fraction, seed)
-    if image_size is not None:
-        small = image_size <= SMALL_IMAGE_MAX
+    if img_size is not None:
+        small = img_size <= SMALL_IMAGE_MAX
     else:
         small = False
         for path, _ in samples[:16]:  # the first image that opens decides
@@ -240,7 +240,7 @@ def load_folder(root: Path, split: str, *, val_fraction: float = 0.1, seed: int 
             except DECODE_ERRORS:
                 continue
     if small:
-        size = (image_size, image_size) if image_size is not None else None
+        size = (img_size, img_size) if img_size is not None else None
         return load_in_memory(samples, class_names, where, size, strict)
     samples = _readable_headers(samples, where, strict)
-    return StreamingDataset(samples, class_names, root=where, image_size=image_size, strict=strict)
+    return StreamingDataset(samples, class_names, root=where, img_size=img_size, strict=strict)

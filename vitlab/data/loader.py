@@ -139,7 +139,7 @@ def _stream_transform(train: bool, preprocessing, augment: AugmentConfig | None)
         return preprocessing.transform()  # resize the shorter side, centre crop, normalise
     cfg = augment or AugmentConfig(crop_padding=0, hflip=False)
     mode = InterpolationMode(preprocessing.interpolation)
-    ops = [T.ToImage(), T.RandomResizedCrop(preprocessing.input_size, interpolation=mode, antialias=True)]
+    ops = [T.ToImage(), T.RandomResizedCrop(preprocessing.img_size, interpolation=mode, antialias=True)]
     if cfg.hflip:
         ops.append(T.RandomHorizontalFlip())
     if cfg.auto_augment == "trivial":
@@ -199,7 +199,7 @@ def make_stream_loader(dataset: StreamingDataset, batch_size: int, *, train: boo
                        rank: int = 0, world_size: int = 1) -> StreamLoader:
     """One epoch of ``dataset`` through a torch DataLoader with ``num_workers`` workers.
 
-    Train: RandomResizedCrop to ``preprocessing.input_size``, flip and TrivialAugmentWide/RandAugment per
+    Train: RandomResizedCrop to ``preprocessing.img_size``, flip and TrivialAugmentWide/RandAugment per
     ``augment``, normalisation, random erasing; then Mixup/CutMix/label smoothing on the batch (partners within
     this process's batch). Eval: ``preprocessing.transform()`` (resize, centre crop, normalise), in order.
     ``preprocessing`` is a :class:`vitlab.Preprocessing`. Order and augmentation are deterministic from

@@ -27,7 +27,7 @@ from vitlab.data.datasets import ImageDataset, generator
 CLASS_NAMES = ["circle", "square", "triangle", "star", "cross", "ring"]
 SPLIT_SIZES = {"train": 10_000, "val": 2_000, "test": 2_000}
 
-# Geometry, as fractions of the image side (so any image_size gives the same picture).
+# Geometry, as fractions of the image side (so any img_size gives the same picture).
 RADIUS_RANGE = (0.28, 0.42)  # the shape's outer radius
 NUM_LINES, LINE_WIDTH = 3, (0.02, 0.045)  # distractor lines: count, width range
 NUM_BLOBS, BLOB_RADIUS = 2, (0.03, 0.06)  # distractor blobs: count, radius range (shapes are >= 4x larger)
@@ -130,7 +130,7 @@ def _draw(labels: torch.Tensor, size: int, g: torch.Generator) -> tuple[torch.Te
     return images, sdf_px < 0
 
 
-def make_shapes(split: str, *, seed: int = 0, image_size: int = 32, size: int | None = None) -> ImageDataset:
+def make_shapes(split: str, *, seed: int = 0, img_size: int = 32, size: int | None = None) -> ImageDataset:
     """The ``shapes`` data set: ``size`` images (default :data:`SPLIT_SIZES`) drawn from ``(seed, split)``.
 
     Labels are balanced (each class ``size // 6`` or one more) and in random order.
@@ -140,11 +140,11 @@ def make_shapes(split: str, *, seed: int = 0, image_size: int = 32, size: int | 
     n = SPLIT_SIZES[split] if size is None else int(size)
     if n < 1:
         raise ValueError(f"size must be >= 1, got {size}")
-    g = generator("shapes", seed, split, image_size)
+    g = generator("shapes", seed, split, img_size)
     k = len(CLASS_NAMES)
     labels = (torch.arange(n) % k)[torch.randperm(n, generator=g)]
-    images = torch.empty((n, 3, image_size, image_size), dtype=torch.uint8)
-    masks = torch.empty((n, image_size, image_size), dtype=torch.bool)
+    images = torch.empty((n, 3, img_size, img_size), dtype=torch.uint8)
+    masks = torch.empty((n, img_size, img_size), dtype=torch.bool)
     for i in range(0, n, CHUNK):
-        images[i:i + CHUNK], masks[i:i + CHUNK] = _draw(labels[i:i + CHUNK], image_size, g)
+        images[i:i + CHUNK], masks[i:i + CHUNK] = _draw(labels[i:i + CHUNK], img_size, g)
     return ImageDataset(images, labels, list(CLASS_NAMES), masks)

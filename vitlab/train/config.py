@@ -61,7 +61,7 @@ class DataConfig:
     val_fraction: float = 0.1  # folder data sets without a val/ or test/ folder
     strict: bool = False  # images that do not decode: error instead of skip-and-warn
     num_workers: int = 2  # streaming (large-image) data sets only
-    image_size: int = 0  # training resolution; 0 = the images' own size (in memory) or the model's (streamed)
+    img_size: int = 0  # training resolution; 0 = the images' own size (in memory) or the model's (streamed)
     # Augmentation (applied in batches on the training device for small images).
     crop_padding: int = 4
     hflip: bool = True
@@ -75,7 +75,7 @@ class DataConfig:
     label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
-        _check(self, "data", positive=("batch_size",), at_least_0=("num_workers", "image_size", "crop_padding",
+        _check(self, "data", positive=("batch_size",), at_least_0=("num_workers", "img_size", "crop_padding",
                "randaugment_n", "randaugment_m", "mixup_alpha", "cutmix_alpha"),
                fractions=("val_fraction", "label_smoothing"), closed_fractions=("random_erasing", "mix_prob"))
         _check_choice("data.auto_augment", self.auto_augment, ("none", "trivial", "randaugment"))
@@ -212,6 +212,8 @@ def from_dict(cls: type, d: dict[str, Any], prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     fields = _fields(cls)
     kwargs = {}
+    if cls is DataConfig and "image_size" in d and "img_size" not in d:  # run folders before vitlab 0.2
+        d = {("img_size" if k == "image_size" else k): v for k, v in d.items()}
     for key, value in d.items():
         if key not in fields:
             raise ConfigError(f"unknown key {prefix + key!r}; valid keys here: {', '.join(prefix + f for f in fields)}")

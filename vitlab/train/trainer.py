@@ -309,7 +309,7 @@ def _datasets(cfg: TrainConfig) -> tuple[Any, Any]:
     """The training and validation sets (the validation split is carved out of train where there is none)."""
     d = cfg.data
     common = dict(data_dir=d.data_dir or None, val_fraction=d.val_fraction, seed=cfg.seed, strict=d.strict,
-                  image_size=d.image_size or None)
+                  img_size=d.img_size or None)
     return load_dataset(d.dataset, "train", **common), load_dataset(d.dataset, "val", **common)
 
 
@@ -320,14 +320,14 @@ def _build_model(cfg: TrainConfig, train_set: Any) -> VisionTransformer | ResNet
     if isinstance(train_set, ImageDataset):
         size: Any = tuple(train_set.images.shape[-2:])
     else:
-        size = cfg.data.image_size or None  # None: the model's own img_size
+        size = cfg.data.img_size or None  # None: the model's own img_size
     # Fine-tuning (model.init: any model spec with weights, or a name's default weights): the position table is
     # resampled, and the head is fresh (zero) if the class count differs. vitlab.factory reads the spec.
     spec, pretrained = (cfg.model.init, True) if cfg.model.init else (cfg.model.name, False)
     model = vitlab.create_model(spec, pretrained=pretrained, num_classes=n, img_size=size, **cfg.model.overrides)
     pre = model.preprocessing
     crop = 1.0 if isinstance(train_set, ImageDataset) else pre.crop_pct
-    model.preprocessing = pre.replace(input_size=model.config.img_size, crop_pct=crop)
+    model.preprocessing = pre.replace(img_size=model.config.img_size, crop_pct=crop)
     model.class_names = list(train_set.class_names)
     return model
 
