@@ -440,6 +440,7 @@ def test_complexity_table_and_plot(capsys, tmp_path):
     assert code == 2 and "not divisible by the patch size 16" in err
 
 
+@pytest.mark.slow  # about 8 s each: every analysis of the report, and its 11 figures
 @pytest.mark.parametrize("compare", ["vit", "resnet"])
 def test_analyze_writes_a_report_with_every_section(capsys, tmp_path, compare):
     from vitlab.data import SHAPES_CLASS_NAMES

@@ -43,6 +43,7 @@ def exported(tmp_path_factory):
     return model, path, export_onnx(model, path, dynamic=True, batch=3)
 
 
+@pytest.mark.slow  # the export alone takes 5 s; test_parity_failure_leaves_no_file exports in the fast set
 def test_dynamic_export_matches_eager_at_two_sizes(exported):
     model, path, report = exported
     assert report.dynamic and report.opset >= 18
@@ -60,6 +61,7 @@ def test_dynamic_export_matches_eager_at_two_sizes(exported):
     assert "max |logit diff|" in report.summary()
 
 
+@pytest.mark.slow  # shares the 5 s export above
 def test_metadata_round_trip(exported):
     model, path, _ = exported
     meta = read_onnx_metadata(path)

@@ -109,6 +109,7 @@ def test_run_folder_is_complete(straight):
     assert [p.name for p in list_checkpoints(straight)] == ["ckpt-step00000008.pt", "ckpt-step00000004.pt"]
 
 
+@pytest.mark.slow  # a child Python process: about 5 s of imports
 def test_sigkill_then_resume_gives_identical_weights(straight, data, tmp_path):
     run_dir = tmp_path / "killed"
     proc = run_script("""
@@ -130,6 +131,7 @@ def test_sigkill_then_resume_gives_identical_weights(straight, data, tmp_path):
     assert_same_weights(straight, run_dir)
 
 
+@pytest.mark.slow  # a child Python process: about 5 s of imports
 def test_killed_while_writing_a_checkpoint_resumes_from_the_previous_one(straight, data, tmp_path):
     run_dir = tmp_path / "torn"
     proc = run_script("""

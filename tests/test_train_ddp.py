@@ -37,6 +37,7 @@ def data(tmp_path_factory):
     return write_shapes_folder(tmp_path_factory.mktemp("shapes"))
 
 
+@pytest.mark.slow  # torchrun starts three Python processes
 def test_two_processes_stop_together_at_the_end_of_a_budget_and_match_one(data, tmp_path):
     """Each process measures its own time; they agree on the slowest clock, so none waits for a step the other
     never takes. The weights are those of one process that takes as many steps."""
