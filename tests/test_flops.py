@@ -139,3 +139,15 @@ def test_swin_attention_cost_and_attention_memory():
     assert attention_macs(cfg, 448, window=7) > 3.9 * attention_macs(cfg, window=7)  # W-MSA: linear in pixels
     assert attention_macs(cfg, 448) > 5 * attention_macs(cfg)  # global MSA: more than linear
     assert attention_matrix_bytes(cfg, batch=2) == 2 * 12 * 197 * 197 * 4
+
+
+def test_cost_at_adds_up_to_count_flops_and_windowed_attention_is_cheaper():
+    from vitlab.flops import COST_PARTS, attention_macs, cost_at
+
+    cfg = vitlab.get_config("B/16", representation_size=768)
+    cost = cost_at(cfg, 384, window=7)
+    assert cost.img_size == (384, 384) and cost.tokens == 24 * 24 + 1
+    assert cost.flops == count_flops(cfg, 384)
+    assert sum(cost.share[p] for p in COST_PARTS) == pytest.approx(100.0)  # pre_logits is counted in the head
+    assert cost.msa_macs == 12 * attention_macs(cfg, 384) and cost.wmsa_macs < cost.msa_macs
+    assert cost.attention_matrix_bytes == 12 * 577 * 577 * 4

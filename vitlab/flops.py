@@ -16,6 +16,8 @@ list multiply-adds (MACs) under the name "FLOPs": their figures are half of thes
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from vitlab.config import ViTConfig
 
 
@@ -151,3 +153,32 @@ def count_params(config: ViTConfig) -> int:
     if config.num_classes:
         n += config.num_features * config.num_classes + config.num_classes
     return n
+
+
+COST_PARTS = ("patch_embed", "qkv", "attention_matrix", "proj", "mlp", "head")  # the head includes pre_logits
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What one image costs a model at one input size (:func:`cost_at`)."""
+
+    img_size: tuple[int, int]
+    tokens: int  # N = patches + prefix tokens
+    flops: int  # forward, one image (count_flops)
+    share: dict[str, float]  # percent of ``flops`` by part, for COST_PARTS
+    attention_matrix_bytes: int  # one block's (1, Nh, N, N) fp32 probabilities
+    msa_macs: int  # global self-attention over the patches, all blocks (Swin's count)
+    wmsa_macs: int  # windowed self-attention with the given window, all blocks
+
+
+def cost_at(config: ViTConfig, img_size: int | tuple[int, int] | None = None, window: int = 7) -> Cost:
+    """FLOPs by part, the attention matrix's memory, and global against windowed self-attention at ``img_size``."""
+    H, W = _image_size(config, img_size)
+    terms = flops_breakdown(config, (H, W))
+    total = sum(terms.values())
+    parts = {**terms, "head": terms["head"] + terms["pre_logits"]}
+    return Cost(img_size=(H, W), tokens=_patches(config, (H, W)) + config.num_prefix_tokens, flops=total,
+                share={p: 100 * parts[p] / total for p in COST_PARTS},
+                attention_matrix_bytes=attention_matrix_bytes(config, (H, W)),
+                msa_macs=attention_macs(config, (H, W)) * config.depth,
+                wmsa_macs=attention_macs(config, (H, W), window) * config.depth)

@@ -32,6 +32,20 @@ class InferenceModel(nn.Module):
         return self.model(x.to(self.dtype)).float()
 
 
+def class_names_for(model: nn.Module) -> list[str]:
+    """The names of a classifier's outputs: the checkpoint's own; else ImageNet-1k's for a 1000-class head (the
+    names ship with torchvision, no download); else ``class_<i>``."""
+    k = model.config.num_classes
+    names = getattr(model, "class_names", None)
+    if names and len(names) == k:
+        return list(names)
+    if k == 1000:
+        from torchvision.models import ViT_B_16_Weights
+
+        return list(ViT_B_16_Weights.IMAGENET1K_V1.meta["categories"])
+    return [f"class_{i}" for i in range(k)]
+
+
 def prepare_for_inference(model: nn.Module, dtype: str = "bfloat16", compile: bool = False) -> InferenceModel:
     """A copy of ``model`` in eval mode with weights in ``dtype`` (bfloat16, float16 or float32).
 

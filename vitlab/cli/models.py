@@ -17,7 +17,7 @@ from vitlab.cli.common import (
     with_warnings,
 )
 from vitlab.factory import parse_spec
-from vitlab.flops import count_flops, count_params
+from vitlab.flops import COST_PARTS, cost_at, count_flops, count_params
 from vitlab.registry import DEFAULT_PRETRAINED_TAGS, get_config, resolve_name
 
 ALIAS_HELP = "aliases: Ti|S|B|L|H/<patch>[@<img_size>], e.g. B/16 = vit_base_patch16_224, B/16@384, Ti/4@32"
@@ -119,8 +119,6 @@ def complexity(model: str, img_sizes: Sequence[int | tuple[int, int]] = (), wind
                plot: str | None = None) -> int:
     """Print parameters and FLOPs by part at each image size, the attention matrix's memory, and global MSA
     against windowed W-MSA (Swin); optionally plot the attention cost against the resolution."""
-    from vitlab.flops import attention_macs, attention_matrix_bytes, flops_breakdown
-
     spec = parse_spec(model)
     if spec.weights is not None or spec.kind == "resnet":
         net = load_model_spec(model)[0]
@@ -128,34 +126,24 @@ def complexity(model: str, img_sizes: Sequence[int | tuple[int, int]] = (), wind
         net_cfg = net.config
     else:
         net_cfg = get_config(spec.name)
-    sizes = list(img_sizes) or [net_cfg.img_size]
+    costs = [cost_at(net_cfg, size, window) for size in (list(img_sizes) or [net_cfg.img_size])]
     print(f"{model}: {millions(count_params(net_cfg))} parameters, D={net_cfg.embed_dim}, {net_cfg.depth} blocks, "
           f"{net_cfg.num_heads} heads, patch {net_cfg.patch_size}\n")
-    parts = ("patch_embed", "qkv", "attention_matrix", "proj", "mlp", "head")
-    header = ("image", "tokens", "GFLOPs", *(f"{p} %" for p in parts), "attn matrix MiB")
-    rows, msa, wmsa, labels = [], [], [], []
-    for size in sizes:
-        hw = (size, size) if isinstance(size, int) else tuple(size)
-        terms = flops_breakdown(net_cfg, hw)
-        total = sum(terms.values())
-        n = (hw[0] // net_cfg.patch_size) * (hw[1] // net_cfg.patch_size) + net_cfg.num_prefix_tokens
-        share = [f"{100 * (terms[p] + (terms['pre_logits'] if p == 'head' else 0)) / total:.1f}" for p in parts]
-        mib = attention_matrix_bytes(net_cfg, hw) / 2**20
-        rows.append(("x".join(map(str, hw)), str(n), f"{total / 1e9:.2f}", *share, f"{mib:.2f}"))
-        msa.append(attention_macs(net_cfg, hw) * net_cfg.depth)
-        wmsa.append(attention_macs(net_cfg, hw, window) * net_cfg.depth)
-        labels.append("x".join(map(str, hw)))
-    print_table(header, rows, left={0})
+    labels = ["x".join(map(str, c.img_size)) for c in costs]
+    print_table(("image", "tokens", "GFLOPs", *(f"{p} %" for p in COST_PARTS), "attn matrix MiB"),
+                [(lab, str(c.tokens), f"{c.flops / 1e9:.2f}", *(f"{c.share[p]:.1f}" for p in COST_PARTS),
+                  f"{c.attention_matrix_bytes / 2**20:.2f}") for lab, c in zip(labels, costs, strict=True)], left={0})
     print("\nGFLOPs: one image forward, 1 multiply-add = 2 FLOPs. attn matrix: one block's (B=1, heads, N, N) "
           "probabilities in fp32, what the explicit attention path holds (the fused kernel never stores it).\n")
     print(f"Self-attention over the patches, all blocks, GMACs (Swin's count; W-MSA window M={window}):")
     print_table(("image", "global MSA", "W-MSA", "MSA / W-MSA"),
-                [(lab, f"{a / 1e9:.3f}", f"{b / 1e9:.3f}", f"{a / b:.2f}x")
-                 for lab, a, b in zip(labels, msa, wmsa, strict=True)], left={0})
+                [(lab, f"{c.msa_macs / 1e9:.3f}", f"{c.wmsa_macs / 1e9:.3f}", f"{c.msa_macs / c.wmsa_macs:.2f}x")
+                 for lab, c in zip(labels, costs, strict=True)], left={0})
     print("MSA: 4 hw C^2 + 2 (hw)^2 C; W-MSA: 4 hw C^2 + 2 M^2 hw C (Liu et al. 2021, Eq. 1-2).")
     if plot:
         from vitlab.plots import plot_attention_cost
 
-        pixels = [int(lab.split("x")[0]) * int(lab.split("x")[-1]) for lab in labels]
-        print(f"plot: {plot_attention_cost(pixels, msa, wmsa, window, plot)}")
+        pixels = [c.img_size[0] * c.img_size[1] for c in costs]
+        path = plot_attention_cost(pixels, [c.msa_macs for c in costs], [c.wmsa_macs for c in costs], window, plot)
+        print(f"plot: {path}")
     return EXIT_OK

@@ -23,19 +23,7 @@ from vitlab.cli.common import (
     require_vit,
     warn,
 )
-
-
-def class_names_for(model: vitlab.VisionTransformer) -> list[str]:
-    """The checkpoint's class names; else ImageNet-1k's for a 1000-class head; else ``class_<i>``."""
-    k = model.config.num_classes
-    names = getattr(model, "class_names", None)
-    if names and len(names) == k:
-        return list(names)
-    if k == 1000:
-        from torchvision.models import ViT_B_16_Weights  # the names ship with torchvision: no download
-
-        return list(ViT_B_16_Weights.IMAGENET1K_V1.meta["categories"])
-    return [f"class_{i}" for i in range(k)]
+from vitlab.inference import class_names_for, prepare_for_inference
 
 
 def _read_images(paths: Sequence[str]) -> Any:
@@ -88,8 +76,6 @@ def predict(images: Sequence[str], model: str, topk: int = 5, device: str = "cpu
     transform = net.preprocessing.transform()
     net = net.eval().to(dev)
     if dtype != "float32":
-        from vitlab.inference import prepare_for_inference
-
         net = prepare_for_inference(net, dtype)
     failed = 0
     for path, img in _read_images(images):
