@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import html
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,18 @@ def sample_images(model: VisionTransformer, dataset: Any, n: int, seed: int = 0)
     return Sample(x, to_model[labels], images, masks)
 
 
+@dataclass
+class _Report:
+    """What the sections fill in: the numbers (report.json) and the figures, each (section, file, caption)."""
+
+    out: Path
+    numbers: dict[str, Any]
+    figures: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def figure(self, section: str, path: Path, caption: str) -> None:
+        self.figures.append((section, path.name, caption))
+
+
 def analyze(model: VisionTransformer, test_set: Any, train_set: Any, out_dir: str | Path, *,
             compare: VisionTransformer | ResNet | None = None, names: tuple[str, str] = ("model", "compare"),
             n_images: int = 512, n_probe_train: int = 2000, n_faithfulness: int = 64, n_show: int = 6,
@@ -78,137 +90,148 @@ def analyze(model: VisionTransformer, test_set: Any, train_set: Any, out_dir: st
     """Run every analysis and write ``out_dir/report.html``, ``report.json`` and the figures; return the HTML path."""
     from tqdm.auto import tqdm
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     model = model.eval()
-    cfg = model.config
-    steps = ["sample", "attention maps", "faithfulness", "figure 7", "probes", "cka", "soft nn", "ablation"]
-    bar = tqdm(total=len(steps), disable=not progress, unit="step")
-    numbers: dict[str, Any] = {"model": names[0], "config": cfg.to_dict()}
-    figures: list[tuple[str, str, str]] = []  # (section, file, caption)
-
-    def step(name: str) -> None:
-        bar.set_description(name)
-        bar.update(1)
-
+    report = _Report(Path(out_dir), {"model": names[0], "config": model.config.to_dict()})
+    report.out.mkdir(parents=True, exist_ok=True)
     test = sample_images(model, test_set, n_images, seed)
-    numbers["accuracy"] = {"top1": accuracy(model, test.x, test.y), "images": len(test.y)}
-    step("sample")
+    report.numbers["accuracy"] = {"top1": accuracy(model, test.x, test.y), "images": len(test.y)}
+    bar = tqdm(total=4, disable=not progress, unit="section")
+    maps = _attention_maps(report, model, test, n_show, n_faithfulness)
+    bar.update(1)
+    _faithfulness(report, model, test, maps, n_faithfulness, seed)
+    bar.update(1)
+    _figure7(report, model, test)
+    bar.update(1)
+    _representations(report, model, test, train_set, compare, test_set, names, n_images, n_probe_train, cka_batch,
+                     snn_temperature, seed)
+    bar.close()
+    (report.out / "report.json").write_text(json.dumps(report.numbers, indent=1))
+    return _write_html(report.out, report.numbers, report.figures)
 
-    show = slice(0, min(n_show, len(test.y)))
-    size = tuple(test.x.shape[-2:])
-    # Maps for the images shown and scored for faithfulness; for all of them only when the pointing game needs them.
+
+def _attention_maps(report: _Report, model: VisionTransformer, test: Sample, n_show: int,
+                    n_faithfulness: int) -> dict[str, torch.Tensor]:
+    """Raw attention, rollout and gradient rollout, drawn for the first ``n_show`` images; returns the maps, (n, h, w)
+    per method, for the images shown and scored (for all of them when the pointing game needs them)."""
     n_maps = len(test.y) if test.masks is not None else min(len(test.y), max(n_show, n_faithfulness))
     maps = {m: torch.cat([attention_maps(model, test.x[i:min(i + 64, n_maps)], m).maps for i in range(0, n_maps, 64)])
-            for m in METHODS}  # (n_maps, h, w) each, in batches: gradient rollout keeps a graph per batch
+            for m in METHODS}  # in batches: gradient rollout keeps a graph per batch
+    show = slice(0, min(n_show, len(test.y)))
     with torch.no_grad():
         pred = model(test.x[show]).argmax(-1)
-    class_names = model.class_names or [str(i) for i in range(cfg.num_classes)]
-    titles = [f"true {class_names[t]}\npred {class_names[p]}" for t, p in zip(test.y[show].tolist(), pred.tolist(),
-                                                                              strict=True)]
-    shown = {m: upsample_map(v[show], size).numpy() for m, v in maps.items()}
-    figures.append(("Attention maps", plot_saliency_grid(test.images[show].permute(0, 2, 3, 1).numpy(), shown,
-                                                         titles, out / "attention.png").name,
-                    "Raw attention of the last block, attention rollout and gradient rollout (predicted class)."))
-    step("attention maps")
+    class_names = model.class_names or [str(i) for i in range(model.config.num_classes)]
+    titles = [f"true {class_names[t]}\npred {class_names[p]}"
+              for t, p in zip(test.y[show].tolist(), pred.tolist(), strict=True)]
+    shown = {m: upsample_map(v[show], tuple(test.x.shape[-2:])).numpy() for m, v in maps.items()}
+    images = test.images[show].permute(0, 2, 3, 1).numpy()
+    report.figure("Attention maps", plot_saliency_grid(images, shown, titles, report.out / "attention.png"),
+                  "Raw attention of the last block, attention rollout and gradient rollout (predicted class).")
+    return maps
 
-    faith, curves = {}, {}
+
+def _faithfulness(report: _Report, model: VisionTransformer, test: Sample, maps: dict[str, torch.Tensor],
+                  n_faithfulness: int, seed: int) -> None:
+    """Deletion / insertion AUC of each map against one random order; the pointing game on data with masks."""
+    patch = model.config.patch_size
     x_f, target = test.x[:n_faithfulness], test.y[:n_faithfulness]
     order = random_order(len(target), maps["raw"][0].numel(), seed)  # one random baseline for every map
-    rand = deletion_insertion_curves(model, x_f, maps["raw"][:n_faithfulness], target, cfg.patch_size, order=order)
-    curves["random order"] = (rand["deletion"].mean(0).numpy(), rand["insertion"].mean(0).numpy())
+    rand = deletion_insertion_curves(model, x_f, maps["raw"][:n_faithfulness], target, patch, order=order)
+    curves = {"random order": (rand["deletion"].mean(0).numpy(), rand["insertion"].mean(0).numpy())}
+    faith = {}
     for m, v in maps.items():
-        c = deletion_insertion_curves(model, x_f, v[:n_faithfulness], target, cfg.patch_size)
+        c = deletion_insertion_curves(model, x_f, v[:n_faithfulness], target, patch)
         curves[m] = (c["deletion"].mean(0).numpy(), c["insertion"].mean(0).numpy())
         faith[m] = asdict(summarize(c, rand))
-    fraction = rand["fraction"].numpy()
-    numbers["faithfulness"] = faith
-    curve_png = plot_deletion_insertion(fraction, curves, out / "deletion_insertion.png")
-    figures.append(("Faithfulness", curve_png.name,
-                    f"Probability of the true class as patches are deleted / inserted in the order of each map "
-                    f"({n_faithfulness} images)."))
+    report.numbers["faithfulness"] = faith
+    report.figure("Faithfulness", plot_deletion_insertion(rand["fraction"].numpy(), curves,
+                                                          report.out / "deletion_insertion.png"),
+                  f"Probability of the true class as patches are deleted / inserted in the order of each map "
+                  f"({n_faithfulness} images).")
     if test.masks is not None:
-        numbers["pointing_game"] = {}
+        report.numbers["pointing_game"] = {}
         for m in METHODS:
             hit, chance = pointing_game(maps[m], test.masks)
-            numbers["pointing_game"][m] = {"hit_rate": hit, "chance": chance}
-    step("faithfulness")
+            report.numbers["pointing_game"][m] = {"hit_rate": hit, "chance": chance}
 
+
+def _figure7(report: _Report, model: VisionTransformer, test: Sample) -> None:
+    """The paper's Figure 7: patch-embedding components, position similarity, mean attention distance."""
+    cfg, out = model.config, report.out
     if cfg.stem == "patch":
         comps, var = figure7.patch_embedding_components(model, k=28)
-        figures.append(("Figure 7", plot_patch_components(comps.numpy(), var.numpy(), out / "patch_pcs.png").name,
-                        "Principal components of the patch-embedding filters (paper Figure 7, left)."))
+        report.figure("Figure 7", plot_patch_components(comps.numpy(), var.numpy(), out / "patch_pcs.png"),
+                      "Principal components of the patch-embedding filters (paper Figure 7, left).")
     if model.pos_embed is not None:
         sim = figure7.model_position_similarity(model)
-        figures.append(("Figure 7", plot_position_similarity(sim.numpy(), out / "pos_similarity.png").name,
-                        "Cosine similarity of each position embedding with all others (Figure 7, centre)."))
+        report.figure("Figure 7", plot_position_similarity(sim.numpy(), out / "pos_similarity.png"),
+                      "Cosine similarity of each position embedding with all others (Figure 7, centre).")
     dist = figure7.attention_distances(model, test.x[:256])
-    ceiling = figure7.uniform_attention_distance((size[0] // cfg.patch_size, size[1] // cfg.patch_size),
-                                                 cfg.patch_size)
-    numbers["mean_attention_distance"] = {"per_block_head": dist.tolist(), "uniform": ceiling}
-    dist_png = plot_attention_distance(dist.numpy(), ceiling, out / "attention_distance.png")
-    figures.append(("Figure 7", dist_png.name,
-                    "Mean attention distance of every head against the block (Figure 7, right)."))
-    step("figure 7")
+    h, w = test.x.shape[-2:]
+    ceiling = figure7.uniform_attention_distance((h // cfg.patch_size, w // cfg.patch_size), cfg.patch_size)
+    report.numbers["mean_attention_distance"] = {"per_block_head": dist.tolist(), "uniform": ceiling}
+    report.figure("Figure 7", plot_attention_distance(dist.numpy(), ceiling, out / "attention_distance.png"),
+                  "Mean attention distance of every head against the block (Figure 7, right).")
 
+
+def _representations(report: _Report, model: VisionTransformer, test: Sample, train_set: Any,
+                     compare: VisionTransformer | ResNet | None, test_set: Any, names: tuple[str, str], n_images: int,
+                     n_probe_train: int, cka_batch: int, snn_temperature: float, seed: int) -> None:
+    """Raghu et al. 2021 per block: linear probes, CKA within (and across) models, soft nearest-neighbour loss and
+    residual ablation."""
+    out, numbers = report.out, report.numbers
     train = sample_images(model, train_set, n_probe_train, seed + 1)
-    reps_test = block_representations(model, test.x)
-    reps_train = block_representations(model, train.x)
+    reps_test, reps_train = block_representations(model, test.x), block_representations(model, train.x)
     probes = probe_blocks(reps_train, train.y, reps_test, test.y)
     numbers["linear_probes"] = probes
-    chance = 1.0 / cfg.num_classes if cfg.num_classes else None
-    figures.append(("Representations", plot_per_block(
-        {f"{k} token" if k == "cls" else "mean of patch tokens": v for k, v in probes.items()}, "linear probe top-1",
-        out / "probes.png", chance).name, f"Linear probes per block ({n_probe_train} train images)."))
-    step("probes")
+    chance = 1.0 / model.config.num_classes if model.config.num_classes else None
+    series = {f"{k} token" if k == "cls" else "mean of patch tokens": v for k, v in probes.items()}
+    report.figure("Representations", plot_per_block(series, "linear probe top-1", out / "probes.png", chance),
+                  f"Linear probes per block ({n_probe_train} train images).")
 
     cka_self = cka_matrix(reps_test["mean"], reps_test["mean"], cka_batch)
     numbers["cka"] = {"within": cka_self.tolist()}
-    figures.append(("Representations", plot_matrix(cka_self.numpy(), f"CKA between blocks ({names[0]})", "block",
-                                                   "block", out / "cka.png").name,
-                    "Minibatch linear CKA between the blocks' mean patch tokens."))
+    report.figure("Representations", plot_matrix(cka_self.numpy(), f"CKA between blocks ({names[0]})", "block",
+                                                 "block", out / "cka.png"),
+                  "Minibatch linear CKA between the blocks' mean patch tokens.")
     if compare is not None:
-        compare = compare.eval()
-        other_test = sample_images(compare, test_set, n_images, seed)  # the same images, its preprocessing
-        other = block_representations(compare, other_test.x)["mean"]
-        cross = cka_matrix(reps_test["mean"], other, cka_batch)
-        numbers["cka"]["across"] = cross.tolist()
-        numbers["compare"] = {"model": names[1], "architecture": type(compare).__name__,
-                              "config": compare.config.to_dict(),
-                              "accuracy": accuracy(compare, other_test.x, other_test.y)}
-        figures.append(("Representations", plot_matrix(cross.numpy(), "CKA across models",
-                                                       f"compare ({type(compare).__name__}) block",
-                                                       f"model ({type(model).__name__}) block",
-                                                       out / "cka_across.png").name,
-                        f"Minibatch linear CKA between the blocks of the model ({names[0]}) and of the compared "
-                        f"model ({names[1]}), each block's output averaged over tokens or positions."))
-    step("cka")
+        _compare(report, model, compare, reps_test["mean"], test_set, names, n_images, cka_batch, seed)
 
     snn = {k: [soft_nearest_neighbor_loss(torch.nn.functional.normalize(block, dim=-1), test.y, snn_temperature)
                for block in r] for k, r in reps_test.items()}
     numbers["soft_nearest_neighbor_loss"] = {"temperature": snn_temperature, **snn}
-    figures.append(("Representations", plot_per_block(snn, "soft nearest-neighbour loss", out / "snn.png").name,
-                    f"Soft nearest-neighbour loss of the L2-normalised representations (T = {snn_temperature}): "
-                    "lower means classes are better separated."))
-    step("soft nn")
+    report.figure("Representations", plot_per_block(snn, "soft nearest-neighbour loss", out / "snn.png"),
+                  f"Soft nearest-neighbour loss of the L2-normalised representations (T = {snn_temperature}): "
+                  "lower means classes are better separated.")
 
     ablation = residual_ablation(model, test.x, test.y)
     numbers["residual_ablation"] = {"top1_without_block_residual": ablation, "top1": numbers["accuracy"]["top1"]}
-    figures.append(("Representations", plot_per_block({"block i without residuals": ablation}, "top-1",
-                                                      out / "ablation.png", chance).name,
-                    "Accuracy with the residual connections of one block removed at inference."))
+    report.figure("Representations", plot_per_block({"block i without residuals": ablation}, "top-1",
+                                                    out / "ablation.png", chance),
+                  "Accuracy with the residual connections of one block removed at inference.")
     change = residual_ablation_cka(model, test.x, cka_batch, intact=reps_test["mean"])
     numbers["residual_ablation"]["cka_to_intact"] = change.tolist()
-    figures.append(("Representations", plot_matrix(change.numpy(), "CKA to the intact model's block",
-                                                   "block j", "residuals removed in block i",
-                                                   out / "ablation_cka.png").name,
-                    "How removing one block's residuals changes every block: CKA between block j's representation "
-                    "in the intact model and with block i's residuals removed (1 = unchanged)."))
-    step("ablation")
-    bar.close()
+    report.figure("Representations", plot_matrix(change.numpy(), "CKA to the intact model's block", "block j",
+                                                 "residuals removed in block i", out / "ablation_cka.png"),
+                  "How removing one block's residuals changes every block: CKA between block j's representation "
+                  "in the intact model and with block i's residuals removed (1 = unchanged).")
 
-    (out / "report.json").write_text(json.dumps(numbers, indent=1))
-    return _write_html(out, numbers, figures)
+
+def _compare(report: _Report, model: VisionTransformer, compare: VisionTransformer | ResNet,
+             mean_tokens: list[torch.Tensor], test_set: Any, names: tuple[str, str], n_images: int, cka_batch: int,
+             seed: int) -> None:
+    """CKA between the blocks of the model and of a second one (a ViT or the ResNet) on the same images."""
+    compare = compare.eval()
+    other_test = sample_images(compare, test_set, n_images, seed)  # the same images, its preprocessing
+    cross = cka_matrix(mean_tokens, block_representations(compare, other_test.x)["mean"], cka_batch)
+    report.numbers["cka"]["across"] = cross.tolist()
+    report.numbers["compare"] = {"model": names[1], "architecture": type(compare).__name__,
+                                 "config": compare.config.to_dict(),
+                                 "accuracy": accuracy(compare, other_test.x, other_test.y)}
+    figure = plot_matrix(cross.numpy(), "CKA across models", f"compare ({type(compare).__name__}) block",
+                         f"model ({type(model).__name__}) block", report.out / "cka_across.png")
+    report.figure("Representations", figure,
+                  f"Minibatch linear CKA between the blocks of the model ({names[0]}) and of the compared "
+                  f"model ({names[1]}), each block's output averaged over tokens or positions.")
 
 
 def _write_html(out: Path, numbers: dict[str, Any], figures: list[tuple[str, str, str]]) -> Path:
