@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vitlab.cnn import RESNETS, ResNetConfig
+from vitlab.registry import get_config
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -40,9 +43,6 @@ class ModelConfig:
                                   f"remove model.overrides.{key}")
         if self.init:  # a fine-tuning source is resolved (and checked) when the run starts: it may be a download
             return
-        from vitlab.cnn import RESNETS, ResNetConfig
-        from vitlab.registry import get_config
-
         try:
             if self.name in RESNETS:
                 ResNetConfig(arch=self.name, **self.overrides)
