@@ -36,15 +36,16 @@ def test_train_and_val_folders(tmp_path):
 
 def test_any_image_mode_becomes_rgb(tmp_path):
     rgb = Image.fromarray(_pixels(0, 16))
-    d = tmp_path / "train" / "a"
-    d.mkdir(parents=True)
-    rgb.convert("L").save(d / "gray.png")
-    rgb.convert("RGBA").save(d / "rgba.png")
-    rgb.convert("CMYK").save(d / "cmyk.jpg")
-    rgb.convert("P").save(d / "palette.png")
+    for name in ("a", "b"):  # two classes: a folder data set needs at least two
+        d = tmp_path / "train" / name
+        d.mkdir(parents=True)
+        rgb.convert("L").save(d / "gray.png")
+        rgb.convert("RGBA").save(d / "rgba.png")
+        rgb.convert("CMYK").save(d / "cmyk.jpg")
+        rgb.convert("P").save(d / "palette.png")
     ds = load_dataset(f"folder:{tmp_path}", "train", val_fraction=0.25)  # no val/: a 1-image hold-out
     full = torch.cat([ds.images, load_dataset(f"folder:{tmp_path}", "val", val_fraction=0.25).images])
-    assert full.shape == (4, 3, 16, 16)
+    assert full.shape == (8, 3, 16, 16)
     gray = torch.from_numpy(np.array(rgb.convert("L")))
     assert any(torch.equal(img, gray.expand(3, 16, 16)) for img in full)  # grayscale -> R = G = B
     assert any(torch.equal(img, torch.from_numpy(_pixels(0, 16)).permute(2, 0, 1)) for img in full)  # RGBA: RGB kept
@@ -64,7 +65,7 @@ def test_bad_files_are_skipped_with_one_warning_or_an_error_with_strict(tmp_path
 
 
 def test_empty_class_folder_or_split_is_a_clear_error(tmp_path):
-    _write(tmp_path / "train", {"a": 2})
+    _write(tmp_path / "train", {"a": 2, "c": 2})
     (tmp_path / "train" / "b").mkdir()
     with pytest.raises(ValueError, match=r"class folder .*train/b holds no image files"):
         load_dataset(f"folder:{tmp_path}", "train")

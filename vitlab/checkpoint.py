@@ -18,9 +18,11 @@ through ``vitlab.hub``, then reads the folder here.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
+import shutil
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -307,9 +309,33 @@ def _load_resnet(conv: Converted, path: Path, num_classes: int | None, img_size:
     return model
 
 
+class DiskFullError(OSError):
+    """The disk filled up while writing ``path``; the previous file is intact and no partial file is left."""
+
+    def __init__(self, path: Path, then: str = "free some space and try again"):
+        free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else 0
+        super().__init__(f"no space left on the device to write {path} ({_size(free)} free in {path.parent}); "
+                         f"{then}")
+        self.errno, self.path = errno.ENOSPC, path
+
+
+def _size(n: int) -> str:
+    """A byte count for a message: 0 B, 512 B, 3.4 MB, 1.2 GB."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"  # not reached
+
+
+def _is_disk_full(e: BaseException) -> bool:
+    """ENOSPC, as an OSError or inside another error's message (torch.save raises a RuntimeError)."""
+    return getattr(e, "errno", None) == errno.ENOSPC or "No space left on device" in str(e)
+
+
 def atomic_write(path: Path, write) -> None:
     """Write through a temporary file in the same folder, then rename: a crash or a full disk leaves the
-    previous file intact and no partial file behind."""
+    previous file intact and no partial file behind. A full disk raises ``DiskFullError`` (an OSError)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -317,6 +343,11 @@ def atomic_write(path: Path, write) -> None:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except Exception as e:  # noqa: BLE001 - each writer reports a full disk its own way
+        if _is_disk_full(e):
+            tmp.unlink(missing_ok=True)  # its space first: the message reports what is free without it
+            raise DiskFullError(path) from e
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -114,16 +114,20 @@ def evaluate_model(model: VisionTransformer, dataset: ImageDataset | StreamingDa
 
 @torch.no_grad()
 def extract_features(model: VisionTransformer, dataset: ImageDataset | StreamingDataset, *, batch_size: int = 256,
-                     device: str | torch.device = "cpu") -> torch.Tensor:
-    """Frozen pooled representations (N, num_features): the input of the head (``pre_logits=True``)."""
+                     device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen pooled representations (N, num_features), the input of the head (``pre_logits=True``), and the
+    dataset labels (N,) of the same images: a streamed file that does not decode is skipped in both."""
     from vitlab.data import make_loader
 
     device = torch.device(device)
     model = model.eval().to(device)
     loader = make_loader(dataset, batch_size, train=False, augment=None, preprocessing=model.preprocessing,
                          num_classes=len(dataset.class_names), device=device)
-    return torch.cat([model.forward_head(model.forward_features(x), pre_logits=True).float().cpu()
-                      for x, _ in loader.epoch(0)])
+    features, labels = [], []
+    for x, y in loader.epoch(0):
+        features.append(model.forward_head(model.forward_features(x), pre_logits=True).float().cpu())
+        labels.append(y.cpu())
+    return torch.cat(features), torch.cat(labels)
 
 
 def fewshot_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,

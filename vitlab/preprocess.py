@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
@@ -23,6 +24,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 INCEPTION_MEAN = (0.5, 0.5, 0.5)  # the official ViT / augreg weights
 INCEPTION_STD = (0.5, 0.5, 0.5)
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # PIL's modes of 16-bit grayscale (PNG, PGM, TIFF)
 
 
 @dataclass(frozen=True)
@@ -138,11 +140,27 @@ def _stats_tensors(mean: tuple[float, ...], std: tuple[float, ...], device: torc
             torch.tensor(std, dtype=dtype, device=device).view(-1, 1, 1))
 
 
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL image as 8-bit RGB: grayscale becomes R = G = B, palette and RGBA lose their alpha, CMYK converts.
+
+    16-bit grayscale (modes ``I;16*``, and ``I`` as PIL opens 16-bit PNG/PGM) keeps its top 8 bits (value >> 8):
+    PIL's own ``convert("RGB")`` clips such values at 255 and turns almost every pixel white.
+    """
+    if img.mode in SIXTEEN_BIT_MODES:
+        high = np.clip(np.asarray(img, dtype=np.int64), 0, 2**16 - 1) >> 8  # (H, W) 16-bit -> its top 8 bits
+        img = Image.fromarray(high.astype(np.uint8))  # mode "L"
+    elif img.mode == "P":  # palette transparency needs RGBA first, or PIL warns
+        img = img.convert("RGBA")
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
 def load_image(path: str | Path) -> Image.Image:
-    """Decode an image file as RGB (grayscale, palette, RGBA and CMYK are converted).
+    """Decode an image file as RGB (grayscale, 16-bit grayscale, palette, RGBA and CMYK are converted, see
+    :func:`to_rgb`).
 
     Raises FileNotFoundError for a missing file, and ValueError naming the file when it is not an image
-    PIL can decode (not an image, truncated, corrupt).
+    PIL can decode (not an image, truncated, corrupt) or when its header claims more pixels than PIL's
+    decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``) allows.
     """
     path = Path(path)
     if not path.is_file():
@@ -150,7 +168,10 @@ def load_image(path: str | Path) -> Image.Image:
     try:
         with Image.open(path) as img:
             img.load()
-            return img.convert("RGB")
+            return to_rgb(img)
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"{path} claims a size too large to decode safely ({e}); if the image is genuine, "
+                         "raise PIL.Image.MAX_IMAGE_PIXELS") from e
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise ValueError(f"{path} is not an image that can be decoded ({e}); pass a JPEG, PNG, WebP, BMP "
                          "or other PIL-readable file") from e

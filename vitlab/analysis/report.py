@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from vitlab.analysis.representations import (
 from vitlab.cnn import ResNet
 from vitlab.data import ImageDataset
 from vitlab.data.datasets import generator
+from vitlab.data.folder import UndecodableImage
 from vitlab.evaluate import accuracy, class_index_map
 from vitlab.model import VisionTransformer
 from vitlab.plots.analysis import (
@@ -64,11 +66,27 @@ def sample_images(model: VisionTransformer, dataset: Any, n: int, seed: int = 0)
         labels = dataset.labels[idx]
     else:  # streamed: the weights' own preprocessing (resize, centre crop), un-normalised for display
         transform = pre.transform()
-        loaded = [dataset.load(int(i)) for i in idx]
+        loaded = _decodable(dataset, idx)
         x = torch.stack([transform(img) for img, _ in loaded])
         images = (pre.denormalize(x).clamp(0, 1) * 255).round().byte()
         masks, labels = None, torch.tensor([label for _, label in loaded])
     return Sample(x, to_model[labels], images, masks)
+
+
+def _decodable(dataset: Any, idx: torch.Tensor) -> list[tuple[Any, int]]:
+    """(image, label) of the streamed files at ``idx`` that decode; the others are skipped with one warning."""
+    loaded, skipped = [], []
+    for i in idx.tolist():
+        try:
+            loaded.append(dataset.load(i))
+        except UndecodableImage as e:
+            skipped.append(str(e.path))
+    if skipped:
+        warnings.warn(f"analysis: skipped {len(skipped)} of {len(idx)} sampled files that do not decode: "
+                      f"{', '.join(skipped[:3])}{' ...' if len(skipped) > 3 else ''}", stacklevel=3)
+    if not loaded:
+        raise ValueError(f"none of the {len(idx)} sampled files of the data set decodes")
+    return loaded
 
 
 @dataclass

@@ -169,11 +169,11 @@ def fewshot(checkpoint: str, data: str, shots: str = "1,5,10,25", seeds: int = 5
     model = with_warnings(vitlab.load, checkpoint)
     train_set, test_set = load_dataset(data, "train", data_dir=data_dir), load_dataset(data, "test", data_dir=data_dir)
     dev = parse_device(device)
-    train_x = extract_features(model, train_set, batch_size=batch_size, device=dev)
-    test_x = extract_features(model, test_set, batch_size=batch_size, device=dev)
-    results = run_fewshot(train_x, train_set.labels, test_x, test_set.labels, counts, seeds, l2_reg)
+    train_x, train_y = extract_features(model, train_set, batch_size=batch_size, device=dev)
+    test_x, test_y = extract_features(model, test_set, batch_size=batch_size, device=dev)
+    results = run_fewshot(train_x, train_y, test_x, test_y, counts, seeds, l2_reg)
     print(f"{checkpoint} on {data}: linear few-shot top-1 ({seeds} seeds, l2_reg {l2_reg}, "
-          f"{len(test_set)} test images, chance {1 / len(train_set.class_names):.3f})")
+          f"{len(test_y)} test images, chance {1 / len(train_set.class_names):.3f})")
     for n, (mean, std) in results.items():
         print(f"  {n:>3}-shot  {mean:.4f} +- {std:.4f}")
     return EXIT_OK

@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from vitlab.data.datasets import SMALL_IMAGE_MAX, ImageDataset, generator
+from vitlab.preprocess import to_rgb
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
 DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, RuntimeError, Image.DecompressionBombError)
@@ -48,9 +49,7 @@ def decode_rgb(path: Path) -> np.ndarray:
     """
     with Image.open(path) as img:
         img.load()  # decode now: a truncated file raises here
-        if img.mode == "P":  # palette transparency needs RGBA first, or PIL warns
-            img = img.convert("RGBA")
-        return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
+        return np.asarray(to_rgb(img))  # 16-bit grayscale keeps its top 8 bits (see to_rgb)
 
 
 def decode_image_file(path: Path) -> torch.Tensor:
@@ -97,6 +96,9 @@ def folder_samples(root: Path, split: str, val_fraction: float = 0.1, seed: int 
     if base == root and evals:
         raise ValueError(f"{root} has {evals[0].name}/ but no train/ folder; expected {root}/train/<class>/...")
     class_names = _class_folders(base)
+    if len(class_names) < 2:
+        raise ValueError(f"{base} has {len(class_names)} class folder ({', '.join(class_names)}); a classifier needs "
+                         f"at least two: add a folder per class, {base}/<class>/<image files>")
     if base != root and evals:  # explicit splits
         folder = base if split == "train" else evals[0]
         return _samples(folder, class_names), class_names, folder
@@ -115,12 +117,27 @@ def folder_samples(root: Path, split: str, val_fraction: float = 0.1, seed: int 
     return picked, class_names, base
 
 
-def _report_bad(bad: list[tuple[Path, str]], total: int, where: Path) -> None:
+def report_bad(bad: list[tuple[Path, str]], total: int, where: Path | None, stacklevel: int = 3) -> None:
+    """One warning for the ``(file, error)`` pairs in ``bad``, skipped out of ``total`` files under ``where``."""
     if bad:
-        names = ", ".join(str(p.relative_to(where)) for p, _ in bad[:3])
+        names = ", ".join(_relative(Path(p), where) for p, _ in bad[:3])
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-        warnings.warn(f"{where}: skipped {len(bad)} of {total} files that do not decode: {names}{more} "
-                      f"(first error: {bad[0][1]}); strict=True makes this an error", stacklevel=3)
+        warnings.warn(f"{where or 'StreamingDataset'}: skipped {len(bad)} of {total} files that do not decode: "
+                      f"{names}{more} (first error: {bad[0][1]}); strict=True makes this an error",
+                      stacklevel=stacklevel)
+
+
+def _relative(path: Path, where: Path | None) -> str:
+    return str(path.relative_to(where)) if where is not None and path.is_relative_to(where) else str(path)
+
+
+class UndecodableImage(ValueError):
+    """A file of a :class:`StreamingDataset` that does not decode; ``path`` names it, ``reason`` says why."""
+
+    def __init__(self, path: Path, e: BaseException) -> None:
+        self.path, self.reason = Path(path), f"{type(e).__name__}: {e}"
+        super().__init__(f"{path} does not decode as an image ({self.reason}); remove the file, or load without "
+                         "strict to skip it")
 
 
 def _decode_error(path: Path, e: BaseException) -> ValueError:
@@ -151,7 +168,7 @@ def load_in_memory(samples: list[tuple[Path, int]], class_names: list[str], wher
             arr = img[0].permute(1, 2, 0).round_().clamp_(0, 255).to(torch.uint8).numpy()
         images[i] = arr
         keep[i] = True
-    _report_bad(bad, len(samples), where)
+    report_bad(bad, len(samples), where)
     if images is None:
         raise ValueError(f"{where}: none of the {len(samples)} image files decodes")
     labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
@@ -164,8 +181,9 @@ class StreamingDataset(Dataset):
     ``ds[i]`` is ``(image, label)``: ``image`` is ``transform(uint8 (3, H, W) RGB tensor at its stored size)``,
     or that tensor itself when ``transform`` is None. Resizing, cropping and augmentation are the loader's job
     (:func:`vitlab.data.make_stream_loader` sets ``transform``). Files whose header does not read are dropped when
-    the data set is built (one warning); a file that fails later, while decoding, raises with ``strict``, else
-    warns and yields the next sample in its place.
+    the data set is built (one warning). A file that fails later, while decoding, raises :class:`UndecodableImage`
+    from ``ds[i]`` and :meth:`load`; the stream loader skips such files (never replacing them by another image) and
+    reports them in one warning per epoch with their count, or raises with ``strict``.
     """
 
     def __init__(self, samples: list[tuple[Path, int]], class_names: list[str], *, root: Path | None = None,
@@ -190,17 +208,13 @@ class StreamingDataset(Dataset):
                                 strict=self.strict, transform=transform)
 
     def load(self, i: int) -> tuple[torch.Tensor, int]:
-        """The decoded uint8 (3, H, W) image ``i`` and its label, without the transform."""
-        for k in range(len(self.samples)):
-            path, label = self.samples[(i + k) % len(self.samples)]
-            try:
-                return decode_image_file(path), label
-            except DECODE_ERRORS as e:
-                if self.strict:
-                    raise _decode_error(path, e) from e
-                warnings.warn(f"{path} does not decode ({type(e).__name__}: {e}); using the next image instead",
-                              stacklevel=2)
-        raise ValueError(f"{self.root}: no image decodes")
+        """The decoded uint8 (3, H, W) image ``i`` and its label, without the transform; raises
+        :class:`UndecodableImage` naming the file when it does not decode."""
+        path, label = self.samples[i]
+        try:
+            return decode_image_file(path), label
+        except DECODE_ERRORS as e:
+            raise UndecodableImage(path, e) from e
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         img, label = self.load(i)
@@ -218,7 +232,7 @@ def _readable_headers(samples: list[tuple[Path, int]], where: Path, strict: bool
             if strict:
                 raise _decode_error(path, e) from e
             bad.append((path, f"{type(e).__name__}: {e}"))
-    _report_bad(bad, len(samples), where)
+    report_bad(bad, len(samples), where)
     if not kept:
         raise ValueError(f"{where}: none of the {len(samples)} image files decodes")
     return kept

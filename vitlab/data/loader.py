@@ -22,12 +22,14 @@ class indices.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import torch
+from torch.utils.data import default_collate
 
 from vitlab.data.augment import AugmentConfig, augment_rows, mix, sample_params, smooth_one_hot
 from vitlab.data.datasets import ImageDataset, derive_seed, generator
-from vitlab.data.folder import StreamingDataset
+from vitlab.data.folder import StreamingDataset, UndecodableImage, report_bad
 from vitlab.preprocess import Preprocessing
 
 
@@ -152,8 +154,26 @@ def _stream_transform(train: bool, preprocessing, augment: AugmentConfig | None)
     return T.Compose(ops)
 
 
+class _Skipped(NamedTuple):
+    """What a worker returns in place of a file that does not decode (the file is skipped, never replaced)."""
+
+    path: str
+    reason: str
+
+
+def _collate_decoded(items: list) -> tuple[torch.Tensor | None, torch.Tensor | None, list[_Skipped]]:
+    """Stack the decoded ``(image, label)`` items of a batch; ``(None, None, skipped)`` when none decoded."""
+    kept = [it for it in items if not isinstance(it, _Skipped)]
+    skipped = [it for it in items if isinstance(it, _Skipped)]
+    if not kept:
+        return None, None, skipped
+    x, y = default_collate(kept)
+    return x, y, skipped
+
+
 class _Seeded(torch.utils.data.Dataset):
-    """Applies the transform under a per-(seed, epoch, index) RNG state: the same image, the same augmentation."""
+    """Applies the transform under a per-(seed, epoch, index) RNG state: the same image, the same augmentation.
+    A file that does not decode comes back as :class:`_Skipped` (or raises when the data set is ``strict``)."""
 
     def __init__(self, dataset: StreamingDataset, transform, seed: int, epoch: int) -> None:
         self.dataset, self.transform, self.seed, self.epoch = dataset, transform, seed, epoch
@@ -161,26 +181,41 @@ class _Seeded(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        img, label = self.dataset.load(i)
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | _Skipped:
+        try:
+            img, label = self.dataset.load(i)
+        except UndecodableImage as e:
+            if self.dataset.strict:  # a plain ValueError: a worker's exception is rebuilt from its message
+                raise ValueError(str(e)) from e
+            return _Skipped(str(e.path), e.reason)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed("stream", self.seed, self.epoch, i))
             return self.transform(img), label
 
 
 class StreamLoader:
-    """One epoch of a :class:`StreamingDataset`; iterate it for ``(x, y)`` as :class:`BatchLoader` yields them."""
+    """One epoch of a :class:`StreamingDataset`; iterate it for ``(x, y)`` as :class:`BatchLoader` yields them.
+
+    Files that do not decode are left out of their batch (a batch none of whose files decodes is not yielded);
+    after the epoch one warning gives their count and names a few, and ``skipped`` lists them.
+    """
 
     def __init__(self, loader: torch.utils.data.DataLoader, cfg: AugmentConfig | None, num_classes: int,
-                 seed: int, epoch: int, start_step: int, device: torch.device) -> None:
+                 seed: int, epoch: int, start_step: int, device: torch.device, dataset: StreamingDataset) -> None:
         self.loader, self.cfg, self.num_classes = loader, cfg, num_classes
         self.seed, self.epoch, self.start_step, self.device = seed, epoch, start_step, device
+        self.dataset = dataset
+        self.skipped: list[tuple[str, str]] = []  # (file, error) of this epoch's files that did not decode
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for step, (x, y) in enumerate(self.loader, start=self.start_step):
+        self.skipped = []
+        for step, (x, y, skipped) in enumerate(self.loader, start=self.start_step):
+            self.skipped += skipped
+            if x is None:
+                continue
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             cfg = self.cfg
             if cfg is None or not cfg.soft_targets:
@@ -191,6 +226,8 @@ class StreamLoader:
                                                                                       self.epoch, step))
             # partners within this process's batch: the image before, as torchvision's roll(1)
             yield mix(x, t, x.roll(1, 0), t.roll(1, 0), params)
+        seen = sum(len(b) for b in self.loader.batch_sampler)
+        report_bad(self.skipped, seen, self.dataset.root, stacklevel=2)
 
 
 def make_stream_loader(dataset: StreamingDataset, batch_size: int, *, train: bool, preprocessing,
@@ -222,10 +259,10 @@ def make_stream_loader(dataset: StreamingDataset, batch_size: int, *, train: boo
             batches.append(idx[lo:hi].tolist())
     data = _Seeded(dataset, _stream_transform(train, preprocessing, augment), seed, epoch)
     loader = torch.utils.data.DataLoader(data, batch_sampler=batches, num_workers=num_workers,
-                                         pin_memory=torch.device(device).type == "cuda",
+                                         collate_fn=_collate_decoded, pin_memory=torch.device(device).type == "cuda",
                                          persistent_workers=False)
     return StreamLoader(loader, augment if train else None, len(dataset.class_names), seed, epoch, start_step,
-                        torch.device(device))
+                        torch.device(device), dataset)
 
 
 class StreamEpochs:

@@ -9,6 +9,7 @@ A run folder holds everything a run writes: those two files, ``metrics.jsonl`` (
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from datetime import datetime
@@ -18,6 +19,8 @@ import torch
 
 import vitlab
 from vitlab.train.config import TrainConfig, TrainingError, from_dict, to_dict
+
+_TEMPORARY = re.compile(r"^\..+\.tmp-\d+$")  # vitlab.checkpoint.atomic_write's temporary files
 
 
 def new_run_dir(cfg: TrainConfig, out: str | Path | None = None, name: str | None = None, source: str = "run"
@@ -47,6 +50,16 @@ def load_resume_config(run_dir: str | Path) -> TrainConfig:
     if not path.is_file():
         raise TrainingError(f"{run_dir} has no config.json: not a vitlab run folder")
     return from_dict(TrainConfig, json.loads(path.read_text()))
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Delete the temporary files of writes that never finished (``.<name>.tmp-<pid>``, see
+    ``vitlab.checkpoint.atomic_write``: a process killed mid-write leaves one). Called when a run resumes, when no
+    other process writes in its folder; returns what was removed."""
+    stale = [p for p in run_dir.glob(".*.tmp-*") if _TEMPORARY.match(p.name) and p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def write_run_info(run_dir: Path, cfg: TrainConfig, world_size: int) -> None:

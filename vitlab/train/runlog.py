@@ -1,6 +1,9 @@
 """What a run reports, from the main process only: ``metrics.jsonl`` (one JSON record per line, appended, so a
 resumed run continues it), TensorBoard scalars (``tensorboard=true``), a progress bar, and ``curves.png`` at the end.
 
+A resumed run first drops the records written after the checkpoint it continues (``truncate_metrics``), so
+each step is logged once however often the run was stopped.
+
 Training records average the loss, accuracy and throughput over the steps since the previous record (a window);
 evaluation records carry ``val_acc`` and ``val_loss``.
 """
@@ -12,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vitlab.checkpoint import atomic_write
 from vitlab.train.config import TrainingError
 
 
@@ -21,7 +25,9 @@ class RunLog:
         """``total_steps=None``: the length is not known ahead (a time budget); the bar counts steps."""
         self.run_dir = run_dir
         self.world_size = world_size
-        self.file = (run_dir / "metrics.jsonl").open("a") if main_process else None
+        path = run_dir / "metrics.jsonl"
+        self.records = len(path.read_text().splitlines()) if main_process and path.is_file() else 0  # in the file
+        self.file = path.open("a") if main_process else None
         self.tb = _summary_writer(run_dir / "tensorboard") if tensorboard and main_process else None
         self.bar = None
         if main_process and progress:
@@ -56,6 +62,7 @@ class RunLog:
         if self.file is not None:
             self.file.write(json.dumps(record) + "\n")
             self.file.flush()
+            self.records += 1
         if self.tb is not None:
             for key, value in record.items():
                 if key not in ("step", "epoch"):
@@ -66,17 +73,40 @@ class RunLog:
         if self.bar is not None:
             self.bar.update(1)
 
-    def close(self) -> None:
-        """Close everything; draw ``curves.png`` from the whole of metrics.jsonl."""
+    def close(self, plot: bool = True) -> None:
+        """Close everything; draw ``curves.png`` from the whole of metrics.jsonl (unless the run failed)."""
         if self.bar is not None:
             self.bar.close()
         if self.tb is not None:
             self.tb.close()
-        if self.file is not None:
+        if self.file is not None and not self.file.closed:
             self.file.close()
+            if not plot:
+                return
             from vitlab.plots.training import plot_curves, read_metrics
 
             plot_curves(read_metrics(self.run_dir / "metrics.jsonl"), self.run_dir / "curves.png")
+
+
+def truncate_metrics(path: Path, step: int, records: int) -> None:
+    """Keep the records of ``metrics.jsonl`` that a resume from the checkpoint of ``step`` does not write again:
+    the first ``records`` (the count the checkpoint stored), or with ``records=-1`` (a checkpoint that did not
+    store it) those up to ``step``. A line torn by a kill goes too."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    keep = lines[:records] if records >= 0 else [line for line in lines if 0 <= _step_of(line) <= step]
+    if keep != lines:
+        atomic_write(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in keep)))
+
+
+def _step_of(line: str) -> int:
+    """The step of a metrics.jsonl line; -1 for a line that is not a whole record."""
+    try:
+        step = json.loads(line).get("step")
+    except (ValueError, AttributeError):
+        return -1
+    return step if isinstance(step, int) else -1
 
 
 def _summary_writer(folder: Path) -> Any:

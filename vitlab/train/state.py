@@ -37,6 +37,7 @@ class TrainState:
     train_seconds: float = 0.0  # time spent in training steps (evaluation and checkpoint writes excluded)
     warmup_seconds: float = 0.0  # train_seconds at the end of warmup (where a time budget's schedule starts)
     best_acc: float = -1.0  # best validation accuracy so far (-1: not evaluated yet)
+    log_records: int = -1  # records in metrics.jsonl when the checkpoint was written (-1: not stored, older runs)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -65,6 +66,11 @@ def checkpoint_path(run_dir: Path, step: int) -> Path:
     return run_dir / f"ckpt-step{step:08d}.pt"
 
 
+def checkpoint_step(path: Path) -> int:
+    """The step in a checkpoint's name (``ckpt-step00001234.pt``: 1234)."""
+    return int(_CKPT.match(path.name)[1])
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """Training checkpoints of a run folder, newest (highest step) first."""
     found = [(int(m[1]), p) for p in run_dir.glob("ckpt-step*.pt") if (m := _CKPT.match(p.name))]
@@ -76,7 +82,10 @@ def save_state(run_dir: Path, state: dict[str, Any], keep_last: int) -> Path:
     path = checkpoint_path(run_dir, state["step"])
     state = {"format": TRAIN_FORMAT, "format_version": TRAIN_FORMAT_VERSION, **state, "rng": rng_state()}
     atomic_write(path, lambda tmp: torch.save(state, tmp))
-    for old in list_checkpoints(run_dir)[max(keep_last, 1):]:
+    # Only older ones are pruned: a newer file is a damaged checkpoint a resume skipped, and it must not push
+    # this one out (it is replaced when the run reaches its step).
+    older = [p for p in list_checkpoints(run_dir) if checkpoint_step(p) < state["step"]]
+    for old in older[max(keep_last, 1) - 1:]:
         old.unlink(missing_ok=True)
     return path
 

@@ -1,10 +1,12 @@
 """The training loop behind ``vitlab train``: from scratch or fine-tuning, one process or torchrun.
 
 Never loses work: checkpoints every ``ckpt_every_steps`` optimizer steps and at the end, written
-atomically; SIGINT/SIGTERM finish the current step, write a checkpoint and return; a non-finite loss
-stops the run with the last good checkpoint intact. ``resume`` continues exactly: the data order and
-augmentation are functions of (seed, epoch, batch), and the model, optimizer, EMA, RNG and ``TrainState``
-are restored, so N steps straight and N/2 + kill + resume give the same weights on the CPU.
+atomically; SIGINT/SIGTERM finish the current step, write a checkpoint and return; a non-finite loss, or
+weights that are no longer finite when a checkpoint is due, stop the run with the newest checkpoint intact (a
+checkpoint never holds NaN or inf), and so does a full disk (``DiskFullError``). ``resume`` continues
+exactly: the data order and augmentation are functions of (seed, epoch, batch), and the model, optimizer,
+EMA, RNG and ``TrainState`` are restored, so N steps straight and N/2 + kill + resume give the same weights on
+the CPU.
 
 A run, step by step (``Trainer``): set up (processes, data, model, optimizer, the newest checkpoint or a new
 run folder); then epochs of ``train_epoch`` (``forward_backward`` per micro-batch, ``optimizer_step`` per
@@ -20,6 +22,7 @@ import copy
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +32,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 import vitlab
-from vitlab.checkpoint import model_metadata
+from vitlab.checkpoint import DiskFullError, model_metadata
 from vitlab.cnn import ResNet
 from vitlab.data import AugmentConfig, ImageDataset, load_dataset, make_loader
 from vitlab.evaluate import count_correct
@@ -37,9 +40,15 @@ from vitlab.model import VisionTransformer
 from vitlab.train.budget import Budget
 from vitlab.train.config import TrainConfig, TrainingError, to_dict
 from vitlab.train.optim import build_optimizer, set_lr
-from vitlab.train.rundir import check_new_run_dir, load_resume_config, new_run_dir, write_run_info
-from vitlab.train.runlog import RunLog
-from vitlab.train.state import TrainState, latest_state, save_state, set_rng_state
+from vitlab.train.rundir import (
+    check_new_run_dir,
+    load_resume_config,
+    new_run_dir,
+    remove_stale_temporaries,
+    write_run_info,
+)
+from vitlab.train.runlog import RunLog, truncate_metrics
+from vitlab.train.state import TrainState, checkpoint_path, checkpoint_step, latest_state, save_state, set_rng_state
 
 __all__ = ["ModelEMA", "RunResult", "Trainer", "TrainState", "evaluate", "load_resume_config", "new_run_dir",
            "train"]
@@ -111,6 +120,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.ema = ModelEMA(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.state = TrainState()
+        self.last_checkpoint: Path | None = None  # the newest checkpoint on disk that this run can continue from
         if found is not None:
             self._restore(*found)
         else:
@@ -132,18 +142,22 @@ class Trainer:
 
     def run(self) -> RunResult:
         interrupted = False
-        with _StopFlag() as stop:
-            while not self.finished():
-                self.train_epoch(stop)
-                if stop.signal is not None:
-                    self.save_checkpoint()
-                    interrupted = True
-                    if self.main_process:
-                        print(f"\nstopped by signal {stop.signal}: checkpoint at step {self.state.step} in "
-                              f"{self.run_dir}; continue with --resume", file=sys.stderr)
-                    break
-                self.end_epoch()
-        return self.finish(interrupted)
+        try:
+            with _StopFlag() as stop:
+                while not self.finished():
+                    self.train_epoch(stop)
+                    if stop.signal is not None:
+                        self.save_checkpoint()
+                        interrupted = True
+                        if self.main_process:
+                            print(f"\nstopped by signal {stop.signal}: checkpoint at step {self.state.step} in "
+                                  f"{self.run_dir}; continue with --resume", file=sys.stderr)
+                        break
+                    self.end_epoch()
+            return self.finish(interrupted)
+        except BaseException:  # a stopped run: its files closed (the progress bar ended) before the error is shown
+            self.log.close(plot=False)
+            raise
 
     def finished(self) -> bool:
         return self.state.step >= self.total_steps or self.budget.exhausted(self.state)
@@ -173,8 +187,8 @@ class Trainer:
         loss = F.cross_entropy(logits.float(), y)
         if not torch.isfinite(loss):
             raise TrainingError(f"non-finite loss ({loss.item()}) at step {self.state.step} (epoch "
-                                f"{self.state.epoch}, batch {batch}); the last good checkpoint in {self.run_dir} is "
-                                "intact. Lower optim.lr, enable optim.clip_grad, or check the data")
+                                f"{self.state.epoch}, batch {batch}); {self._newest_checkpoint()}. Lower optim.lr, "
+                                "enable optim.clip_grad, or check the data")
         (loss / self.cfg.optim.accum_steps).backward()
         self.log.add_batch(x.shape[0], loss.item(), count_correct(logits, y))  # soft targets: their largest share
 
@@ -213,21 +227,55 @@ class Trainer:
         self.log.write({"step": s.step, "epoch": s.epoch, "val_acc": self.val_acc, "val_loss": stats["loss"],
                         "train_seconds": s.train_seconds})
         if self.val_acc > s.best_acc:
+            self._check_finite()
             s.best_acc = self.val_acc
             if self.main_process:
-                vitlab.save(self.averaged_model, self.run_dir / "best.safetensors",
-                            extra_metadata={"step": str(s.step), "val_acc": f"{self.val_acc:.6f}"})
+                with self._stop_when_disk_full():
+                    vitlab.save(self.averaged_model, self.run_dir / "best.safetensors",
+                                extra_metadata={"step": str(s.step), "val_acc": f"{self.val_acc:.6f}"})
 
     def save_checkpoint(self) -> None:
-        """The whole run (``TrainState`` as flat keys, weights, optimizer, EMA, config; RNG added by save_state)."""
+        """The whole run (``TrainState`` as flat keys, weights, optimizer, EMA, config; RNG added by save_state).
+        Weights that are not all finite stop the run instead (``TrainingError``): no checkpoint holds NaN or inf."""
+        self._check_finite()  # by every process (their weights are the same), so that all of them stop
         if self.main_process:
+            self.state.log_records = self.log.records  # what a resume from here keeps of metrics.jsonl
             ema = self.ema.module.state_dict() if self.ema is not None else {}
             # model_meta: what vitlab.load needs to rebuild the model exactly (config, preprocessing, class names).
             meta = model_metadata(self.model)
             checkpoint = {**self.state.to_dict(), "model": self.model.state_dict(),
                           "optimizer": self.optimizer.state_dict(), "ema": ema, "config": to_dict(self.cfg),
                           "model_meta": meta}
-            save_state(self.run_dir, checkpoint, self.cfg.keep_last)
+            with self._stop_when_disk_full():
+                save_state(self.run_dir, checkpoint, self.cfg.keep_last)
+        self.last_checkpoint = checkpoint_path(self.run_dir, self.state.step)
+
+    def _check_finite(self) -> None:
+        """Raise ``TrainingError`` if a weight of the model (or of its EMA) is NaN or inf."""
+        models = {"model": self.model, **({"ema": self.ema.module} if self.ema is not None else {})}
+        bad = [f"{name}.{key}" for name, model in models.items() for key, t in model.state_dict().items()
+               if t.is_floating_point() and not torch.isfinite(t).all()]
+        if bad:
+            raise TrainingError(f"non-finite weights after step {self.state.step} ({len(bad)} tensors, the first "
+                                f"{bad[0]}): no checkpoint was written for it; {self._newest_checkpoint()}. Lower "
+                                "optim.lr, enable optim.clip_grad, or check the data")
+
+    def _newest_checkpoint(self) -> str:
+        """What a run that stops now leaves to continue from, for a message."""
+        if self.last_checkpoint is None:
+            return f"no checkpoint was written yet in {self.run_dir}"
+        step = checkpoint_step(self.last_checkpoint)
+        return f"the last good checkpoint, {self.last_checkpoint} (step {step}), is intact"
+
+    @contextlib.contextmanager
+    def _stop_when_disk_full(self) -> Iterator[None]:
+        """A full disk stops the run as a signal does, but with an error: the newest checkpoint intact, to resume."""
+        try:
+            yield
+        except DiskFullError as e:
+            raise DiskFullError(e.path, f"the run stopped at step {self.state.step} and "
+                                        f"{self._newest_checkpoint()}: free some space, then continue with "
+                                        f"--resume {self.run_dir}") from e
 
     def finish(self, interrupted: bool) -> RunResult:
         """A finished run writes its last checkpoint and ``model.safetensors``; an interrupted one has already."""
@@ -236,7 +284,8 @@ class Trainer:
             if self.main_process:
                 final = self.averaged_model
                 final.preprocessing, final.class_names = self.model.preprocessing, self.model.class_names
-                vitlab.save(final, self.run_dir / "model.safetensors")
+                with self._stop_when_disk_full():
+                    vitlab.save(final, self.run_dir / "model.safetensors")
         self.log.close()
         s = self.state
         return RunResult(self.run_dir, s.step, s.epoch, self.val_acc, interrupted, s.train_seconds)
@@ -249,6 +298,13 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.model
 
     def _restore(self, path: Path, checkpoint: dict[str, Any]) -> None:
+        """Continue from a checkpoint; first clear what the stopped run left after it (temporary files of an
+        unfinished write, metrics.jsonl records past it), so nothing is left behind or logged twice."""
+        self.last_checkpoint = path
+        if self.main_process:
+            remove_stale_temporaries(self.run_dir)
+            s = TrainState.from_dict(checkpoint)
+            truncate_metrics(self.run_dir / "metrics.jsonl", s.step, s.log_records)
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         if self.ema is not None:
