@@ -13,6 +13,17 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread (as torchrun's processes run with OMP_NUM_THREADS=1): a tiny model gains nothing from
+    two, and on a busy 2-core machine two threads wait on each other (measured: steps 5-20x slower). A module opts
+    in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def randomize_(module: torch.nn.Module, std: float = 0.02) -> torch.nn.Module:
     """Move every parameter off its init (zero heads, unit norms) so that a parity test can fail."""
     with torch.no_grad():

@@ -33,12 +33,7 @@ DISK_FULL = [OSError(errno.ENOSPC, "No space left on device"),  # a writer that 
                           "data/3: No space left on device")]  # torch.save's way
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -42,14 +42,7 @@ def write_shapes_folder(root, sizes=SPLIT_SIZES):
     return root
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread, here and in the child processes (run_script): a tiny model gains nothing from two,
-    and on a busy 2-core machine two threads wait on each other (measured: steps 5-20x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -22,13 +22,7 @@ OVERRIDES = ["model.overrides={embed_dim = 32, depth = 2, num_heads = 2, mlp_dim
 BUDGET_MINUTES = 0.01
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread, as the torchrun processes (OMP_NUM_THREADS=1): see test_train.one_thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -197,14 +197,8 @@ def load_local(
 ) -> VisionTransformer | ResNet:
     """Build a model from a local checkpoint file or folder in any supported format; the architecture comes
     from the checkpoint itself (a VisionTransformer, or a ResNet baseline saved by vitlab from ``vitlab.cnn``).
-    ``vitlab.load`` (``vitlab.factory``) takes pretrained names and hub ids too, and ends here.
-
-    num_classes: another class count gets a fresh zero-initialised head (a warning says so); 0 = no head.
-    img_size: resample the position embedding in 2D for this input size.
-    strict: raise on missing or unexpected keys (default); False downgrades them to a warning.
-    overrides: ViTConfig fields the checkpoint cannot state (num_heads for an unusual width) or that do
-        not change the weights (drop_path_rate, dropout, ...).
-    The model carries ``model.preprocessing`` and ``model.class_names`` from the checkpoint.
+    ``vitlab.load`` (``vitlab.factory``) takes pretrained names and hub ids too, ends here, and documents the
+    arguments.
     """
     path = Path(path)
     conv = read_file(path)
