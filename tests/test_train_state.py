@@ -141,3 +141,10 @@ def test_a_new_run_refuses_a_folder_that_holds_something(tmp_path):
     assert [p.name for p in (tmp_path / "old").iterdir()] == ["ckpt-step00000004.pt"]
     with pytest.raises(TrainingError, match="resume=True needs the run_dir"):
         train(TrainConfig(), resume=True, progress=False)
+
+
+def test_a_run_folder_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "run").write_text("not a folder")
+    with pytest.raises(TrainingError, match="is a file; pick another run folder"):
+        check_new_run_dir(tmp_path / "run")
+    assert (tmp_path / "run").read_text() == "not a folder"

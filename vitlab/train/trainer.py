@@ -301,18 +301,16 @@ class Trainer:
         """Continue from a checkpoint; first clear what the stopped run left after it (temporary files of an
         unfinished write, metrics.jsonl records past it), so nothing is left behind or logged twice."""
         self.last_checkpoint = path
+        self.state = s = TrainState.from_dict(checkpoint)
         if self.main_process:
             remove_stale_temporaries(self.run_dir)
-            s = TrainState.from_dict(checkpoint)
             truncate_metrics(self.run_dir / "metrics.jsonl", s.step, s.log_records)
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         if self.ema is not None:
             self.ema.module.load_state_dict(checkpoint["ema"])
-        self.state = TrainState.from_dict(checkpoint)
         set_rng_state(checkpoint["rng"])
         if self.main_process:
-            s = self.state
             print(f"resumed from {path} (step {s.step}, epoch {s.epoch}, batch {s.batch_in_epoch})")
 
     def _start_run_folder(self) -> None:
