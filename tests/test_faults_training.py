@@ -74,6 +74,7 @@ def metric_steps(run_dir, key="loss"):
 # ---------------------------------------------------------------------------- item 2: weights that blow up
 
 
+@pytest.mark.slow  # trains a tiny run
 def test_a_nan_run_writes_no_non_finite_checkpoint_and_names_the_one_it_leaves(data, tmp_path, capsys):
     """The campaign's case: the demo model (one block) at lr 1e6 has inf/NaN weights after its second step."""
     run_dir = tmp_path / "nan"
@@ -107,6 +108,7 @@ def poison_weights_after(monkeypatch, step):
     monkeypatch.setattr(T.Trainer, "optimizer_step", step_then_poison)
 
 
+@pytest.mark.slow  # trains a tiny run
 def test_weights_that_turn_nan_stop_the_run_before_their_checkpoint(data, tmp_path, monkeypatch):
     poison_weights_after(monkeypatch, 3)
     cfg = load_config("demo", overrides=[*TINY, f"data.dataset='folder:{data}'", "ckpt_every_steps=1",
@@ -119,6 +121,7 @@ def test_weights_that_turn_nan_stop_the_run_before_their_checkpoint(data, tmp_pa
     assert_checkpoints_finite(tmp_path)
 
 
+@pytest.mark.slow  # trains a tiny run
 def test_with_no_checkpoint_yet_the_message_claims_none(data, tmp_path, monkeypatch):
     poison_weights_after(monkeypatch, 1)
     cfg = load_config("demo", overrides=[*TINY, f"data.dataset='folder:{data}'", "ckpt_every_steps=1",
@@ -131,6 +134,7 @@ def test_with_no_checkpoint_yet_the_message_claims_none(data, tmp_path, monkeypa
 # ---------------------------------------------------------------------------- item 7: a full disk
 
 
+@pytest.mark.slow  # trains a tiny run
 @pytest.mark.parametrize("failure", DISK_FULL, ids=["OSError", "RuntimeError"])
 def test_a_full_disk_during_a_checkpoint_stops_the_run_resumably(data, tmp_path, monkeypatch, capsys, failure):
     run_dir, real, seen = tmp_path / "full", S.torch.save, {}
@@ -187,6 +191,7 @@ def test_a_full_disk_during_convert_is_one_line_and_keeps_the_old_file(tmp_path,
 # ---------------------------------------------------------------------------- item 12: leftovers
 
 
+@pytest.mark.slow  # trains a tiny run
 def test_a_resume_clears_stale_temporaries_and_logs_each_step_once(data, tmp_path, capsys):
     run_dir = tmp_path / "r"
     assert cli_train(data, run_dir, "ckpt_every_steps=2", "max_steps=6") == 0
@@ -202,6 +207,7 @@ def test_a_resume_clears_stale_temporaries_and_logs_each_step_once(data, tmp_pat
     assert_checkpoints_finite(run_dir)
 
 
+@pytest.mark.slow  # trains a tiny run
 def test_a_checkpoint_newer_than_the_resumed_one_does_not_push_it_out(data, tmp_path):
     """keep_last=1, resumed from step 2 past a damaged step-4 file: the step-3 checkpoint it writes stays."""
     cfg = load_config("demo", overrides=[*TINY, f"data.dataset='folder:{data}'", "ckpt_every_steps=1",
