@@ -18,6 +18,10 @@ FLOP_CASES = {
     "gap-fc-norm-qk-norm-ls": ("Ti/16", dict(depth=2, pool="gap", fc_norm=True, qk_norm=True, layer_scale_init=1e-5)),
     "small-image": ("Ti/4@32", dict(depth=2)),
     "no-head": ("Ti/16", dict(depth=2, num_classes=0)),
+    "deit-distilled": ("Ti/16", dict(depth=2, distill_token=True, pool="distill")),
+    "siglip-map": ("Ti/16", dict(depth=2, class_token=False, pool="map")),
+    "dinov2-token-gap": ("Ti/16", dict(depth=2, pool="token_gap", layer_scale_init=1e-5, no_embed_class=True,
+                                       num_register_tokens=4)),
 }
 
 
@@ -84,6 +88,9 @@ def test_count_params_registered(name):
     dict(qk_norm=True, layer_scale_init=1e-5, qkv_bias=False), dict(num_register_tokens=4),
     dict(representation_size=100), dict(pool="gap", fc_norm=True), dict(pool="gap", class_token=False),
     dict(pos_embed="sincos2d"), dict(pos_embed="none"), dict(num_classes=0), dict(in_chans=1, img_size=(64, 96)),
+    dict(distill_token=True, pool="distill"), dict(distill_token=True, no_embed_class=True),
+    dict(class_token=False, pool="map"), dict(class_token=False, pool="map", qkv_bias=False),
+    dict(pool="token_gap"), dict(norm_pre=True, patch_bias=False, mlp_act="quick_gelu"),
 ], ids=str)
 def test_count_params_variants(overrides):
     # Real tensors: the meta path is not involved. Narrower than Ti/16, so that initialising them is quick.

@@ -232,7 +232,7 @@ def _load_vit(conv: Converted, path: Path, num_classes: int | None, img_size: An
         new = ViTConfig(**{**cfg.to_dict(), "img_size": img_size})
         if "pos_embed" in sd:
             sd["pos_embed"] = resample_pos_embed(sd["pos_embed"], new.grid_size, cfg.grid_size,
-                                                 num_prefix=int(cfg.class_token))
+                                                 num_prefix=cfg.num_pos_prefix, method=cfg.pos_resample)
         cfg, pre = new, pre.replace(img_size=new.img_size)
     reset_head = num_classes is not None and num_classes != cfg.num_classes
     if reset_head:

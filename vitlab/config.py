@@ -13,10 +13,29 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-POOLS = ("token", "gap")  # class token (paper Eq. 4) | global average of patch tokens (paper App. D.3)
+# What the head reads (VisionTransformer.forward_head):
+POOLS = (
+    "token",  # the class token (paper Eq. 4)
+    "gap",  # the global average of the patch tokens (paper App. D.3)
+    "map",  # multihead attention pooling with a learned query (big_vision's MAP head; SigLIP)
+    "token_gap",  # [class token; mean patch token], 2D wide (the DINOv2 linear-probe input; transformers' Dinov2
+                  # ForImageClassification)
+    "distill",  # class and distillation tokens, each through its own head, logits averaged (DeiT at inference)
+)
 POS_EMBEDS = ("learned", "sincos2d", "none")  # paper: learned 1D; sincos2d as in big_vision / MoCo v3
 STEMS = ("patch", "conv")  # linear patch projection (Eq. 1) | conv stack (hybrid input, Sec. 3.1)
-MLP_ACTS = ("gelu", "gelu_tanh")  # exact erf GELU (timm, HF, torchvision) | tanh approximation (flax)
+MLP_ACTS = (
+    "gelu",  # exact erf GELU (the paper's code via flax is tanh, but timm, transformers and torchvision use erf)
+    "gelu_tanh",  # the tanh approximation (flax's default: big_vision, SigLIP)
+    "quick_gelu",  # x * sigmoid(1.702 x) (OpenAI CLIP)
+)
+# How a learned position table is resampled to another grid (paper Sec. 3.2), the way the weights' own code does it:
+POS_RESAMPLES = (
+    "bicubic_antialias",  # timm, OpenCLIP, transformers' Dinov2WithRegisters, original DINOv2 with registers
+    "bicubic",  # transformers' ViT, DeiT, CLIP, SigLIP, ViT-MAE and Dinov2 (interpolate_pos_encoding)
+    "bicubic_offset",  # original DINOv2: bicubic to the scale factor (n + 0.1) / n_old, no antialias
+    "bicubic_align_corners",  # torchvision's interpolate_embeddings
+)
 
 
 def _pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -47,12 +66,19 @@ class ViTConfig:
     layer_scale_init: float | None = None  # LayerScale (Touvron et al. 2021, CaiT); None = off
     norm_eps: float = 1e-6  # official JAX code and timm; Hugging Face ViT defaults to 1e-12
     mlp_act: str = "gelu"
+    patch_bias: bool = True  # False: the patch projection has no bias (OpenAI CLIP)
+    norm_pre: bool = False  # a LayerNorm on the tokens before the first block (CLIP's ln_pre)
 
     # Tokens and pooling.
     pool: str = "token"
     class_token: bool = True  # a gap model may still carry (and ignore) a class token
+    distill_token: bool = False  # DeiT's distillation token, after the class token (Touvron et al. 2021)
     num_register_tokens: int = 0  # learned extra tokens (Darcet et al. 2023), no position embedding
     pos_embed: str = "learned"
+    # True: the position table has rows for the patches only, the class and distillation tokens get no position
+    # (timm's no_embed_class: DeiT III, big_vision, timm's DINOv2 with registers).
+    no_embed_class: bool = False
+    pos_resample: str = "bicubic_antialias"
     fc_norm: bool = False  # gap only: LayerNorm after pooling (timm) instead of on all tokens (paper)
     representation_size: int | None = None  # paper's pre-logits layer: Linear + tanh before the head
 
@@ -91,6 +117,7 @@ class ViTConfig:
         _check_choice("pos_embed", self.pos_embed, POS_EMBEDS)
         _check_choice("stem", self.stem, STEMS)
         _check_choice("mlp_act", self.mlp_act, MLP_ACTS)
+        _check_choice("pos_resample", self.pos_resample, POS_RESAMPLES)
         if self.embed_dim % self.num_heads:
             raise ValueError(
                 f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}; "
@@ -98,8 +125,16 @@ class ViTConfig:
             )
         if self.pool == "token" and not self.class_token:
             raise ValueError("pool='token' needs class_token=True; use pool='gap' for a model without one")
+        if self.pool == "token_gap" and not self.class_token:
+            raise ValueError("pool='token_gap' needs class_token=True")
+        if self.pool == "distill" and not (self.class_token and self.distill_token):
+            raise ValueError("pool='distill' needs class_token=True and distill_token=True")
+        if self.distill_token and not self.class_token:
+            raise ValueError("distill_token=True needs class_token=True (DeiT's tokens are [class, distillation])")
         if self.fc_norm and self.pool != "gap":
             raise ValueError("fc_norm=True only applies to pool='gap'")
+        if self.representation_size and self.pool in ("map", "token_gap", "distill"):
+            raise ValueError(f"representation_size (the pre-logits layer) is not supported with pool={self.pool!r}")
         if self.pos_embed == "sincos2d" and self.embed_dim % 4:
             raise ValueError(f"pos_embed='sincos2d' needs embed_dim divisible by 4, got {self.embed_dim}")
         if self.stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
@@ -122,7 +157,14 @@ class ViTConfig:
 
     @property
     def num_prefix_tokens(self) -> int:
-        return int(self.class_token) + self.num_register_tokens
+        """Tokens before the patches: [class, distillation, registers...]."""
+        return int(self.class_token) + int(self.distill_token) + self.num_register_tokens
+
+    @property
+    def num_pos_prefix(self) -> int:
+        """Rows of the learned position table before the grid: the class and distillation tokens' (registers and,
+        with no_embed_class, every prefix token have none)."""
+        return 0 if self.no_embed_class else int(self.class_token) + int(self.distill_token)
 
     @property
     def num_tokens(self) -> int:
@@ -142,6 +184,8 @@ class ViTConfig:
     @property
     def num_features(self) -> int:
         """Width of the pooled features that the head reads."""
+        if self.pool == "token_gap":
+            return 2 * self.embed_dim
         return self.representation_size or self.embed_dim
 
     def replace(self, **changes: Any) -> ViTConfig:

@@ -90,8 +90,17 @@ def flops_breakdown(config: ViTConfig, img_size: int | tuple[int, int] | None = 
         "proj": L * 2 * N * D * D,
         "mlp": L * 2 * (2 * N * D * M),  # fc1 and fc2
         "pre_logits": 2 * D * config.representation_size if config.representation_size else 0,
-        "head": 2 * config.num_features * config.num_classes,
+        "head": _head_flops(config, T),
     }
+
+
+def _head_flops(config: ViTConfig, T: int) -> int:
+    """The classifier (both of DeiT's), and the attention pool of pool='map' over the T patch tokens."""
+    D, M = config.embed_dim, config.mlp_dim
+    n = 2 * config.num_features * config.num_classes * (2 if config.pool == "distill" else 1)
+    if config.pool == "map":  # q of one query, k and v of T tokens, its attention, proj, MLP
+        n += 2 * (D * D + T * 2 * D * D + 2 * T * D + D * D + 2 * D * M)
+    return n
 
 
 def attention_macs(config: ViTConfig, img_size: int | tuple[int, int] | None = None,
@@ -133,10 +142,12 @@ def count_params(config: ViTConfig) -> int:
         layers = _conv_stem_layers(config)
         n = sum(9 * c_in * c_out + 2 * c_out for c_in, c_out in layers)
         n += layers[-1][1] * D + D
-    n += D * int(config.class_token) + D * config.num_register_tokens
+    n += D * (int(config.class_token) + int(config.distill_token) + config.num_register_tokens)
+    n += 0 if config.patch_bias or config.stem != "patch" else -D
     if config.pos_embed == "learned":
         h, w = config.grid_size
-        n += (int(config.class_token) + h * w) * D
+        n += (config.num_pos_prefix + h * w) * D
+    n += 2 * D if config.norm_pre else 0
 
     block = 2 * D  # norm1
     block += 3 * D * D + (3 * D if config.qkv_bias else 0)  # qkv
@@ -148,10 +159,13 @@ def count_params(config: ViTConfig) -> int:
     n += config.depth * block
 
     n += 2 * D  # norm (or fc_norm)
+    if config.pool == "map":  # attention pool: latent query, q, kv, proj, norm, MLP
+        n += D + 3 * D * D + (3 * D if config.qkv_bias else 0) + D * D + D + 2 * D + D * M + M + M * D + D
     if config.representation_size:
         n += D * config.representation_size + config.representation_size
     if config.num_classes:
-        n += config.num_features * config.num_classes + config.num_classes
+        heads = 2 if config.pool == "distill" else 1  # DeiT: the distillation head too
+        n += heads * (config.num_features * config.num_classes + config.num_classes)
     return n
 
 

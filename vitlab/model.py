@@ -11,6 +11,11 @@ The paper's equations (Sec. 3.1):
     Eq. 3  z_l  = MLP(LN(z'_l)) + z'_l
     Eq. 4  y    = LN(z_L^0)
 Parameter names follow timm's, so a timm state dict loads with little renaming.
+
+The paper's ViT is the default path. The options the ViT family added after it are config fields
+(``vitlab.config.ViTConfig``), each marked where it acts: DeiT's distillation token, CLIP's LayerNorm before
+the blocks and bias-free patch projection, QuickGELU, layer scale and registers (DINOv2), a position table
+without prefix rows, and the heads: class token, average, [class; average] and attention pooling (SigLIP).
 """
 
 from __future__ import annotations
@@ -36,7 +41,8 @@ class PatchEmbed(nn.Module):
 
     def __init__(self, cfg: ViTConfig):
         super().__init__()
-        self.proj = nn.Conv2d(cfg.in_chans, cfg.embed_dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.proj = nn.Conv2d(cfg.in_chans, cfg.embed_dim, kernel_size=cfg.patch_size, stride=cfg.patch_size,
+                              bias=cfg.patch_bias)  # OpenAI CLIP: no bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x)  # (B, C, H, W) -> (B, D, h, w)
@@ -90,13 +96,23 @@ class Attention(nn.Module):
         return self.proj_drop(self.proj(x)), probs
 
 
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x), the sigmoid approximation of GELU that OpenAI's CLIP was trained with."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
 class Mlp(nn.Module):
     """The block's MLP: two layers with a GELU non-linearity (paper Sec. 3.1)."""
 
     def __init__(self, cfg: ViTConfig):
         super().__init__()
         self.fc1 = nn.Linear(cfg.embed_dim, cfg.mlp_dim)
-        self.act = nn.GELU(approximate="tanh" if cfg.mlp_act == "gelu_tanh" else "none")
+        if cfg.mlp_act == "quick_gelu":
+            self.act = QuickGELU()
+        else:
+            self.act = nn.GELU(approximate="tanh" if cfg.mlp_act == "gelu_tanh" else "none")
         self.drop1 = nn.Dropout(cfg.dropout)
         self.fc2 = nn.Linear(cfg.mlp_dim, cfg.embed_dim)
         self.drop2 = nn.Dropout(cfg.dropout)
@@ -152,6 +168,37 @@ class Block(nn.Module):
         return x, probs
 
 
+class AttentionPool(nn.Module):
+    """Multihead attention pooling (MAP; big_vision, SigLIP): one learned query attends over the tokens, then a
+    residual MLP. Names as timm's AttentionPoolLatent. (B, N, D) -> (B, D), and the (B, Nh, N) attention on request."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
+        self.latent = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))  # the learned query ("probe")
+        self.q = nn.Linear(cfg.embed_dim, cfg.embed_dim, bias=cfg.qkv_bias)
+        self.kv = nn.Linear(cfg.embed_dim, 2 * cfg.embed_dim, bias=cfg.qkv_bias)
+        self.proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
+        self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        self.mlp = Mlp(cfg)
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, N, D = x.shape
+        q = self.q(self.latent).reshape(1, 1, self.num_heads, self.head_dim).transpose(1, 2)  # (1, Nh, 1, Dh)
+        q = q.expand(B, -1, -1, -1)  # (B, Nh, 1, Dh)
+        kv = self.kv(x).reshape(B, N, 2, self.num_heads, self.head_dim)  # (B, N, 2, Nh, Dh)
+        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, Nh, N, Dh)
+        probs = None
+        if return_attention:
+            probs = (q @ k.transpose(-2, -1) * self.head_dim**-0.5).softmax(dim=-1)  # (B, Nh, 1, N)
+            x = probs @ v
+        else:
+            x = F.scaled_dot_product_attention(q, k, v)  # (B, Nh, 1, Dh)
+        x = self.proj(x.transpose(1, 2).reshape(B, 1, D))  # (B, 1, D)
+        x = x + self.mlp(self.norm(x))
+        return x[:, 0], None if probs is None else probs[:, :, 0]  # (B, D), (B, Nh, N)
+
+
 @dataclass
 class Intermediates:
     """What ``forward_intermediates`` returns, for a ``VisionTransformer`` and for the ResNet baseline
@@ -164,8 +211,10 @@ class Intermediates:
     features:  the output of ``forward_features``, which ``forward_head`` reads: (B, N, D) tokens, or a
                ResNet's last feature map (B, C, h, w).
     grid_size: (h, w) of the patch grid for this input (a ResNet: of its last block; earlier stages are finer).
-               Token order: [class, registers..., patches].
-    num_prefix_tokens: class + register tokens before the patches (0 for a ResNet).
+    num_prefix_tokens: class, distillation and register tokens before the patches (0 for a ResNet).
+               Token order: [class, distillation, registers..., patches].
+    pool_attention: pool='map' with return_attention=True: (B, Nh, h*w), the attention pool's query over the
+               patch tokens (the map that decides what the head sees); else None.
     """
 
     tokens: dict[int, torch.Tensor]
@@ -173,6 +222,7 @@ class Intermediates:
     features: torch.Tensor | None = None
     grid_size: tuple[int, int] = (0, 0)
     num_prefix_tokens: int = 0
+    pool_attention: torch.Tensor | None = None
 
     def patch_tokens(self, layer: int) -> torch.Tensor:
         """The patch tokens of a block as a grid, (B, h, w, D)."""
@@ -209,22 +259,29 @@ class VisionTransformer(nn.Module):
         D = cfg.embed_dim
         self.patch_embed = PatchEmbed(cfg) if cfg.stem == "patch" else ConvStem(cfg)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.class_token else None
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.distill_token else None  # DeiT
         self.reg_token = nn.Parameter(torch.zeros(1, cfg.num_register_tokens, D)) if cfg.num_register_tokens else None
-        # E_pos of Eq. 1: a row for the class token (if any), then the h x w grid. Registers get no position.
-        n_pos = int(cfg.class_token) + cfg.grid_size[0] * cfg.grid_size[1]
+        # E_pos of Eq. 1: a row for the class (and distillation) token, then the h x w grid. Registers get no
+        # position; with no_embed_class no prefix token does.
+        n_pos = cfg.num_pos_prefix + cfg.grid_size[0] * cfg.grid_size[1]
         self.pos_embed = nn.Parameter(torch.zeros(1, n_pos, D)) if cfg.pos_embed == "learned" else None
         self.pos_drop = nn.Dropout(cfg.dropout)
+        self.norm_pre = nn.LayerNorm(D, eps=cfg.norm_eps) if cfg.norm_pre else nn.Identity()  # CLIP's ln_pre
         rates = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # grows with depth
         self.blocks = nn.ModuleList([Block(cfg, r) for r in rates])
         for i in cfg.no_residual_blocks:
             self.blocks[i].residual = False
         self.norm = nn.Identity() if cfg.fc_norm else nn.LayerNorm(D, eps=cfg.norm_eps)
         self.fc_norm = nn.LayerNorm(D, eps=cfg.norm_eps) if cfg.fc_norm else nn.Identity()
+        self.attn_pool = AttentionPool(cfg) if cfg.pool == "map" else None
         if cfg.representation_size:
             self.pre_logits = nn.Sequential(nn.Linear(D, cfg.representation_size), nn.Tanh())
         else:
             self.pre_logits = nn.Identity()
         self.head = nn.Linear(cfg.num_features, cfg.num_classes) if cfg.num_classes else nn.Identity()
+        self.head_dist = None  # DeiT: the distillation token's own head
+        if cfg.pool == "distill":
+            self.head_dist = nn.Linear(D, cfg.num_classes) if cfg.num_classes else nn.Identity()
         self.grad_checkpointing = False
         # Metadata that travels with weights; set by vitlab.load / vitlab.create_model.
         self.preprocessing = None  # vitlab.Preprocessing
@@ -240,8 +297,9 @@ class VisionTransformer(nn.Module):
         Patch projection: LeCun normal (std = 1/sqrt(P*P*C)), flax's default for the official Conv; bias 0.
         Conv stem: Kaiming normal (fan_out, ReLU), BatchNorm weight 1, bias 0.
         Position embedding: truncated normal, std 0.02. Class token: 0 (official). Registers: normal,
-        std 1e-6 (timm; must differ from each other). LayerNorm: weight 1, bias 0. LayerScale: the
-        configured init. Head: weight and bias 0 (official: the first steps train the head only).
+        std 1e-6 (timm; must differ from each other). Distillation token: truncated normal, std 0.02 (DeiT).
+        Attention-pool query: truncated normal, std D^-0.5 (timm). LayerNorm: weight 1, bias 0. LayerScale: the
+        configured init. Heads: weight and bias 0 (official: the first steps train the head only).
         """
         for name, m in self.named_modules():
             if isinstance(m, nn.Linear):
@@ -250,7 +308,8 @@ class VisionTransformer(nn.Module):
                     nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Conv2d) and name == "patch_embed.proj" and isinstance(self.patch_embed, PatchEmbed):
                 _trunc_normal_(m.weight, std=m.weight[0].numel() ** -0.5)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 if m.bias is not None:
@@ -266,9 +325,14 @@ class VisionTransformer(nn.Module):
             nn.init.zeros_(self.cls_token)
         if self.reg_token is not None:
             nn.init.normal_(self.reg_token, std=1e-6)
-        if isinstance(self.head, nn.Linear):
-            nn.init.zeros_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
+        if self.dist_token is not None:
+            _trunc_normal_(self.dist_token, std=0.02)
+        if self.attn_pool is not None:
+            _trunc_normal_(self.attn_pool.latent, std=self.config.embed_dim**-0.5)
+        for head in (self.head, self.head_dist):
+            if isinstance(head, nn.Linear):
+                nn.init.zeros_(head.weight)
+                nn.init.zeros_(head.bias)
 
     def _check_input(self, x: torch.Tensor) -> None:
         cfg = self.config
@@ -289,24 +353,25 @@ class VisionTransformer(nn.Module):
         x = self.patch_embed(x)  # (B, D, h, w)
         B, D, h, w = x.shape
         x = x.flatten(2).transpose(1, 2)  # (B, h*w, D)
-        n_cls = int(self.cls_token is not None)
-        cls_pos = None
+        cfg = self.config
+        n_pos = cfg.num_pos_prefix  # the class and distillation tokens' rows, if the table has them
+        prefix_pos = None
         if self.pos_embed is not None:  # learned E_pos, resampled in 2D when (h, w) differs from training
-            pos = resample_pos_embed(self.pos_embed, (h, w), self.config.grid_size, num_prefix=n_cls)
-            cls_pos, x = pos[:, :n_cls], x + pos[:, n_cls:]
+            pos = resample_pos_embed(self.pos_embed, (h, w), cfg.grid_size, num_prefix=n_pos, method=cfg.pos_resample)
+            prefix_pos, x = pos[:, :n_pos], x + pos[:, n_pos:]
         elif self.config.pos_embed == "sincos2d":
             x = x + sincos_2d((h, w), D).to(x)
         if self.training and self.config.patch_drop_rate > 0:  # keep a random subset of patches per image
             keep = max(1, round((1 - self.config.patch_drop_rate) * h * w))
             idx = torch.rand(B, h * w, device=x.device).argsort(dim=1)[:, :keep]  # (B, keep)
             x = x.gather(1, idx.unsqueeze(-1).expand(-1, -1, D))  # (B, keep, D)
-        prefix = []
-        if self.cls_token is not None:
-            cls = self.cls_token if cls_pos is None else self.cls_token + cls_pos
-            prefix.append(cls.expand(B, -1, -1))  # (B, 1, D)
+        prefix = [t for t in (self.cls_token, self.dist_token) if t is not None]  # each (1, 1, D)
+        if prefix_pos is not None and n_pos:  # the class (and distillation) token's position
+            prefix = [t + prefix_pos[:, i:i + 1] for i, t in enumerate(prefix)]
         if self.reg_token is not None:
-            prefix.append(self.reg_token.expand(B, -1, -1))  # (B, R, D)
-        return self.pos_drop(torch.cat(prefix + [x], dim=1))  # (B, N, D)
+            prefix.append(self.reg_token)  # (1, R, D)
+        x = torch.cat([t.expand(B, -1, -1) for t in prefix] + [x], dim=1)  # (B, N, D)
+        return self.norm_pre(self.pos_drop(x))  # norm_pre: CLIP's ln_pre (identity otherwise)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> final tokens (B, N, D), after the last LayerNorm (unless fc_norm)."""
@@ -320,10 +385,19 @@ class VisionTransformer(nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Tokens (B, N, D) -> logits (B, num_classes), or the pooled features (B, num_features)."""
-        if self.config.pool == "token":
+        pool, patches = self.config.pool, x[:, self.config.num_prefix_tokens:]  # (B, h*w, D)
+        if pool == "distill":  # DeiT: each token through its own head, averaged (timm's pre_logits: the mean token)
+            if pre_logits:
+                return (x[:, 0] + x[:, 1]) / 2
+            return (self.head(x[:, 0]) + self.head_dist(x[:, 1])) / 2
+        if pool == "token":
             x = x[:, 0]  # z_L^0, the class token (Eq. 4)
-        else:
-            x = x[:, self.config.num_prefix_tokens:].mean(dim=1)  # global average of the patch tokens
+        elif pool == "gap":
+            x = patches.mean(dim=1)  # global average of the patch tokens
+        elif pool == "token_gap":
+            x = torch.cat([x[:, 0], patches.mean(dim=1)], dim=-1)  # (B, 2D)
+        else:  # map
+            x, _ = self.attn_pool(patches)
         x = self.pre_logits(self.fc_norm(x))
         return x if pre_logits else self.head(x)
 
@@ -349,15 +423,26 @@ class VisionTransformer(nn.Module):
                 tokens[i] = x
                 if probs is not None:
                     attention[i] = probs
-        return Intermediates(tokens, attention, self.norm(x), grid, self.config.num_prefix_tokens)
+        x = self.norm(x)
+        pool_attention = None
+        if return_attention and self.attn_pool is not None:
+            _, pool_attention = self.attn_pool(x[:, self.config.num_prefix_tokens:], return_attention=True)
+        return Intermediates(tokens, attention, x, grid, self.config.num_prefix_tokens, pool_attention)
 
     def reset_classifier(self, num_classes: int) -> None:
-        """Replace the head with a fresh zero-initialised one (0 = no head)."""
+        """Replace the head (and DeiT's distillation head) with fresh zero-initialised ones (0 = no head)."""
         self.config = self.config.replace(num_classes=num_classes)
-        self.head = nn.Linear(self.config.num_features, num_classes) if num_classes else nn.Identity()
-        if num_classes:
-            nn.init.zeros_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
+        device = next(self.parameters()).device  # the new heads go where the model's parameters are
+        def new_head(width: int) -> nn.Module:
+            return nn.Linear(width, num_classes, device=device) if num_classes else nn.Identity()
+
+        self.head = new_head(self.config.num_features)
+        if self.head_dist is not None:
+            self.head_dist = new_head(self.config.embed_dim)
+        for head in (self.head, self.head_dist):
+            if isinstance(head, nn.Linear):
+                nn.init.zeros_(head.weight)
+                nn.init.zeros_(head.bias)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable

@@ -17,14 +17,19 @@ def resample_pos_embed(
     new_grid: tuple[int, int],
     old_grid: tuple[int, int] | None = None,
     num_prefix: int = 1,
-    mode: str = "bicubic",
-    antialias: bool = True,
+    method: str = "bicubic_antialias",
 ) -> torch.Tensor:
-    """Resample (1, num_prefix + h*w, D) to (1, num_prefix + new_h*new_w, D).
+    """Resample (1, num_prefix + h*w, D) to (1, num_prefix + new_h*new_w, D), in float32.
 
-    ``old_grid`` defaults to a square grid. Interpolation is bicubic with antialiasing when shrinking,
-    done in float32 (the same result as timm's ``resample_abs_pos_embed``).
+    ``old_grid`` defaults to a square grid. ``method`` is one of ``vitlab.config.POS_RESAMPLES``, the way the
+    weights' own code resamples, so that features at another size match it:
+        bicubic_antialias      bicubic with antialiasing (timm's resample_abs_pos_embed, OpenCLIP)
+        bicubic                plain bicubic, align_corners=False (transformers' interpolate_pos_encoding)
+        bicubic_offset         plain bicubic to the scale factor (n + 0.1) / n_old (the original DINOv2 code)
+        bicubic_align_corners  plain bicubic, align_corners=True (torchvision's interpolate_embeddings)
     """
+    if method not in _RESAMPLE_KWARGS:
+        raise ValueError(f"method={method!r} is not one of {', '.join(map(repr, _RESAMPLE_KWARGS))}")
     if pos_embed.ndim != 3 or pos_embed.shape[0] != 1:
         raise ValueError(f"pos_embed must have shape (1, N, D), got {tuple(pos_embed.shape)}")
     n_grid = pos_embed.shape[1] - num_prefix
@@ -47,9 +52,22 @@ def resample_pos_embed(
     prefix, grid = pos_embed[:, :num_prefix], pos_embed[:, num_prefix:]
     D = grid.shape[-1]
     grid = grid.float().reshape(1, old_grid[0], old_grid[1], D).permute(0, 3, 1, 2)  # (1, D, h, w)
-    grid = F.interpolate(grid, size=new_grid, mode=mode, align_corners=False, antialias=antialias)
+    if method == "bicubic_offset":  # DINOv2's interpolate_offset: the output size comes from the scale factor
+        scale = ((new_grid[0] + DINOV2_OFFSET) / old_grid[0], (new_grid[1] + DINOV2_OFFSET) / old_grid[1])
+        grid = F.interpolate(grid, scale_factor=scale, mode="bicubic", align_corners=False, antialias=False)
+    else:
+        grid = F.interpolate(grid, size=new_grid, mode="bicubic", **_RESAMPLE_KWARGS[method])
     grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], D)  # (1, h'*w', D)
     return torch.cat([prefix, grid.to(pos_embed.dtype)], dim=1)
+
+
+DINOV2_OFFSET = 0.1  # facebookresearch/dinov2's interpolate_offset default ("avoid floating point error")
+_RESAMPLE_KWARGS = {
+    "bicubic_antialias": dict(align_corners=False, antialias=True),
+    "bicubic": dict(align_corners=False, antialias=False),
+    "bicubic_offset": dict(align_corners=False, antialias=False),
+    "bicubic_align_corners": dict(align_corners=True, antialias=False),
+}
 
 
 def sincos_2d(grid: tuple[int, int], dim: int, temperature: float = 10_000.0) -> torch.Tensor:

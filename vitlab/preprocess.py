@@ -21,8 +21,24 @@ from PIL import Image, UnidentifiedImageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-INCEPTION_MEAN = (0.5, 0.5, 0.5)  # the official ViT / augreg weights
+INCEPTION_MEAN = (0.5, 0.5, 0.5)  # the official ViT / augreg weights, SigLIP
 INCEPTION_STD = (0.5, 0.5, 0.5)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's own statistics (its preprocess(); OpenCLIP's too)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# The eval preprocessing each family's weights were published with, for a checkpoint that does not state its own
+# (a bare state dict): (mean, std, crop_pct, interpolation). Sources: DeiT's and DINOv2's eval transforms (resize
+# 256, crop 224 = 0.875, bicubic, ImageNet statistics), MAE's fine-tuning eval (the same), OpenAI CLIP's
+# preprocess (resize 224 bicubic, crop 224, its statistics), SigLIP (resize straight to the size, mean = std = 0.5),
+# the paper's ViT (timm's augreg configs: crop 0.9, mean = std = 0.5).
+FAMILY_PREPROCESSING = {
+    "vit": (INCEPTION_MEAN, INCEPTION_STD, 0.9, "bicubic"),
+    "deit": (IMAGENET_MEAN, IMAGENET_STD, 0.875, "bicubic"),
+    "dino": (IMAGENET_MEAN, IMAGENET_STD, 0.875, "bicubic"),
+    "dinov2": (IMAGENET_MEAN, IMAGENET_STD, 0.875, "bicubic"),
+    "mae": (IMAGENET_MEAN, IMAGENET_STD, 0.875, "bicubic"),
+    "clip": (CLIP_MEAN, CLIP_STD, 1.0, "bicubic"),
+    "siglip": (INCEPTION_MEAN, INCEPTION_STD, 1.0, "bicubic"),
+}
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # PIL's modes of 16-bit grayscale (PNG, PGM, TIFF)
 
@@ -56,6 +72,14 @@ class Preprocessing:
         small = max(config.img_size) <= 64
         half = (0.5,) * config.in_chans
         return cls(img_size=config.img_size, mean=half, std=half, crop_pct=1.0 if small else 0.9)
+
+    @classmethod
+    def for_family(cls, family: str, img_size: tuple[int, int]) -> Preprocessing:
+        """The preprocessing a family's weights were published with (``FAMILY_PREPROCESSING``), at ``img_size``."""
+        if family not in FAMILY_PREPROCESSING:
+            raise ValueError(f"unknown family {family!r}; known: {', '.join(FAMILY_PREPROCESSING)}")
+        mean, std, crop_pct, interpolation = FAMILY_PREPROCESSING[family]
+        return cls(img_size=img_size, mean=mean, std=std, crop_pct=crop_pct, interpolation=interpolation)
 
     def replace(self, **changes: Any) -> Preprocessing:
         return dataclasses.replace(self, **changes)

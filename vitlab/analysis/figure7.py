@@ -51,7 +51,7 @@ def model_position_similarity(model: VisionTransformer) -> torch.Tensor:
     """:func:`position_similarity` of a model's learned table, (h, w, h, w)."""
     if model.pos_embed is None:
         raise ValueError(f"the model has no learned position table (pos_embed={model.config.pos_embed!r})")
-    return position_similarity(model.pos_embed, model.config.grid_size, int(model.config.class_token))
+    return position_similarity(model.pos_embed, model.config.grid_size, model.config.num_pos_prefix)
 
 
 def patch_distances(grid: tuple[int, int], patch_size: int) -> torch.Tensor:

@@ -122,14 +122,20 @@ def infer_config(sd: dict[str, torch.Tensor], hints: dict[str, Any]) -> ViTConfi
         patch_size=P, in_chans=C, embed_dim=D, depth=depth, mlp_dim=sd["blocks.0.mlp.fc1.weight"].shape[0],
         qkv_bias="blocks.0.attn.qkv.bias" in sd, qk_norm="blocks.0.attn.q_norm.weight" in sd,
         class_token="cls_token" in sd, num_register_tokens=sd["reg_token"].shape[1] if "reg_token" in sd else 0,
-        pos_embed="learned" if "pos_embed" in sd else "none", fc_norm="fc_norm.weight" in sd,
+        distill_token="dist_token" in sd, pos_embed="learned" if "pos_embed" in sd else "none",
+        fc_norm="fc_norm.weight" in sd, norm_pre="norm_pre.weight" in sd, patch_bias="patch_embed.proj.bias" in sd,
         num_classes=sd["head.weight"].shape[0] if "head.weight" in sd else 0,
     )
     if "blocks.0.ls1.gamma" in sd:
         cfg["layer_scale_init"] = 1e-5  # the value is only an init; the trained gammas are loaded
     if "pre_logits.0.weight" in sd:
         cfg["representation_size"] = sd["pre_logits.0.weight"].shape[0]
-    cfg["pool"] = "gap" if (cfg["fc_norm"] or not cfg["class_token"]) else "token"
+    if "attn_pool.latent" in sd:
+        cfg["pool"] = "map"
+    elif cfg["distill_token"]:
+        cfg["pool"] = "distill"  # timm's VisionTransformerDistilled
+    else:
+        cfg["pool"] = "gap" if (cfg["fc_norm"] or not cfg["class_token"]) else "token"
     if cfg["qk_norm"]:
         cfg["num_heads"] = D // sd["blocks.0.attn.q_norm.weight"].shape[0]
     else:
@@ -138,14 +144,16 @@ def infer_config(sd: dict[str, torch.Tensor], hints: dict[str, Any]) -> ViTConfi
     if not cfg["num_heads"]:
         raise CheckpointError(f"cannot tell the number of heads of a width-{D} model from its weights; "
                               "pass num_heads=... to vitlab.load")
+    n_rows = sd["pos_embed"].shape[1] if "pos_embed" in sd else 0
+    n_embedded = int(cfg["class_token"]) + int(cfg["distill_token"])  # prefix tokens a table may give a row
+    grid, n_prefix = None, 0
+    for n_prefix in dict.fromkeys((n_embedded + cfg["num_register_tokens"], n_embedded, 0)):
+        grid = _grid_for(n_rows - n_prefix, P, hints.get("img_size")) if n_rows else None
+        if grid:
+            break
+    if "no_embed_class" not in hints and grid is not None:
+        cfg["no_embed_class"] = n_prefix == 0 and n_embedded > 0  # a table of the patches only (timm's name)
     if "img_size" not in hints:
-        n_grid = sd["pos_embed"].shape[1] if "pos_embed" in sd else 0
-        grid = None
-        for n_prefix in dict.fromkeys((int(cfg["class_token"]) + cfg["num_register_tokens"],
-                                       int(cfg["class_token"]), 0)):
-            grid = _grid_for(n_grid - n_prefix, P, None) if n_grid else None
-            if grid:
-                break
         cfg["img_size"] = (grid[0] * P, grid[1] * P) if grid else (224, 224)
     try:
         return ViTConfig(**cfg)
@@ -168,10 +176,11 @@ def config_of(conv: Converted, overrides: dict[str, Any]) -> ViTConfig:
 def canonical_pos_embed(sd: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, torch.Tensor]:
     """Put ``pos_embed`` into vitlab's layout for ``cfg`` (its img_size as stored in the checkpoint).
 
-    Sources differ in which prefix tokens get a row: timm gives class and register tokens one each
-    (or none, with ``no_embed_class``); big_vision gives none. Register rows are added into the
-    register tokens and a class row into the class token when the table has none of its own (a token
-    plus a constant is the same model), so every source ends as [class row?, grid].
+    Sources differ in which prefix tokens get a row: timm gives class, distillation and register tokens one each
+    (or none, with ``no_embed_class``); big_vision gives none. Register rows are added into the register tokens
+    (a token plus a constant is the same model), so every source ends as [class row, distillation row, grid], or
+    the grid alone with ``cfg.no_embed_class``. A table without prefix rows for a config that wants them gets
+    zero rows (the tokens had no position).
     """
     if "pos_embed" not in sd:
         return sd
@@ -179,14 +188,21 @@ def canonical_pos_embed(sd: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str
     pos = sd["pos_embed"]
     n_grid = cfg.grid_size[0] * cfg.grid_size[1]
     n_prefix = pos.shape[1] - n_grid
-    n_cls, R = int(cfg.class_token), cfg.num_register_tokens
-    if n_prefix not in (0, n_cls, n_cls + R):
-        raise CheckpointError(f"pos_embed has {pos.shape[1]} rows, which does not fit a {cfg.grid_size} grid "
-                              f"with {n_cls} class and {R} register tokens; for a non-square grid pass img_size=...")
-    if n_prefix == n_cls + R and R:
-        sd["reg_token"] = sd["reg_token"] + pos[:, n_cls:n_cls + R]
-        pos = torch.cat([pos[:, :n_cls], pos[:, n_cls + R:]], dim=1)
-    elif n_prefix == 0 and n_cls:
-        pos = torch.cat([torch.zeros_like(pos[:, :1]), pos], dim=1)  # the class token had no position
+    n_pos, R = cfg.num_pos_prefix, cfg.num_register_tokens
+    n_embedded = int(cfg.class_token) + int(cfg.distill_token)
+    if n_prefix not in (0, n_embedded, n_embedded + R):
+        raise CheckpointError(f"pos_embed has {pos.shape[1]} rows, which does not fit a {cfg.grid_size} grid with "
+                              f"{n_embedded} class/distillation and {R} register tokens; for a non-square grid pass "
+                              "img_size=...")
+    if n_prefix == n_embedded + R and R:
+        sd["reg_token"] = sd["reg_token"] + pos[:, n_embedded:n_embedded + R]
+        pos = torch.cat([pos[:, :n_embedded], pos[:, n_embedded + R:]], dim=1)
+        n_prefix = n_embedded
+    if n_prefix and cfg.no_embed_class:  # the prefix tokens' rows go into the tokens themselves
+        for name, i in (("cls_token", 0), ("dist_token", 1))[:n_prefix]:
+            sd[name] = sd[name] + pos[:, i:i + 1]
+        pos = pos[:, n_prefix:]
+    elif n_prefix == 0 and n_pos:
+        pos = torch.cat([torch.zeros_like(pos[:, :n_pos]), pos], dim=1)  # the tokens had no position
     sd["pos_embed"] = pos
     return sd

@@ -61,7 +61,8 @@ def weights_say(sd: dict[str, torch.Tensor]) -> dict[str, tuple[Any, str]]:
 def _position_rows(cfg: ViTConfig) -> set[int]:
     """The lengths of a position table laid out for cfg that vitlab reads (``canonical_pos_embed``)."""
     n_grid = cfg.grid_size[0] * cfg.grid_size[1]
-    return {n_grid, n_grid + int(cfg.class_token), n_grid + cfg.num_prefix_tokens}
+    n_embedded = int(cfg.class_token) + int(cfg.distill_token)
+    return {n_grid, n_grid + n_embedded, n_grid + n_embedded + cfg.num_register_tokens}
 
 
 def check_fits(sd: dict[str, torch.Tensor], cfg: ViTConfig, stated_by: str, given: dict[str, Any]) -> None:
@@ -78,7 +79,7 @@ def check_fits(sd: dict[str, torch.Tensor], cfg: ViTConfig, stated_by: str, give
         who = "the arguments say" if "img_size" in given else f"{stated_by} says"
         h, w = cfg.grid_size
         raise CheckpointError(f"{who} img_size={cfg.img_size} (a {h}x{w} grid of patch {cfg.patch_size}: "
-                              f"{h * w + int(cfg.class_token)} position rows) but pos_embed is {_shape(pos)}")
+                              f"{h * w + cfg.num_pos_prefix} position rows) but pos_embed is {_shape(pos)}")
 
 
 def first_mismatch(sd: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], described_by: str) -> str | None:

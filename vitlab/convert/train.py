@@ -154,7 +154,7 @@ def _trained_size(sd: dict[str, torch.Tensor], base: ViTConfig, data_cfg: dict[s
     image_size = _data_img_size(data_cfg)
     if "pos_embed" not in sd or base.pos_embed != "learned":
         return image_size or base.img_size
-    n_grid = sd["pos_embed"].shape[1] - int(base.class_token)  # (1, [1 +] h*w, D)
+    n_grid = sd["pos_embed"].shape[1] - base.num_pos_prefix  # (1, [1 +] h*w, D)
     P = base.patch_size
     for size in ((image_size, image_size), base.img_size):
         if size[0] and (size[0] // P) * (size[1] // P) == n_grid:
