@@ -24,7 +24,7 @@ from vitlab.analysis import (
     soft_nearest_neighbor_loss,
     uniform_attention_distance,
 )
-from vitlab.analysis.attention import attention_maps, fuse_heads, query_row, rollout
+from vitlab.analysis.attention import attention_maps, fuse_heads, head_query, query_row, rollout
 from vitlab.analysis.figure7 import attention_distances, model_position_similarity
 
 
@@ -62,14 +62,49 @@ def test_head_fusion_and_discard():
 
 def test_query_row_uses_the_class_token_or_the_mean_patch_query():
     a = softmax_rows(1, 1, 5)[:, 0]  # (1, 5, 5), 1 prefix token + 4 patches
-    cls = query_row(a, 1, class_token=True)
+    cls = query_row(a, 1, torch.tensor([[1.0, 0, 0, 0, 0]]))
     torch.testing.assert_close(cls, a[:, 0, 1:] / a[:, 0, 1:].sum(-1, keepdim=True))
-    gap = query_row(a, 1, class_token=False)
+    gap = query_row(a, 1, torch.tensor([[0.0, 0.25, 0.25, 0.25, 0.25]]))
     mean = a[:, 1:, 1:].mean(1)
     torch.testing.assert_close(gap, mean / mean.sum(-1, keepdim=True))
+    per_head = query_row(softmax_rows(1, 3, 5), 1, torch.tensor([[1.0, 0, 0, 0, 0]]))  # (1, 3, 4): every head
+    assert per_head.shape == (1, 3, 4)
 
 
-@pytest.mark.parametrize("overrides", [dict(), dict(pool="gap", class_token=False), dict(num_register_tokens=2)])
+@pytest.mark.parametrize("pool, expected", [
+    ("token", [1, 0, 0, 0, 0, 0, 0]),
+    ("distill", [0.5, 0.5, 0, 0, 0, 0, 0]),  # both heads are averaged
+    ("gap", [0, 0, 0, 0.25, 0.25, 0.25, 0.25]),  # registers are prefix tokens, not patches
+    ("token_gap", [0.5, 0, 0, 0.125, 0.125, 0.125, 0.125]),
+])
+def test_head_query_weights_the_tokens_as_the_head_reads_them(pool, expected):
+    model = vitlab.create_model("Ti/4@32", img_size=8, depth=1, embed_dim=16, num_heads=2, mlp_dim=32,
+                                distill_token=True, num_register_tokens=1, pool=pool)
+    out = model.forward_intermediates(torch.randn(1, 3, 8, 8), return_attention=True)  # 2x2 grid, 3 prefix tokens
+    torch.testing.assert_close(head_query(model, out), torch.tensor([expected], dtype=torch.float32))
+
+
+def test_map_model_reads_the_attention_pool():
+    model = randomize_(vitlab.create_model("Ti/4@32", num_classes=5, depth=2, embed_dim=48, num_heads=3, mlp_dim=96,
+                                           class_token=False, pool="map"), std=0.2).eval()
+    x = torch.randn(2, 3, 32, 32)
+    out = model.forward_intermediates(x, return_attention=True)
+    pool = attention_maps(model, x, "pool")
+    torch.testing.assert_close(pool.maps.flatten(1), out.pool_attention.mean(1))  # the pool's own map
+    torch.testing.assert_close(pool.head_maps.flatten(2), out.pool_attention)
+    raw = attention_maps(model, x, "raw")  # the last block's rows, weighted by the pool's attention
+    a = out.attention[1]
+    expected = torch.einsum("bn,bnm->bm", out.pool_attention.mean(1), a.mean(1)[:, :, :])
+    torch.testing.assert_close(raw.maps.flatten(1), expected / expected.sum(-1, keepdim=True))
+    with pytest.raises(ValueError, match="pools with 'token'"):
+        attention_maps(vitlab.create_model("Ti/4@32", depth=1), x, "pool")
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(), dict(pool="gap", class_token=False), dict(num_register_tokens=2),
+    dict(distill_token=True, pool="distill", num_register_tokens=2), dict(pool="map", class_token=False),
+    dict(pool="token_gap", no_embed_class=True),
+], ids=str)
 @pytest.mark.parametrize("method", ["raw", "rollout", "grad-rollout"])
 def test_attention_maps_on_any_model_and_non_square_images(overrides, method):
     model = randomize_(vitlab.create_model("Ti/4@32", num_classes=5, depth=3, embed_dim=48, num_heads=3,

@@ -3,9 +3,10 @@
 What gets written: the eval-mode fp32 model as one ONNX graph with input ``pixel_values`` (B, C, H, W) float32,
 already preprocessed, and output ``logits`` (B, num_classes) (the pooled features when num_classes=0). With
 ``dynamic=True`` the batch, H and W axes are dynamic (H and W multiples of P): the 2D resampling of a learned
-position table (vitlab.pos_embed, bicubic, antialiased) is inside the graph as an ONNX Resize, which needs opset
->= 18. Without it the graph takes exactly (batch, C, H, W) at the model's img_size. The model's metadata_props
-hold the vitlab version, the config, the preprocessing and the class names as JSON, so the file alone runs it:
+position table (vitlab.pos_embed, by the config's ``pos_resample``) is inside the graph, as an ONNX Resize (opset
+>= 18 for the antialiased one) or, for DINOv2's offset rule, as two interpolation matrices. Without it the
+graph takes exactly (batch, C, H, W) at the model's img_size. The model's metadata_props hold the vitlab
+version, the config, the preprocessing and the class names as JSON, so the file alone runs it:
 
     import json, numpy as np, onnxruntime as ort
     sess = ort.InferenceSession("vit.onnx", providers=["CPUExecutionProvider"])

@@ -52,13 +52,40 @@ def resample_pos_embed(
     prefix, grid = pos_embed[:, :num_prefix], pos_embed[:, num_prefix:]
     D = grid.shape[-1]
     grid = grid.float().reshape(1, old_grid[0], old_grid[1], D).permute(0, 3, 1, 2)  # (1, D, h, w)
-    if method == "bicubic_offset":  # DINOv2's interpolate_offset: the output size comes from the scale factor
-        scale = ((new_grid[0] + DINOV2_OFFSET) / old_grid[0], (new_grid[1] + DINOV2_OFFSET) / old_grid[1])
-        grid = F.interpolate(grid, scale_factor=scale, mode="bicubic", align_corners=False, antialias=False)
+    if method == "bicubic_offset":  # DINOv2's interpolate_offset, as two interpolation matrices (see below)
+        rows = _bicubic_matrix(new_grid[0], old_grid[0], DINOV2_OFFSET).to(grid.device)  # (h', h)
+        cols = _bicubic_matrix(new_grid[1], old_grid[1], DINOV2_OFFSET).to(grid.device)  # (w', w)
+        # With the offset, resampling to the same grid is not the identity; DINOv2 then uses the table as it is.
+        # (Eager returns early above; a traced graph with a symbolic grid needs the choice inside it.)
+        same = (torch.full((), new_grid[0]) == old_grid[0]) & (torch.full((), new_grid[1]) == old_grid[1])
+        rows = torch.where(same, torch.eye(new_grid[0], old_grid[0], device=grid.device), rows)
+        cols = torch.where(same, torch.eye(new_grid[1], old_grid[1], device=grid.device), cols)
+        grid = torch.einsum("yh,bdhw,xw->bdyx", rows, grid, cols)  # (1, D, h', w')
     else:
         grid = F.interpolate(grid, size=new_grid, mode="bicubic", **_RESAMPLE_KWARGS[method])
     grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], D)  # (1, h'*w', D)
     return torch.cat([prefix, grid.to(pos_embed.dtype)], dim=1)
+
+
+def _bicubic_matrix(n_out: int, n_in: int, offset: float) -> torch.Tensor:
+    """(n_out, n_in) weights of PyTorch's 1D bicubic resampling (Keys' kernel, a = -0.75, edges clamped,
+    align_corners=False) when it is given the scale factor (n_out + offset) / n_in instead of a size, as the original
+    DINOv2 code calls it: output i reads input (i + 0.5) * n_in / (n_out + offset) - 0.5. The same numbers as
+    ``F.interpolate(scale_factor=...)``, written so that a traced graph keeps n_out symbolic (ONNX export with
+    dynamic sizes; F.interpolate would bake the scale factor in)."""
+    i = torch.arange(n_out, dtype=torch.float32)
+    scale = (n_in / (torch.full((), n_out, dtype=torch.float64) + offset)).float()  # 1 / scale factor, as PyTorch
+    src = (i + 0.5) * scale - 0.5  # (n_out,)
+    left = src.floor()
+    t = (src - left)[:, None]  # (n_out, 1)
+    a = -0.75
+    near = torch.cat([t, 1 - t], dim=1)  # distances to taps 0 and 1, in [0, 1]
+    far = torch.cat([t + 1, 2 - t], dim=1)  # distances to taps -1 and 2, in [1, 2]
+    w_near = ((a + 2) * near - (a + 3)) * near * near + 1
+    w_far = ((a * far - 5 * a) * far + 8 * a) * far - 4 * a
+    weights = torch.stack([w_far[:, 0], w_near[:, 0], w_near[:, 1], w_far[:, 1]], dim=1)  # taps -1, 0, 1, 2
+    taps = (left[:, None] + torch.arange(-1, 3, dtype=torch.float32)).clamp(0, n_in - 1).long()  # (n_out, 4)
+    return torch.zeros(n_out, n_in).scatter_add(1, taps, weights)
 
 
 DINOV2_OFFSET = 0.1  # facebookresearch/dinov2's interpolate_offset default ("avoid floating point error")

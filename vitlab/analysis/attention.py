@@ -2,11 +2,14 @@
 
 Everything is read through ``forward_intermediates`` (no hooks): only the blocks a method needs compute explicit
 softmax probabilities, every other block keeps the fused kernel. The pure functions take attention tensors
-(B, Nh, N, N) (rows: queries, columns: keys; token order [class, registers..., patches]) and return maps
-(B, h, w) over the patch grid that sum to 1 per image.
+(B, Nh, N, N) (rows: queries, columns: keys; token order [class, distillation, registers..., patches]) and return
+maps (B, h, w) over the patch grid that sum to 1 per image.
 
-Which query is read. A model with a class token: the class token's row. A model without one (global average
-pooling): the mean over the patch queries' rows, since the head reads the mean of the patch tokens.
+Which query is read: the tokens the head reads, weighted as it reads them (:func:`head_query`). pool='token': the
+class token's row; 'distill' (DeiT): the mean of the class and distillation tokens' rows (both heads are averaged);
+'gap': the mean over the patch queries' rows; 'token_gap' (DINOv2's probe): half the class row, half the patch
+mean; 'map' (SigLIP): the attention pool's own query, i.e. the rows weighted by the pool's attention over the final
+patch tokens. Registers are prefix tokens: they can be attended to, but a map covers the patches only.
 
 - ``raw``: one layer's attention of that query to the patches, heads fused (mean, max or min) or one head.
 - ``rollout`` (Abnar & Zuidema 2020): per layer, heads fused, the residual added as 0.5 A + 0.5 I and rows
@@ -15,6 +18,8 @@ pooling): the mean over the patch queries' rows, since the head reads the mean o
   own attention to themselves is kept).
 - ``grad-rollout`` (Chefer et al. 2021's head weighting): the same product, each layer's heads fused as the
   mean of relu(dy_c/dA * A), with y_c the logit of the chosen (default: predicted) class.
+- ``pool`` (pool='map' only): the attention pool's own attention over the final patch tokens, the map that decides
+  what the head sees, heads fused or one head.
 
 :func:`attention_figure` draws one image with its map and the per-head maps (``vitlab attention``).
 """
@@ -28,11 +33,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vitlab.model import VisionTransformer
+from vitlab.model import Intermediates, VisionTransformer
 from vitlab.plots.attention import plot_attention_figure
 from vitlab.preprocess import Preprocessing
 
-METHODS = ("raw", "rollout", "grad-rollout")
+METHODS = ("raw", "rollout", "grad-rollout")  # any ViT
+POOL_METHOD = "pool"  # an attention-pooled (pool='map') model only
 HEAD_FUSIONS = ("mean", "max", "min")
 
 
@@ -49,11 +55,28 @@ def fuse_heads(probs: torch.Tensor, how: str = "mean") -> torch.Tensor:
     return probs.amax(dim=1) if how == "max" else probs.amin(dim=1)
 
 
-def query_row(attn: torch.Tensor, num_prefix: int, class_token: bool) -> torch.Tensor:
-    """(..., N, N) -> (..., h*w): the class token's attention to the patches, or, without a class token, the mean
-    of the patch queries' rows; renormalised to sum to 1 over the patches."""
-    row = attn[..., 0, :] if class_token else attn[..., num_prefix:, :].mean(dim=-2)  # (..., N)
-    patches = row[..., num_prefix:]
+def head_query(model: VisionTransformer, out: Intermediates) -> torch.Tensor:
+    """(B, N) weights over the final tokens, summing to 1: how the head reads them (see the module docstring).
+    pool='map' needs ``out.pool_attention`` (``forward_intermediates(..., return_attention=True)``)."""
+    pool, n_prefix = model.config.pool, out.num_prefix_tokens
+    b, n = out.features.shape[:2]
+    query = out.features.new_zeros(b, n)
+    if pool in ("token", "token_gap"):
+        query[:, 0] = 1.0
+    elif pool == "distill":
+        query[:, :2] = 0.5  # class and distillation tokens
+    if pool in ("gap", "token_gap"):
+        query[:, n_prefix:] += 1.0 / (n - n_prefix)
+    elif pool == "map":
+        query[:, n_prefix:] = out.pool_attention.detach().mean(dim=1)  # (B, h*w), heads averaged
+    return query / query.sum(dim=-1, keepdim=True)
+
+
+def query_row(attn: torch.Tensor, num_prefix: int, query: torch.Tensor) -> torch.Tensor:
+    """(B, ..., N, N) -> (B, ..., h*w): the rows of ``attn`` weighted by ``query`` (B, N) (:func:`head_query`), i.e.
+    that query's attention to the patches, renormalised to sum to 1 over the patches."""
+    q = query.reshape(query.shape[0], *([1] * (attn.ndim - 3)), 1, query.shape[-1])  # (B, ..., 1, N)
+    patches = (q.to(attn.dtype) @ attn).squeeze(-2)[..., num_prefix:]  # (B, ..., h*w)
     return patches / patches.sum(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
@@ -119,19 +142,23 @@ def attention_maps(model: VisionTransformer, x: torch.Tensor, method: str = "raw
     """Saliency maps of images ``x`` (B, C, H, W) by ``method`` (see the module docstring).
 
     ``layer``: the block of ``raw``, or the last block ``rollout`` multiplies up to (default: the last). ``head``:
-    "mean" | "max" | "min" fuses the heads, an int picks one (``raw`` only). ``target``: the class for
+    "mean" | "max" | "min" fuses the heads, an int picks one (``raw`` and ``pool``). ``target``: the class for
     ``grad-rollout`` (int or (B,) tensor; default the predicted class).
     """
-    _check("method", method, METHODS)
     cfg = model.config
+    _check("method", method, METHODS + (POOL_METHOD,))
+    if method == POOL_METHOD and cfg.pool != "map":
+        raise ValueError(f"method='pool' shows an attention pool's map; this model pools with {cfg.pool!r}, not "
+                         "'map' (use raw, rollout or grad-rollout)")
     depth = cfg.depth
     if not -depth <= layer < depth:
         raise ValueError(f"layer={layer} is out of range for a model of {depth} blocks (valid: {-depth}..{depth - 1})")
     last = layer % depth
     if isinstance(head, int) and not 0 <= head < cfg.num_heads:
         raise ValueError(f"head={head} is out of range: the model has {cfg.num_heads} heads (0..{cfg.num_heads - 1})")
-    if isinstance(head, int) and method != "raw":
-        raise ValueError(f"head={head}: one head can only be shown with method='raw'; {method} fuses the heads")
+    if isinstance(head, int) and method not in ("raw", POOL_METHOD):
+        raise ValueError(f"head={head}: one head can only be shown with method='raw' or 'pool'; {method} fuses the "
+                         "heads")
     if isinstance(head, str):
         _check("head", head, HEAD_FUSIONS)
     if method == "grad-rollout" and cfg.num_classes == 0:
@@ -139,20 +166,24 @@ def attention_maps(model: VisionTransformer, x: torch.Tensor, method: str = "raw
     was_training = model.training
     model.eval()
     try:
-        layers = [last] if method == "raw" else list(range(last + 1))
+        layers = [last] if method in ("raw", POOL_METHOD) else list(range(last + 1))
         with torch.set_grad_enabled(method == "grad-rollout"):
             out = model.forward_intermediates(x, layers=layers, return_attention=True)
             logits = model.forward_head(out.features)
             attn = [out.attention[i] for i in layers]
-            cls_token, n_prefix = cfg.class_token, out.num_prefix_tokens
+            n_prefix, query = out.num_prefix_tokens, head_query(model, out)
             h, w = out.grid_size
             b = x.shape[0]
+            if method == POOL_METHOD:  # (B, Nh, h*w) over the patches already
+                per_head = out.pool_attention.detach()
+                m = per_head[:, head] if isinstance(head, int) else fuse_heads(per_head[:, :, None], head)[:, 0]
+                return AttentionMaps(m.reshape(b, h, w), per_head.reshape(b, -1, h, w), logits.detach(), None)
             if method == "raw":
-                per_head = query_row(attn[0], n_prefix, cls_token)  # (B, Nh, h*w)
+                per_head = query_row(attn[0], n_prefix, query)  # (B, Nh, h*w)
                 if isinstance(head, int):
                     m = per_head[:, head]
                 else:
-                    m = query_row(fuse_heads(attn[0], head), n_prefix, cls_token)
+                    m = query_row(fuse_heads(attn[0], head), n_prefix, query)
                 return AttentionMaps(m.reshape(b, h, w).detach(), per_head.reshape(b, -1, h, w).detach(),
                                      logits.detach(), None)
             grads = None
@@ -162,7 +193,7 @@ def attention_maps(model: VisionTransformer, x: torch.Tensor, method: str = "raw
                 score = logits.gather(1, tgt[:, None]).sum()
                 grads = list(torch.autograd.grad(score, attn))
             joint = rollout([a.detach() for a in attn], head, discard_ratio, n_prefix, grads)  # head: a fusion
-            m = query_row(joint, n_prefix, cls_token)
+            m = query_row(joint, n_prefix, query)
             return AttentionMaps(m.reshape(b, h, w).detach(), None, logits.detach(), tgt)
     finally:
         model.train(was_training)
@@ -225,6 +256,8 @@ def attention_figure(model: VisionTransformer, x: torch.Tensor, path: str | Path
 
 def _map_title(method: str, block: int, head: str | int, target: torch.Tensor | None, names: list[str]) -> str:
     """E.g. "raw, block 11, heads mean" or "grad-rollout, blocks 0-11\nfor class tabby"."""
+    if method == POOL_METHOD:
+        return "attention pool" + (f", head {head}" if isinstance(head, int) else f", heads {head}")
     text = f"{method}, " + (f"block {block}" if method == "raw" else f"blocks 0-{block}")
     if method == "raw":
         text += f", head {head}" if isinstance(head, int) else f", heads {head}"

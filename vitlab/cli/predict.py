@@ -101,13 +101,14 @@ def add_attention(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, WebP, ...)")
     p.add_argument("--model", "-m", required=True, metavar="NAME_OR_CHECKPOINT", help=MODEL_HELP)
     add_pretrained(p)
-    p.add_argument("--method", choices=("raw", "rollout", "grad-rollout"), default="raw",
+    p.add_argument("--method", choices=("raw", "rollout", "grad-rollout", "pool"), default="raw",
                    help="raw: one block's attention; rollout: attention rollout; grad-rollout: rollout weighted by "
-                        "the gradient of a class's logit (default: raw)")
+                        "the gradient of a class's logit; pool: an attention-pooled model's (SigLIP's) pool "
+                        "attention. raw and rollout read the tokens the head reads (default: raw)")
     p.add_argument("--layer", type=int, default=-1,
                    help="the block (raw), or the last block rolled out; negative counts from the end (default: -1)")
     p.add_argument("--head", default="mean", metavar="H|mean|max|min",
-                   help="one head (raw only) or how heads are fused (default: mean)")
+                   help="one head (raw and pool only) or how heads are fused (default: mean)")
     p.add_argument("--discard-ratio", type=float, default=0.0,
                    help="rollout: zero this fraction of the weakest attention weights per block first (default: 0)")
     p.add_argument("--target", type=int, default=None, metavar="CLASS",

@@ -194,6 +194,10 @@ def to_npz(sd: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, np.ndarray]
         (cfg.pos_embed != "learned", f"pos_embed={cfg.pos_embed!r} (the layout holds a learned table)"),
         (cfg.fc_norm, "fc_norm"),
         (cfg.pool == "gap" and cfg.class_token, "a class token on a gap model (the layout's 'gap' has none)"),
+        (cfg.pool not in ("token", "gap"), f"pool={cfg.pool!r}"),
+        (cfg.distill_token, "a distillation token"),
+        (cfg.norm_pre, "a LayerNorm before the blocks (norm_pre)"),
+        (cfg.mlp_act == "quick_gelu", "QuickGELU"),
     ]
     found = [what for bad, what in unsupported if bad]
     if found:
@@ -203,9 +207,12 @@ def to_npz(sd: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, np.ndarray]
     D, Nh, Dh = cfg.embed_dim, cfg.num_heads, cfg.head_dim
     out: dict[str, np.ndarray] = {
         "embedding/kernel": a["patch_embed.proj.weight"].transpose(2, 3, 1, 0),  # (D, C, P, P) -> (P, P, C, D)
-        "embedding/bias": a["patch_embed.proj.bias"],
+        "embedding/bias": a.get("patch_embed.proj.bias", np.zeros(D, np.float32)),  # the layout has a bias
         "Transformer/posembed_input/pos_embedding": a["pos_embed"],  # (1, [1 +] h*w, D)
     }
+    if cfg.no_embed_class and cfg.class_token:  # the layout's table has a class row: zero (the token had none)
+        pos = out["Transformer/posembed_input/pos_embedding"]
+        out["Transformer/posembed_input/pos_embedding"] = np.concatenate([np.zeros_like(pos[:, :1]), pos], axis=1)
     if cfg.class_token:
         out["cls"] = a["cls_token"]  # (1, 1, D)
     for i in range(cfg.depth):

@@ -21,12 +21,12 @@ import torch
 from vitlab.model import VisionTransformer
 from vitlab.train.config import OptimConfig
 
-NO_DECAY_NAMES = ("pos_embed", "cls_token", "reg_token")
+NO_DECAY_NAMES = ("pos_embed", "cls_token", "dist_token", "reg_token", "attn_pool.latent")
 
 
 def layer_id(name: str, depth: int) -> int:
     """0 for the embeddings, i + 1 for block i, depth + 1 for the final norm, pre-logits and head."""
-    if name.startswith(("patch_embed", "pos_embed", "cls_token", "reg_token")):
+    if name.startswith(("patch_embed", "pos_embed", "cls_token", "dist_token", "reg_token", "norm_pre")):
         return 0
     if name.startswith("blocks."):
         return int(name.split(".")[1]) + 1
