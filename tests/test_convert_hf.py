@@ -1,7 +1,8 @@
 """Hugging Face transformers ViT -> save_pretrained / torch.save -> vitlab.load -> the same outputs.
 
 The configs are deliberately unusual: a head count the width does not imply (128 wide, 4 heads, where
-the width alone says 2), an MLP that is not 4x, no qkv bias, LayerNorm eps 1e-12, 48 px inputs.
+the width alone says 2), an MLP that is not 4x, no qkv bias, LayerNorm eps 1e-12, 48 px inputs. The other
+families transformers has (DeiT, DINOv2, CLIP, SigLIP, ViT-MAE) are in test_parity_hf_families.py.
 """
 
 import json
@@ -15,6 +16,7 @@ from safetensors.torch import load_file
 import vitlab
 from vitlab.convert import hf as hf_convert
 from vitlab.pos_embed import resample_pos_embed
+from vitlab.preprocess import Preprocessing
 
 TOL = 1e-4
 LABELS = ["ant", "bee", "cat", "dog", "eel", "fox", "gnu"]
@@ -57,29 +59,29 @@ def test_classifier_folder_loads_to_identical_logits(tmp_path, weights):
 
 
 def test_classifier_at_another_size(tmp_path):
-    """HF's interpolate_pos_encoding resizes the table with plain bicubic (Keys kernel, a = -0.75); vitlab (like
-    timm) uses bicubic with antialias=True, which in PyTorch is PIL's filter (a = -0.5) even when upsampling. The
-    tables differ by ~10% of their magnitude, so the logits cannot agree to 1e-4 and no tolerance on them would
-    mean anything. What is checked instead: (1) with HF's kernel, the converted model matches HF to 1e-4 at 64 px,
-    so the layout of the table and everything else are right at another size; (2) vitlab.load(img_size=64) is
-    exactly vitlab's documented resampling of that same table."""
+    """HF's interpolate_pos_encoding resizes the table with plain bicubic (no antialias); the reader says so
+    (pos_resample="bicubic"), so at 64 px vitlab matches HF to 1e-4 both when it resamples at forward time and when
+    vitlab.load(img_size=64) resamples once. pos_resample can still be overridden: timm's antialiased bicubic is
+    another table (and other logits)."""
     ref = _save_classifier(tmp_path)
     model = vitlab.load(tmp_path).eval()
     model64 = vitlab.load(tmp_path, img_size=64).eval()
-    assert model64.config.img_size == (64, 64) and model64.preprocessing.img_size == (64, 64)
+    assert model.config.pos_resample == "bicubic" and model64.config.img_size == (64, 64)
+    assert model64.preprocessing.img_size == (64, 64)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         theirs = ref(pixel_values=x, interpolate_pos_encoding=True).logits
-        diff_vitlab = (theirs - model64(x)).abs().max().item()
-        expected = resample_pos_embed(model.pos_embed, (8, 8), (6, 6), num_prefix=1)  # bicubic + antialias
-        assert (model64.pos_embed - expected).abs().max() <= 1e-6
-        assert (model64(x) - model(x)).abs().max() <= TOL  # = resampling at forward time
+        diff_forward = (theirs - model(x)).abs().max().item()
+        diff_loaded = (theirs - model64(x)).abs().max().item()
+    print(f"HF classifier 64px: max |logit diff| {diff_forward:.2e} resampled at forward time, "
+          f"{diff_loaded:.2e} loaded at 64 px")
+    assert diff_forward <= TOL and diff_loaded <= TOL
 
-        model64.pos_embed.copy_(resample_pos_embed(model.pos_embed, (8, 8), (6, 6), num_prefix=1, antialias=False))
-        diff_hf_kernel = (theirs - model64(x)).abs().max().item()
-    print(f"HF classifier 64px: max |logit diff| {diff_hf_kernel:.2e} with HF's bicubic, "
-          f"{diff_vitlab:.2e} with vitlab's antialiased bicubic")
-    assert diff_hf_kernel <= TOL
+    antialiased = vitlab.load(tmp_path, img_size=64, pos_resample="bicubic_antialias").eval()
+    assert antialiased.config.pos_resample == "bicubic_antialias"
+    expected = resample_pos_embed(model.pos_embed, (8, 8), (6, 6), num_prefix=1, method="bicubic_antialias")
+    assert (antialiased.pos_embed - expected).abs().max() <= 1e-6
+    assert (antialiased.pos_embed - model64.pos_embed).abs().max() > 1e-3  # another kernel: another table
 
 
 def test_vit_model_pooler_becomes_pre_logits(tmp_path):
@@ -89,7 +91,7 @@ def test_vit_model_pooler_becomes_pre_logits(tmp_path):
     model = vitlab.load(tmp_path).eval()  # strict: the mask token must have been dropped, the pooler mapped
     assert (model.config.representation_size, model.config.num_classes, model.config.mlp_act) == (48, 0, "gelu_tanh")
     assert model.class_names is None  # a ViTModel has no classifier, whatever id2label says
-    assert model.preprocessing.img_size == (48, 48)  # no preprocessor_config.json: the model's default
+    assert model.preprocessing == Preprocessing.for_family("vit", (48, 48))  # no preprocessor_config.json
     x = torch.randn(2, 3, 48, 48)
     with torch.no_grad():
         out = ref(pixel_values=x)
@@ -107,9 +109,11 @@ def test_bare_state_dict_needs_heads_for_an_unusual_width(tmp_path):
     ref = randomize_(transformers.ViTForImageClassification(cfg))
     path = tmp_path / "hf.pth"
     torch.save(ref.state_dict(), path)
-    with pytest.raises(vitlab.CheckpointError, match="num_heads"):
+    with pytest.raises(vitlab.CheckpointError, match="num_heads"), pytest.warns(UserWarning):
         vitlab.load(path)
-    model = vitlab.load(path, num_heads=3).eval()
+    with pytest.warns(UserWarning, match="a bare transformers ViT state dict has no config.json: vitlab assumes "
+                                         "LayerNorm eps 1e-12, the gelu MLP activation and vit's preprocessing"):
+        model = vitlab.load(path, num_heads=3).eval()
     assert model.source_format == "hf" and model.config.norm_eps == 1e-12
     x = torch.randn(2, 3, 48, 48)
     with torch.no_grad():
@@ -127,7 +131,10 @@ def test_unsupported_configs_are_rejected(tmp_path):
     _save_classifier(tmp_path)
     cfg_path = tmp_path / "config.json"
     hub_cfg = json.loads(cfg_path.read_text())
-    with pytest.raises(vitlab.CheckpointError, match="deit"):
+    with pytest.raises(vitlab.CheckpointError, match="model_type='beit'; vitlab reads transformers' 'vit', 'deit'"):
+        hf_convert.read_folder(tmp_path, {**hub_cfg, "model_type": "beit"})
+    with pytest.raises(vitlab.CheckpointError, match=r"architecture\(s\) \['ViTForImageClassification'\]; of "
+                                                     "model_type 'deit' vitlab reads DeiTModel"):
         hf_convert.read_folder(tmp_path, {**hub_cfg, "model_type": "deit"})
     cfg_path.write_text(json.dumps({**hub_cfg, "hidden_act": "relu"}))
     with pytest.raises(vitlab.CheckpointError, match="hidden_act='relu'"):

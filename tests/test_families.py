@@ -152,3 +152,62 @@ def test_every_family_exports_to_onnx(family, tmp_path):
 
     report = export_onnx(family_model(family), tmp_path / "m.onnx", dynamic=True)
     assert len(report.checks) == 2 and max(c.max_abs_diff for c in report.checks) <= 1e-4
+
+
+def _saved(family: str, path, **overrides) -> str:
+    model = randomize_(vitlab.create_model("Ti/4@32", **{**TINY, **FAMILIES[family], **overrides}), std=0.2)
+    vitlab.save(model, path)
+    return str(path)
+
+
+def test_attention_command_shows_the_pool_map_of_a_siglip_model(tmp_path, capsys):
+    from PIL import Image
+
+    from vitlab.cli import main
+
+    image = tmp_path / "noise.png"
+    Image.fromarray(torch.randint(0, 256, (40, 40, 3), dtype=torch.uint8).numpy()).save(image)
+    ckpt = _saved("siglip", tmp_path / "siglip.safetensors")
+    assert main(["attention", str(image), "--model", ckpt, "--method", "pool", "--head", "1",
+                 "--out", str(tmp_path / "pool.png")]) == 0
+    assert (tmp_path / "pool.png").is_file()
+    deit = _saved("deit-distilled", tmp_path / "deit.safetensors")
+    assert main(["attention", str(image), "--model", deit, "--method", "pool"]) == 2
+    assert "pools with 'distill', not 'map'" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # a report each (about 15 s)
+@pytest.mark.parametrize("family", ["deit-distilled", "siglip"])
+def test_analyze_report_for_a_family(family, tmp_path):
+    import json
+
+    from vitlab.cli import main
+    from vitlab.data.shapes import CLASS_NAMES
+
+    ckpt = _saved(family, tmp_path / "m.safetensors", num_classes=len(CLASS_NAMES), num_register_tokens=1)
+    assert main(["analyze", "--checkpoint", ckpt, "--data", "shapes", "--images", "32", "--probe-images", "64",
+                 "--out", str(tmp_path / "report"), "--no-progress"]) == 0
+    numbers = json.loads((tmp_path / "report" / "report.json").read_text())
+    methods = set(numbers["faithfulness"])
+    assert methods == ({"raw", "rollout", "grad-rollout", "pool"} if family == "siglip" else
+                       {"raw", "rollout", "grad-rollout"})
+
+
+def test_convert_command_sets_what_a_bare_state_dict_cannot_say_and_prints_the_timm_class(tmp_path, capsys):
+    from vitlab.checkpoint import export_timm
+    from vitlab.cli import main
+
+    clip = family_model("clip-openai")
+    export_timm(clip, tmp_path / "bare.safetensors")  # a bare timm dict: QuickGELU is not in the weights
+    assert main(["convert", str(tmp_path / "bare.safetensors"), str(tmp_path / "clip.safetensors"),
+                 "--set", "mlp_act=quick_gelu", "--set", "num_heads=4"]) == 0
+    back = vitlab.load(tmp_path / "clip.safetensors").eval()
+    assert back.config == clip.config
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), clip(x), atol=1e-5, rtol=0)
+    deit = _saved("deit-distilled", tmp_path / "deit.safetensors")
+    assert main(["convert", deit, str(tmp_path / "deit.pth")]) == 0
+    assert "timm model: timm.models.deit.VisionTransformerDistilled(img_size=(32, 32)" in capsys.readouterr().out
+    assert main(["convert", deit, str(tmp_path / "x.pth"), "--set", "heads=4"]) == 2
+    assert "FIELD a ViTConfig field" in capsys.readouterr().err

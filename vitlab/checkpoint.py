@@ -2,8 +2,12 @@
 
 ``load_local`` reads a local file or folder, without ever executing code from the file:
     - vitlab's own ``.safetensors`` (config, preprocessing and class names in its metadata);
-    - timm state dicts (``.pth`` / ``.bin`` / ``.safetensors``) and timm hub folders;
-    - Hugging Face transformers ViT folders (``save_pretrained``), with or without a classifier;
+    - timm state dicts (``.pth`` / ``.bin`` / ``.safetensors``) and timm hub folders: ViT, DeiT (distilled and
+      III), DINO, DINOv2 (with registers), CLIP, SigLIP, MAE;
+    - Hugging Face transformers folders (``save_pretrained``) and state dicts: ViT, DeiT, DINOv2 (with registers),
+      CLIP, SigLIP, ViT-MAE (``vitlab.convert.hf``);
+    - OpenAI CLIP / OpenCLIP ``visual.*`` state dicts (the image tower; its head is the projection);
+    - original DINOv2 (facebookresearch/dinov2) state dicts;
     - Google's official ``.npz`` (vision_transformer and big_vision layouts);
     - torchvision ``vit_*`` state dicts;
     - vitlab's training checkpoints (``runs/<run>/ckpt-step*.pt``, format "vitlab-train"): the EMA weights when
@@ -39,6 +43,7 @@ from vitlab.config import ViTConfig
 from vitlab.convert import (
     FORMAT,
     FORMAT_VERSION,
+    AssumedSettingsNotice,
     CheckpointError,
     Converted,
     canonical_pos_embed,
@@ -47,8 +52,10 @@ from vitlab.convert import (
     metadata_fields,
     read_json,
 )
+from vitlab.convert import dinov2 as dinov2_convert
 from vitlab.convert import hf as hf_convert
 from vitlab.convert import npz as npz_convert
+from vitlab.convert import openclip as openclip_convert
 from vitlab.convert import timm as timm_convert
 from vitlab.convert import torchvision as tv_convert
 from vitlab.convert import train as train_convert
@@ -57,8 +64,10 @@ from vitlab.model import VisionTransformer
 from vitlab.pos_embed import resample_pos_embed
 from vitlab.preprocess import Preprocessing
 
-FORMATS = "vitlab .safetensors, timm (.pth/.bin/.safetensors or hub folder), Hugging Face ViT folder, " \
-          "Google .npz (vision_transformer or big_vision), torchvision vit_* state dict, vitlab training checkpoint"
+FORMATS = "vitlab .safetensors, timm (.pth/.bin/.safetensors or hub folder), Hugging Face transformers folder or " \
+          "state dict (ViT, DeiT, DINOv2, CLIP, SigLIP, ViT-MAE), " \
+          "Google .npz (vision_transformer or big_vision), torchvision vit_* state dict, OpenAI CLIP / OpenCLIP " \
+          "visual.* state dict, original DINOv2 (facebookresearch/dinov2) state dict, vitlab training checkpoint"
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
 
 
@@ -100,8 +109,9 @@ def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
 
 
 def read_state_dict(sd: dict[str, torch.Tensor], path: Path) -> Converted:
-    """Recognise a bare state dict's format by its key names."""
-    for fmt in (timm_convert, hf_convert, tv_convert):
+    """Recognise a bare state dict's format by its key names. The original DINOv2's names are timm's plus its own
+    (mask_token, register_tokens, chunked blocks), so it is asked first."""
+    for fmt in (dinov2_convert, openclip_convert, timm_convert, hf_convert, tv_convert):
         if fmt.is_format(sd):
             return fmt.read_state_dict(sd)
     sample = ", ".join(list(sd)[:6])
@@ -141,7 +151,10 @@ def _read_folder(path: Path) -> Converted:
     weights = next((path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()), None)
     if weights is None:
         raise CheckpointError(f"{path} has a config.json but no model.safetensors or pytorch_model.bin")
-    conv = read_file(weights)
+    with warnings.catch_warnings():
+        if "architecture" in hub_cfg:  # a timm folder: config.json states what a bare state dict's notices assume
+            warnings.simplefilter("ignore", AssumedSettingsNotice)
+        conv = read_file(weights)
     if "architecture" in hub_cfg:
         try:
             hints, conv.preprocessing, conv.class_names = timm_convert.hints_from_hub_config(hub_cfg)
@@ -238,7 +251,7 @@ def _load_vit(conv: Converted, path: Path, num_classes: int | None, img_size: An
     if reset_head:
         warnings.warn(f"{path}: the checkpoint has {cfg.num_classes} classes, {num_classes} were asked for: "
                       "the head is new and zero-initialised (train it before use)", stacklevel=4)
-        sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
+        sd = {k: v for k, v in sd.items() if not k.startswith(("head.", "head_dist."))}
         cfg, class_names = cfg.replace(num_classes=num_classes), None
 
     # Build without memory or random init (meta device), then take the checkpoint's tensors as they are.
@@ -249,7 +262,7 @@ def _load_vit(conv: Converted, path: Path, num_classes: int | None, img_size: An
     if mismatch:  # what the field checks let through, e.g. a tensor that disagrees with its siblings
         raise CheckpointError(mismatch)
     result = model.load_state_dict(sd, strict=False, assign=True)
-    missing = [k for k in result.missing_keys if not (reset_head and k.startswith("head."))]
+    missing = [k for k in result.missing_keys if not (reset_head and k.startswith(("head.", "head_dist.")))]
     if missing or result.unexpected_keys:
         msg = f"{path} ({conv.format}): missing keys {_keys(missing)}, unexpected keys {_keys(result.unexpected_keys)}"
         if strict:
@@ -385,8 +398,11 @@ def save(
 
 
 def export_timm(model: VisionTransformer, path: str | Path) -> Path:
-    """Save a state dict that timm's VisionTransformer (``timm_model_args(model.config)``) loads strictly.
-    ``.safetensors`` or ``.pth`` by the suffix of ``path``."""
+    """Save a state dict that timm loads strictly into ``timm_model_class(cfg)(**timm_model_args(cfg))``
+    (``vitlab.convert.timm``; ``cfg = model.config``): timm's VisionTransformer, or for DeiT's distilled models
+    (pool "distill") its VisionTransformerDistilled. ``.safetensors`` or ``.pth`` by the suffix of ``path``.
+    A model timm has no counterpart for (pool "token_gap", norm_pre with a patch bias, ...) is a CheckpointError;
+    timm resamples position tables with antialiased bicubic whatever the model's ``pos_resample``."""
     path = Path(path)
     sd = timm_convert.to_timm(_plain_state_dict(model), model.config)
     if path.suffix == ".safetensors":

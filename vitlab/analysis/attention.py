@@ -42,6 +42,11 @@ POOL_METHOD = "pool"  # an attention-pooled (pool='map') model only
 HEAD_FUSIONS = ("mean", "max", "min")
 
 
+def methods_for(model: VisionTransformer) -> tuple[str, ...]:
+    """The map methods that apply to ``model``: METHODS, and ``pool`` for an attention-pooled one."""
+    return METHODS + ((POOL_METHOD,) if model.config.pool == "map" else ())
+
+
 def _check(name: str, value: str, valid: tuple[str, ...]) -> None:
     if value not in valid:
         raise ValueError(f"{name}={value!r} is not one of {', '.join(valid)}")

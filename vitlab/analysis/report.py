@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from vitlab.analysis import figure7
-from vitlab.analysis.attention import METHODS, attention_maps, upsample_map
+from vitlab.analysis.attention import attention_maps, methods_for, upsample_map
 from vitlab.analysis.faithfulness import deletion_insertion_curves, pointing_game, random_order, summarize
 from vitlab.analysis.representations import (
     block_representations,
@@ -133,7 +133,7 @@ def _attention_maps(report: _Report, model: VisionTransformer, test: Sample, n_s
     per method, for the images shown and scored (for all of them when the pointing game needs them)."""
     n_maps = len(test.y) if test.masks is not None else min(len(test.y), max(n_show, n_faithfulness))
     maps = {m: torch.cat([attention_maps(model, test.x[i:min(i + 64, n_maps)], m).maps for i in range(0, n_maps, 64)])
-            for m in METHODS}  # in batches: gradient rollout keeps a graph per batch
+            for m in methods_for(model)}  # in batches: gradient rollout keeps a graph per batch
     show = slice(0, min(n_show, len(test.y)))
     with torch.no_grad():
         pred = model(test.x[show]).argmax(-1)
@@ -143,7 +143,8 @@ def _attention_maps(report: _Report, model: VisionTransformer, test: Sample, n_s
     shown = {m: upsample_map(v[show], tuple(test.x.shape[-2:])).numpy() for m, v in maps.items()}
     images = test.images[show].permute(0, 2, 3, 1).numpy()
     report.figure("Attention maps", plot_saliency_grid(images, shown, titles, report.out / "attention.png"),
-                  "Raw attention of the last block, attention rollout and gradient rollout (predicted class).")
+                  "Raw attention of the last block, attention rollout and gradient rollout (predicted class)"
+                  + (", and the attention pool's own map." if "pool" in maps else "."))
     return maps
 
 
@@ -167,7 +168,7 @@ def _faithfulness(report: _Report, model: VisionTransformer, test: Sample, maps:
                   f"({n_faithfulness} images).")
     if test.masks is not None:
         report.numbers["pointing_game"] = {}
-        for m in METHODS:
+        for m in maps:
             hit, chance = pointing_game(maps[m], test.masks)
             report.numbers["pointing_game"][m] = {"hit_rate": hit, "chance": chance}
 

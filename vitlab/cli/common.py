@@ -4,6 +4,8 @@ and the model a ``--model`` argument names."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -45,6 +47,23 @@ def with_warnings(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------- argument types
+
+
+def config_setting(text: str) -> tuple[str, Any]:
+    """argparse type for ``--set FIELD=VALUE``: a ViTConfig field the checkpoint cannot state (``mlp_act=quick_gelu``,
+    ``num_heads=16``, ``pos_resample=bicubic``). VALUE is read as JSON when it parses (numbers, true/false, lists),
+    else as a string."""
+    from vitlab.config import ViTConfig
+
+    field, sep, value = text.partition("=")
+    fields = [f.name for f in dataclasses.fields(ViTConfig)]
+    if not sep or field not in fields:
+        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE with FIELD a ViTConfig field ({', '.join(fields)}), "
+                                         f"got {text!r}")
+    try:
+        return field, json.loads(value)
+    except json.JSONDecodeError:
+        return field, value
 
 
 def image_size(text: str) -> int | tuple[int, int]:

@@ -12,6 +12,7 @@ from vitlab.cli.common import (
     EXIT_OK,
     MODEL_HELP,
     add_pretrained,
+    config_setting,
     image_size,
     image_sizes,
     load_model_spec,
@@ -38,12 +39,17 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
                    help="resample the position embedding for this input size (N or HxW)")
     p.add_argument("--num-classes", type=int, metavar="N",
                    help="replace the head by a fresh zero-initialised one with N classes (0: no head)")
+    p.add_argument("--set", dest="settings", type=config_setting, action="append", default=[], metavar="FIELD=VALUE",
+                   help="a config field the checkpoint does not state, as vitlab.load(..., FIELD=VALUE) takes it "
+                        "(repeatable): e.g. mlp_act=quick_gelu for OpenAI CLIP weights in a bare state dict, "
+                        "num_heads=16, pos_resample=bicubic")
     p.set_defaults(func=convert)
 
 
 def convert(src: str, dst: str, to: str | None = None, img_size: int | tuple[int, int] | None = None,
-            num_classes: int | None = None) -> int:
-    """Load any supported checkpoint and write it as vitlab, timm or npz (by ``to``, else by dst's suffix)."""
+            num_classes: int | None = None, settings: Sequence[tuple[str, object]] = ()) -> int:
+    """Load any supported checkpoint and write it as vitlab, timm or npz (by ``to``, else by dst's suffix). For
+    timm, print the class and the non-default arguments that build the model the state dict is for."""
     dst_path = Path(dst)
     if num_classes is not None and num_classes < 0:
         raise ValueError(f"--num-classes must be >= 0 (0: no head), got {num_classes}")
@@ -55,12 +61,27 @@ def convert(src: str, dst: str, to: str | None = None, img_size: int | tuple[int
     writers = {"vitlab": vitlab.save, "timm": vitlab.export_timm, "npz": vitlab.export_npz}
     if to not in writers:  # argparse restricts the choices; this is for callers of the function
         raise ValueError(f"--to must be one of {', '.join(writers)}, got {to!r}")
-    model = with_warnings(vitlab.load, src, img_size=img_size, num_classes=num_classes)
+    model = with_warnings(vitlab.load, src, img_size=img_size, num_classes=num_classes, **dict(settings))
     writers[to](model, dst_path)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"wrote {dst_path} ({to}; from {getattr(model, 'source_format', '?')}; {millions(n_params)} params, "
           f"image {model.config.img_size[0]}x{model.config.img_size[1]}, {model.config.num_classes} classes)")
+    if to == "timm":
+        print(f"timm model: {_timm_recipe(model.config)}")
     return EXIT_OK
+
+
+def _timm_recipe(cfg: vitlab.ViTConfig) -> str:
+    """How to build the timm model an exported state dict is for, e.g. ``timm.models.deit.VisionTransformerDistilled
+    (img_size=(224, 224), ..., act_layer='quick_gelu')``: what a bare state dict cannot tell its reader."""
+    from vitlab.convert.timm import timm_model_args, timm_model_class
+
+    args = timm_model_args(cfg)
+    norm = args.pop("norm_layer", None)
+    text = ", ".join(f"{k}={v!r}" for k, v in args.items())
+    if norm is not None:  # a functools.partial: shown as the code that makes it
+        text += f", norm_layer=partial(nn.LayerNorm, eps={cfg.norm_eps!r})"
+    return f"{timm_model_class(cfg)}({text})"
 
 
 def add_export(sub: argparse._SubParsersAction) -> None:

@@ -38,10 +38,17 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read, or does not fit the model asked for. The message is one line."""
 
 
+class AssumedSettingsNotice(UserWarning):
+    """A checkpoint without a config: the settings vitlab assumed for what its weights cannot show (QuickGELU or
+    GELU, LayerNorm eps, the family's preprocessing), in one line that says what to pass to ``vitlab.load`` if they
+    differ."""
+
+
 @dataclass
 class Converted:
     state_dict: dict[str, torch.Tensor]
-    format: str  # "vitlab" | "vitlab-train" | "timm" | "hf" | "torchvision" | "npz" | "npz-big_vision"
+    format: str  # "vitlab" | "vitlab-train" | "timm" | "hf" | "torchvision" | "npz" | "npz-big_vision" | "dinov2"
+    # | "openclip" | "openai-clip"
     hints: dict[str, Any] = field(default_factory=dict)  # ViTConfig fields the source states outright
     preprocessing: Preprocessing | None = None
     class_names: list[str] | None = None

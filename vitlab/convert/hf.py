@@ -1,30 +1,79 @@
-"""Hugging Face transformers ViT (``ViTForImageClassification``, ``ViTModel``) -> vitlab.
+"""Hugging Face transformers vision models -> vitlab: ViT, DeiT, DINOv2 (with and without registers), the vision
+towers of CLIP and SigLIP, and the ViT-MAE encoder.
 
-Two entry points: a bare state dict (``read_state_dict``: the architecture is inferred from shapes,
-so the head count of an unusual width must be passed to ``vitlab.load``), and a ``save_pretrained``
-folder (``read_folder``: ``config.json`` states heads, LayerNorm eps, image size, activation and
-labels; ``preprocessor_config.json``, when present, the preprocessing).
+Two entry points. A ``save_pretrained`` folder (``read_folder``): ``config.json`` names the family
+(``model_type``) and states heads, LayerNorm eps, image size, activation and labels; ``preprocessor_config.json``,
+when present, the preprocessing, else the family's published one (``Preprocessing.for_family``, silently: the
+config names the family). A bare state dict (``read_state_dict``): the family is recognised by its tensor names,
+the architecture read off the shapes, and what only a config could say (eps, activation, the head count of an
+unusual width, the preprocessing) is taken from transformers' defaults for the family, in a one-line notice
+(``AssumedSettingsNotice``, as for the other formats' bare state dicts).
 
-Name mapping (``vit.`` prefix on a classifier, none on a headless ``ViTModel``; layer names as
-``save_pretrained`` writes them, with transformers 5's in-memory names in brackets):
-    embeddings.cls_token / position_embeddings  -> cls_token / pos_embed (class row first, as vitlab's)
-    embeddings.patch_embeddings.projection      -> patch_embed.proj
-    encoder.layer.{i}.                          -> blocks.{i}.                      [layers.{i}.]
-      layernorm_before / layernorm_after        ->   norm1 / norm2
-      attention.attention.query, key, value     ->   attn.qkv, rows [q; k; v]       [attention.q_proj, ...]
-      attention.output.dense                    ->   attn.proj                      [attention.o_proj]
-      intermediate.dense / output.dense         ->   mlp.fc1 / mlp.fc2              [mlp.fc1 / mlp.fc2]
-    layernorm                                   -> norm
-    pooler.dense (Linear + tanh on the class token) -> pre_logits.0 (the paper's representation layer)
-    classifier                                  -> head
-``embeddings.mask_token`` is dropped: it only replaces patches under ``bool_masked_pos`` (masked image
-modelling) and never enters a plain forward pass. A ``ViTForMaskedImageModeling`` decoder is passed
-through under its own names, so ``vitlab.load`` reports it as unexpected (``strict=False`` loads the encoder).
+Readable (model_type: architectures; vitlab's pool):
+    vit                    ViTModel, ViTForImageClassification, ViTForMaskedImageModeling; token
+    deit                   DeiTModel, DeiTForImageClassification: token (the class token only, as transformers);
+                           DeiTForImageClassificationWithTeacher: distill ((head(class) + head_dist(dist)) / 2)
+    dinov2                 Dinov2Model: token; Dinov2ForImageClassification: token_gap ([class; mean of patches]).
+                           use_swiglu_ffn=True (the giant models' SwiGLU MLP) is not supported
+    dinov2_with_registers  Dinov2WithRegistersModel, ...ForImageClassification (the mean leaves the registers out,
+                           in both)
+    clip                   CLIPModel: its vision tower and visual_projection (the text tower is left out, in a note)
+    clip_vision_model      CLIPVisionModel, CLIPVisionModelWithProjection; token
+    siglip                 SiglipModel: its vision tower (the text tower is left out, in a note);
+                           SiglipForImageClassification: gap (the mean of all tokens, its unused MAP head left out)
+    siglip_vision_model    SiglipVisionModel: map; with vision_use_head=False transformers has no pooled output,
+                           vitlab pools gap (SiglipForImageClassification's mean) and forward_features matches
+    vit_mae                ViTMAEModel, ViTMAEForPreTraining (the encoder; its pixel decoder is left out, in a
+                           warning); token. vitlab has no masking: it runs the encoder on every patch in order,
+                           which is transformers' ViTMAEModel with mask_ratio=0 and noise that keeps the order
+                           (noise=torch.arange(num_patches)); its default random masking has no counterpart.
+
+Name mapping. The base model's prefix (``vit.``, ``deit.``, ``dinov2.``, ``dinov2_with_registers.``,
+``vision_model.``) comes off first; layer names as save_pretrained writes them, transformers 5's in-memory names
+in brackets (the tables are in ``vitlab.convert.hf_families``):
+  Embeddings
+    embeddings.cls_token                           -> cls_token                     ViT, DeiT, DINOv2, MAE
+    embeddings.class_embedding (D,)                -> cls_token (1, 1, D)           CLIP
+    embeddings.distillation_token                  -> dist_token                    DeiT
+    embeddings.register_tokens                     -> reg_token (registers have no position row) DINOv2 w/ reg.
+    embeddings.position_embeddings                 -> pos_embed, rows [class, (distillation,) grid]
+    embeddings.position_embedding.weight (N, D)    -> pos_embed (1, N, D): CLIP [class, grid], SigLIP [grid]
+    embeddings.patch_embeddings.projection         -> patch_embed.proj
+    embeddings.patch_embedding                     -> patch_embed.proj (CLIP's has no bias: patch_bias=False)
+    pre_layrnorm                                   -> norm_pre                      CLIP
+  Blocks: encoder.layer.{i}. (CLIP, SigLIP: encoder.layers.{i}.)  -> blocks.{i}.     [layers.{i}.]
+    layernorm_before / layernorm_after             -> norm1 / norm2                 ViT, DeiT, MAE
+    norm1 / norm2; layer_norm1 / layer_norm2       -> norm1 / norm2                 DINOv2; CLIP, SigLIP
+    attention.attention.query, key, value          -> attn.qkv, rows [q; k; v]      [attention.q_proj, ...]
+    self_attn.q_proj, k_proj, v_proj               -> attn.qkv, rows [q; k; v]      CLIP, SigLIP
+    attention.output.dense; self_attn.out_proj     -> attn.proj                     [attention.o_proj]
+    intermediate.dense / output.dense              -> mlp.fc1 / mlp.fc2             [mlp.fc1 / mlp.fc2]
+    mlp.fc1 / mlp.fc2                              -> mlp.fc1 / mlp.fc2             DINOv2, CLIP, SigLIP
+    layer_scale1.lambda1 / layer_scale2.lambda1    -> ls1.gamma / ls2.gamma         DINOv2
+  Final norm and heads
+    layernorm; post_layernorm                      -> norm. CLIP norms the pooled class token only, which gives
+                                                      the same pooled output (its last_hidden_state is before it);
+                                                      SigLIP norms every token, as vitlab
+    pooler.dense (Linear + tanh on the class token) -> pre_logits.0 (the paper's representation layer) ViT, DeiT
+    classifier                                     -> head
+    cls_classifier / distillation_classifier       -> head / head_dist              DeiT with teacher
+    visual_projection (no bias)                    -> head, bias 0: num_classes = projection width  CLIP
+    head.probe                                     -> attn_pool.latent              SigLIP
+    head.attention.in_proj_weight / _bias [q; k; v] -> attn_pool.q (rows :D), attn_pool.kv (rows D:)
+    head.attention.out_proj; head.layernorm        -> attn_pool.proj; attn_pool.norm
+    head.mlp.fc1 / fc2                             -> attn_pool.mlp.fc1 / fc2
+``embeddings.mask_token`` is dropped: it only replaces patches under ``bool_masked_pos`` (masked image modelling)
+and never enters a plain forward pass; so is the ``position_ids`` buffer older CLIP and SigLIP files hold. A
+``ViTForMaskedImageModeling`` decoder is passed through under its own names, so ``vitlab.load`` reports it as
+unexpected (``strict=False`` loads the encoder). A pooler whose pooler_act is not tanh is dropped, with a warning.
+
+Position tables are resampled as the family's own ``interpolate_pos_encoding`` does (``pos_resample``): plain
+bicubic for all but Dinov2WithRegisters, which antialiases; ``vitlab.load(..., pos_resample=...)`` overrides it.
 """
 
 from __future__ import annotations
 
-import re
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -33,85 +82,96 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from vitlab.convert import CheckpointError, Converted, first_line, json_object, read_json
+from vitlab.convert import AssumedSettingsNotice, CheckpointError, Converted, first_line, json_object, read_json
 from vitlab.convert.fit import weights_say
-from vitlab.preprocess import INCEPTION_MEAN, INCEPTION_STD, Preprocessing
+from vitlab.convert.hf_families import (
+    FAMILIES,
+    MODEL_TYPES,
+    NESTED_MODEL_TYPES,
+    Family,
+    base_name,
+    family_of_keys,
+    rename,
+)
+from vitlab.preprocess import FAMILY_PREPROCESSING, INCEPTION_MEAN, INCEPTION_STD, Preprocessing
 
-HF_LAYER_NORM_EPS = 1e-12  # transformers' ViTConfig default (the official JAX code uses 1e-6)
-HF_ACTS = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
+HF_ACTS = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "quick_gelu": "quick_gelu"}
 PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL.Image.Resampling codes HF stores
-HF_ARCHITECTURES = ("ViTForImageClassification", "ViTModel", "ViTForMaskedImageModeling")
-_PATCH_KEY = "embeddings.patch_embeddings.projection.weight"
+_PATCH_KEYS = ("embeddings.patch_embeddings.projection.weight", "embeddings.patch_embedding.weight")
 # config.json fields the weights state too: (config.json's name, the ViTConfig field the shapes give)
 _ALSO_IN_WEIGHTS = (("hidden_size", "embed_dim"), ("num_hidden_layers", "depth"), ("patch_size", "patch_size"),
-                    ("num_channels", "in_chans"), ("intermediate_size", "mlp_dim"))
-
-# Per-layer names, as saved by save_pretrained (transformers 4 and 5) and as held in memory by transformers 5.
-_LAYER = re.compile(r"^(?:encoder\.layer|layers)\.(\d+)\.(.+)$")
-_LAYER_NAMES = {
-    "layernorm_before": "norm1",
-    "layernorm_after": "norm2",
-    "attention.output.dense": "attn.proj",
-    "attention.o_proj": "attn.proj",
-    "intermediate.dense": "mlp.fc1",
-    "output.dense": "mlp.fc2",
-    "mlp.fc1": "mlp.fc1",
-    "mlp.fc2": "mlp.fc2",
-}
-_QKV_NAMES = {"attention.attention.query": "q", "attention.attention.key": "k", "attention.attention.value": "v",
-              "attention.q_proj": "q", "attention.k_proj": "k", "attention.v_proj": "v"}
-_TOP_NAMES = {
-    "embeddings.cls_token": "cls_token",
-    "embeddings.position_embeddings": "pos_embed",
-    "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
-    "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
-    "layernorm.weight": "norm.weight",
-    "layernorm.bias": "norm.bias",
-    "pooler.dense.weight": "pre_logits.0.weight",
-    "pooler.dense.bias": "pre_logits.0.bias",
-    "classifier.weight": "head.weight",
-    "classifier.bias": "head.bias",
-}
+                    ("num_channels", "in_chans"), ("intermediate_size", "mlp_dim"),
+                    ("num_register_tokens", "num_register_tokens"))
 
 
 def is_format(sd: dict[str, Any]) -> bool:
-    return f"vit.{_PATCH_KEY}" in sd or _PATCH_KEY in sd
+    return any(base_name(k) in _PATCH_KEYS for k in sd)
+
+
+def _pool(family: str, sd: dict[str, torch.Tensor]) -> str:
+    """What transformers' model of these tensors pools (see the table in the module docstring)."""
+    if family == "deit":
+        return "distill" if "head_dist.weight" in sd else "token"
+    if family in ("dinov2", "dinov2_with_registers"):
+        return "token_gap" if "head.weight" in sd else "token"
+    if family == "siglip":
+        return "map" if "attn_pool.latent" in sd else "gap"
+    return "token"
+
+
+def _convert(sd: dict[str, torch.Tensor], family: Family) -> dict[str, torch.Tensor]:
+    """Rename, and say in one warning each what of a checkpoint vitlab leaves out."""
+    renamed = rename(sd, family.name)
+    if renamed.other_tower:
+        warnings.warn(f"{family.title}: vitlab reads the vision tower; the text tower, text projection and logit "
+                      f"scale ({len(renamed.other_tower)} tensors) are left out", stacklevel=4)
+    if renamed.decoder:
+        warnings.warn(f"{family.title}: the pixel decoder of ViTMAEForPreTraining ({len(renamed.decoder)} tensors) "
+                      "is left out; vitlab reads the encoder", stacklevel=4)
+    if renamed.unused_map_head:
+        warnings.warn(f"SiglipForImageClassification: its attention-pooling head ({len(renamed.unused_map_head)} "
+                      "tensors) is left out; its classifier reads the mean of the final tokens (pool='gap')",
+                      stacklevel=4)
+    return renamed.state_dict
 
 
 def read_state_dict(sd: dict[str, torch.Tensor]) -> Converted:
-    """A bare transformers ViT state dict. Without its config.json the head count is inferred from the
-    width (pass num_heads=... to vitlab.load for other widths) and LayerNorm eps is HF's default 1e-12."""
-    out: dict[str, torch.Tensor] = {}
-    qkv: dict[int, dict[str, dict[str, torch.Tensor]]] = {}  # layer -> "weight"/"bias" -> "q"/"k"/"v" -> tensor
-    for key, value in sd.items():
-        name = key[len("vit."):] if key.startswith("vit.") else key
-        if name == "embeddings.mask_token":
-            continue  # masked image modelling only; see the module docstring
-        if name == "embeddings.distillation_token":
-            raise CheckpointError("this checkpoint has a distillation token (a distilled DeiT): not supported; "
-                                  "vitlab reads ViTs with a class token (and optional registers) only")
-        if name in _TOP_NAMES:
-            out[_TOP_NAMES[name]] = value
-            continue
-        m = _LAYER.match(name)
-        if m is None:
-            out[key] = value  # not a ViT tensor: vitlab.load reports it as unexpected
-            continue
-        i, rest = int(m.group(1)), m.group(2)
-        module, _, param = rest.rpartition(".")
-        if module in _QKV_NAMES:
-            qkv.setdefault(i, {}).setdefault(param, {})[_QKV_NAMES[module]] = value
-        elif module in _LAYER_NAMES:
-            out[f"blocks.{i}.{_LAYER_NAMES[module]}.{param}"] = value
-        else:
-            out[key] = value
-    for i, params in qkv.items():
-        for param, parts in params.items():
-            if set(parts) != {"q", "k", "v"}:
-                raise CheckpointError(f"layer {i} has attention {param}s for {sorted(parts)} only; expected query, "
-                                      "key and value")
-            out[f"blocks.{i}.attn.qkv.{param}"] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)  # (3D, ...)
-    return Converted(out, "hf", hints=dict(norm_eps=HF_LAYER_NORM_EPS))
+    """A bare transformers state dict. The family comes from its names, the architecture from the shapes, and
+    what only its config.json could say from transformers' defaults for the family, in a one-line notice."""
+    family = FAMILIES[family_of_keys(sd)]
+    out = _convert(sd, family)
+    act = HF_ACTS[family.defaults["hidden_act"]]
+    hints: dict[str, Any] = dict(norm_eps=family.defaults["layer_norm_eps"], mlp_act=act,
+                                 pos_resample=family.pos_resample, pool=_pool(family.name, out))
+    said = f"LayerNorm eps {hints['norm_eps']:g}, the {act} MLP activation"
+    width = out["patch_embed.proj.weight"].shape[0] if "patch_embed.proj.weight" in out else None
+    if width in family.heads_by_width:
+        hints["num_heads"] = family.heads_by_width[width]
+        said += f", {hints['num_heads']} heads for width {width}"
+    conv = Converted(out, "hf", hints=hints)
+    size = _table_size(out, family)
+    if size is not None:
+        conv.preprocessing = Preprocessing.for_family(family.preprocessing, size)
+        mean, std, crop_pct, interp = FAMILY_PREPROCESSING[family.preprocessing]
+        said += (f" and {family.preprocessing}'s preprocessing (mean {_floats(mean)}, std {_floats(std)}, "
+                 f"crop_pct {crop_pct}, {interp})")
+    warnings.warn(f"a bare transformers {family.title} state dict has no config.json: vitlab assumes {said}, "
+                  "transformers' defaults for the family; pass norm_eps=, mlp_act=, num_heads= to vitlab.load if "
+                  "they differ, or load its save_pretrained folder", AssumedSettingsNotice, stacklevel=3)
+    return conv
+
+
+def _floats(values: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{v:.3g}" for v in values) + ")"
+
+
+def _table_size(sd: dict[str, torch.Tensor], family: Family) -> tuple[int, int] | None:
+    """The image size a square position table is laid out for, or None (no table, or not a square grid)."""
+    if "pos_embed" not in sd or "patch_embed.proj.weight" not in sd:
+        return None
+    n = sd["pos_embed"].shape[1] - family.pos_prefix_rows
+    side, P = math.isqrt(max(n, 0)), sd["patch_embed.proj.weight"].shape[-1]
+    return (side * P, side * P) if side and side * side == n else None
 
 
 def _pair(value: Any, what: str) -> tuple[int, int]:
@@ -122,53 +182,71 @@ def _pair(value: Any, what: str) -> tuple[int, int]:
     raise CheckpointError(f"config.json: {what}={value!r} is neither an int nor a (height, width) pair")
 
 
-def hints_from_config(hub_cfg: dict[str, Any]) -> dict[str, Any]:
-    """ViTConfig fields stated by a transformers ViT ``config.json``; unsupported settings raise."""
+def family_config(hub_cfg: dict[str, Any]) -> tuple[Family, dict[str, Any], str]:
+    """config.json -> the family, the vision config (CLIPModel's and SiglipModel's ``vision_config``) and the
+    prefix that names its fields in messages. An unknown model_type or architecture is an error listing what is
+    readable."""
     model_type = hub_cfg.get("model_type")
-    if model_type != "vit":
-        raise CheckpointError(f"config.json has model_type={model_type!r}; vitlab reads transformers' 'vit' only "
-                              "(DeiT, BEiT, DINOv2, ... have other architectures)")
-    archs = [a for a in hub_cfg.get("architectures") or [] if a not in HF_ARCHITECTURES]
+    if model_type not in MODEL_TYPES:
+        raise CheckpointError(f"config.json has model_type={model_type!r}; vitlab reads transformers' "
+                              f"{', '.join(repr(t) for t in MODEL_TYPES)}")
+    family = FAMILIES[MODEL_TYPES[model_type]]
+    archs = [a for a in hub_cfg.get("architectures") or [] if a not in family.architectures]
     if archs:
-        raise CheckpointError(f"config.json names architecture(s) {archs}; vitlab reads {', '.join(HF_ARCHITECTURES)}")
-    act = hub_cfg.get("hidden_act", "gelu")
+        raise CheckpointError(f"config.json names architecture(s) {archs}; of model_type {model_type!r} vitlab reads "
+                              f"{', '.join(family.architectures)}")
+    if model_type not in NESTED_MODEL_TYPES:
+        return family, hub_cfg, ""
+    return family, json_object(hub_cfg.get("vision_config") or {}, "config.json field 'vision_config'"), \
+        "vision_config."
+
+
+def hints_from_config(hub_cfg: dict[str, Any]) -> dict[str, Any]:
+    """ViTConfig fields stated by a transformers ``config.json`` (or, for a field it omits, transformers' default
+    for the family); unsupported settings raise."""
+    family, cfg, where = family_config(hub_cfg)
+
+    def get(key: str) -> Any:
+        return cfg.get(key, family.defaults.get(key))
+
+    act = get("hidden_act")
     if act not in HF_ACTS:
-        raise CheckpointError(f"config.json: hidden_act={act!r} is not supported; vitlab's MLP has "
-                              f"{', '.join(HF_ACTS)} (exact or tanh-approximated GELU)")
-    width, heads = hub_cfg.get("hidden_size", 768), hub_cfg.get("num_attention_heads", 12)
-    head_dim = hub_cfg.get("head_dim")
+        raise CheckpointError(f"config.json: {where}hidden_act={act!r} is not supported; vitlab's MLP has "
+                              f"{', '.join(HF_ACTS)} (exact, tanh-approximated or sigmoid-approximated GELU)")
+    if cfg.get("use_swiglu_ffn"):
+        raise CheckpointError("config.json: use_swiglu_ffn=True (DINOv2's SwiGLU MLP, the giant models) is not "
+                              "supported; vitlab's MLP is Linear, GELU, Linear")
+    width, heads = get("hidden_size"), get("num_attention_heads")
+    head_dim = cfg.get("head_dim")
     if head_dim is not None and head_dim * heads != width:
-        raise CheckpointError(f"config.json: head_dim={head_dim} x {heads} heads != hidden_size={width}; vitlab's "
-                              "attention has width = heads x head width")
-    patch = _pair(hub_cfg.get("patch_size", 16), "patch_size")
+        raise CheckpointError(f"config.json: {where}head_dim={head_dim} x {heads} heads != hidden_size={width}; "
+                              "vitlab's attention has width = heads x head width")
+    patch = _pair(get("patch_size"), "patch_size")
     if patch[0] != patch[1]:
         raise CheckpointError(f"config.json: non-square patches {patch} are not supported")
-    return dict(
-        num_heads=heads,
-        norm_eps=hub_cfg.get("layer_norm_eps", HF_LAYER_NORM_EPS),
-        img_size=_pair(hub_cfg.get("image_size", 224), "image_size"),
-        in_chans=hub_cfg.get("num_channels", 3),
-        qkv_bias=hub_cfg.get("qkv_bias", True),
-        mlp_act=HF_ACTS[act],
-    )
+    hints = dict(num_heads=heads, norm_eps=get("layer_norm_eps"), img_size=_pair(get("image_size"), "image_size"),
+                 in_chans=get("num_channels"), mlp_act=HF_ACTS[act], pos_resample=family.pos_resample)
+    if "qkv_bias" in family.defaults:  # CLIP's and SigLIP's attention always has biases
+        hints["qkv_bias"] = get("qkv_bias")
+    return hints
 
 
 def preprocessing_from_config(pre_cfg: dict[str, Any], img_size: tuple[int, int]) -> Preprocessing:
-    """A ``preprocessor_config.json`` (ViTImageProcessor) -> Preprocessing.
+    """A ``preprocessor_config.json`` (ViT-, DeiT-, CLIP-, Bit- (DINOv2) or SiglipImageProcessor) -> Preprocessing.
 
-    HF resizes straight to (height, width) without a crop: crop_pct 1.0 (for non-square source images
-    vitlab resizes the shorter side and centre-crops instead of squashing). ``rescale_factor`` and
-    ``do_rescale``/``do_normalize`` are folded into mean and std, since vitlab always scales to [0, 1].
+    ``size`` is the resize: {height, width} resizes straight to it (vitlab resizes the shorter side and
+    centre-crops instead, the same for square images), {shortest_edge} the shorter side. With ``do_center_crop``,
+    ``crop_size`` is the model's input and crop_pct = crop / resize (DeiT: 224 / 256 = 0.875); without, the resize
+    is, and crop_pct is 1. ``rescale_factor`` and ``do_rescale``/``do_normalize`` are folded into mean and std,
+    since vitlab always scales to [0, 1].
     """
-    size = img_size
+    size = tuple(img_size)
     if pre_cfg.get("do_resize", True):
-        s = pre_cfg.get("size", {"height": 224, "width": 224})
-        if isinstance(s, int):
-            size = (s, s)
-        elif "height" in s and "width" in s:
-            size = (s["height"], s["width"])
-        elif "shortest_edge" in s:
-            size = (s["shortest_edge"], s["shortest_edge"])
+        size = _processor_size(pre_cfg.get("size", {"height": 224, "width": 224}), "size", size)
+    crop_pct = 1.0
+    if pre_cfg.get("do_center_crop", "crop_size" in pre_cfg):
+        crop = _processor_size(pre_cfg.get("crop_size", {"height": 224, "width": 224}), "crop_size", size)
+        crop_pct, size = min(1.0, crop[0] / size[0]), crop
     resample = pre_cfg.get("resample", 2)
     if isinstance(resample, str):
         interp = resample.lower()
@@ -186,7 +264,20 @@ def preprocessing_from_config(pre_cfg: dict[str, Any], img_size: tuple[int, int]
         n = len(pre_cfg.get("image_mean", INCEPTION_MEAN))
         mean, std = (0.0,) * n, (1.0,) * n
     return Preprocessing(img_size=size, mean=[m / scale for m in mean], std=[s / scale for s in std],
-                         interpolation=interp, crop_pct=1.0)
+                         interpolation=interp, crop_pct=crop_pct)
+
+
+def _processor_size(value: Any, what: str, fallback: tuple[int, int]) -> tuple[int, int]:
+    """An image processor's size field: an int, {height, width} or {shortest_edge} -> (H, W)."""
+    if isinstance(value, int):
+        return (value, value)
+    if "height" in value and "width" in value:
+        return (int(value["height"]), int(value["width"]))
+    if "shortest_edge" in value:
+        return (int(value["shortest_edge"]),) * 2
+    warnings.warn(f"preprocessor_config.json: {what}={value!r} has neither height and width nor shortest_edge; "
+                  f"using {fallback}", stacklevel=4)
+    return fallback
 
 
 def _load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -213,55 +304,70 @@ def _load_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def read_folder(path: str | Path, hub_cfg: dict[str, Any]) -> Converted:
-    """A ``save_pretrained`` folder: config.json (model_type 'vit') + model.safetensors or pytorch_model.bin,
-    and preprocessor_config.json when present."""
+    """A ``save_pretrained`` folder: config.json + model.safetensors (or shards, or pytorch_model.bin), and
+    preprocessor_config.json when present (else the family's published preprocessing)."""
     path = Path(path)
+    family, cfg, where = family_config(hub_cfg)
     hints = hints_from_config(hub_cfg)
-    conv = read_state_dict(_load_weights(path))
-    conv.hints.update(hints)
-    conv.stated_by = "config.json"
-    sd = conv.state_dict
-    check_config_against_weights(hub_cfg, sd)
+    sd = _convert(_load_weights(path), family)
+    check_config_against_weights(cfg, sd, family, where)
     if "pre_logits.0.weight" in sd and hub_cfg.get("pooler_act", "tanh") != "tanh":
-        raise CheckpointError(f"config.json: pooler_act={hub_cfg['pooler_act']!r}; vitlab's pre-logits layer "
-                              "(HF's pooler) is Linear + tanh")
-    if "head.weight" in sd:
-        n = sd["head.weight"].shape[0]
-        try:
-            id2label = {int(k): v for k, v in (hub_cfg.get("id2label") or {}).items()}
-        except (ValueError, TypeError, AttributeError):
-            raise CheckpointError("config.json: id2label is not a map from class index to name") from None
-        names = [id2label.get(i) for i in range(n)]
-        # transformers writes LABEL_0, LABEL_1, ... when no labels were given: those name nothing.
-        if None not in names and names != [f"LABEL_{i}" for i in range(n)]:
-            conv.class_names = names
+        warnings.warn(f"config.json: pooler_act={hub_cfg['pooler_act']!r}; the pooler is left out, since vitlab's "
+                      "pre-logits layer is Linear + tanh (the pooled output is the class token)", stacklevel=3)
+        sd = {k: v for k, v in sd.items() if not k.startswith("pre_logits.")}
+    hints["pool"] = _pool(family.name, sd)
+    conv = Converted(sd, "hf", hints=hints, stated_by="config.json")
+    if "head.weight" in sd and family.name != "clip":  # CLIP's head is its projection: no classes to name
+        conv.class_names = _class_names(hub_cfg, sd["head.weight"].shape[0])
     pre_path = path / "preprocessor_config.json"
     if pre_path.is_file():
         pre_cfg = json_object(read_json(pre_path), str(pre_path))
         try:
             conv.preprocessing = preprocessing_from_config(pre_cfg, hints["img_size"])
-        except (TypeError, ValueError, KeyError) as e:
-            raise CheckpointError(f"{pre_path} is not a valid ViTImageProcessor config ({first_line(e)})") from e
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            raise CheckpointError(f"{pre_path} is not a valid image processor config ({first_line(e)})") from e
+    else:
+        conv.preprocessing = Preprocessing.for_family(family.preprocessing, hints["img_size"])
     return conv
 
 
-def check_config_against_weights(hub_cfg: dict[str, Any], sd: dict[str, torch.Tensor]) -> None:
-    """A config.json field the (converted) weights contradict is an error: one line, with both values."""
+def _class_names(hub_cfg: dict[str, Any], n: int) -> list[str] | None:
+    try:
+        id2label = {int(k): v for k, v in (hub_cfg.get("id2label") or {}).items()}
+    except (ValueError, TypeError, AttributeError):
+        raise CheckpointError("config.json: id2label is not a map from class index to name") from None
+    names = [id2label.get(i) for i in range(n)]
+    # transformers writes LABEL_0, LABEL_1, ... when no labels were given: those name nothing.
+    return None if None in names or names == [f"LABEL_{i}" for i in range(n)] else names
+
+
+def check_config_against_weights(cfg: dict[str, Any], sd: dict[str, torch.Tensor], family: Family = FAMILIES["vit"],
+                                 where: str = "") -> None:
+    """A config.json field the (converted) weights contradict is an error: one line, with both values. ``cfg`` is
+    the vision config (``where`` = "vision_config." for CLIPModel's and SiglipModel's nested one)."""
     says = weights_say(sd)
     for key, name in _ALSO_IN_WEIGHTS:
-        if key in hub_cfg and name in says:
-            stated = _pair(hub_cfg[key], key)[0] if key == "patch_size" else hub_cfg[key]
+        if key == "intermediate_size" and "mlp_ratio" in family.defaults:
+            continue  # DINOv2's MLP width is mlp_ratio x hidden_size; its config's intermediate_size is unused
+        if key in cfg and name in says:
+            stated = _pair(cfg[key], key)[0] if key == "patch_size" else cfg[key]
             if stated != says[name][0]:
-                raise CheckpointError(f"config.json says {key}={stated!r} but the weights have {key} {says[name][0]}")
+                raise CheckpointError(f"config.json says {where}{key}={stated!r} but the weights have {key} "
+                                      f"{says[name][0]}")
     width = says["embed_dim"][0] if "embed_dim" in says else None
-    heads = hub_cfg.get("num_attention_heads", 12)  # transformers' default
+    if "mlp_ratio" in family.defaults and "mlp_dim" in says and width is not None:
+        ratio = cfg.get("mlp_ratio", family.defaults["mlp_ratio"])
+        if int(width * ratio) != says["mlp_dim"][0]:
+            raise CheckpointError(f"config.json says mlp_ratio={ratio!r} (an MLP of {int(width * ratio)}) but the "
+                                  f"weights have an MLP of {says['mlp_dim'][0]}")
+    heads = cfg.get("num_attention_heads", family.defaults["num_attention_heads"])
     if width is not None and (not isinstance(heads, int) or heads <= 0 or width % heads):
-        said = "says" if "num_attention_heads" in hub_cfg else "has no field for it, which means"
-        raise CheckpointError(f"config.json {said} num_attention_heads={heads!r}, which does not divide the weights' "
-                              f"hidden_size {width}")
-    if "image_size" in hub_cfg and "pos_embed" in sd and "patch_size" in says:
-        (h, w), P = _pair(hub_cfg["image_size"], "image_size"), says["patch_size"][0]
-        rows, expected = sd["pos_embed"].shape[1], 1 + (h // P) * (w // P)  # HF: a class row, then the grid
+        said = "says" if "num_attention_heads" in cfg else "has no field for it, which means"
+        raise CheckpointError(f"config.json {said} {where}num_attention_heads={heads!r}, which does not divide the "
+                              f"weights' hidden_size {width}")
+    if "image_size" in cfg and "pos_embed" in sd and "patch_size" in says:
+        (h, w), P = _pair(cfg["image_size"], "image_size"), says["patch_size"][0]
+        rows, expected = sd["pos_embed"].shape[1], family.pos_prefix_rows + (h // P) * (w // P)  # prefix rows, grid
         if rows != expected:
-            raise CheckpointError(f"config.json says image_size={hub_cfg['image_size']!r} ({expected} position rows at "
-                                  f"patch {P}) but the weights' position table has {rows} rows")
+            raise CheckpointError(f"config.json says {where}image_size={cfg['image_size']!r} ({expected} position "
+                                  f"rows at patch {P}) but the weights' position table has {rows} rows")

@@ -1,83 +1,317 @@
 """timm ``VisionTransformer`` state dicts and hub folders, both ways.
 
 vitlab's parameter names are timm's, so reading is mostly unwrapping; the position table is brought to
-vitlab's layout by ``canonical_pos_embed``. A timm hub folder (``config.json`` with ``architecture``
-and ``pretrained_cfg``, beside ``model.safetensors`` or ``pytorch_model.bin``) also gives the exact
-architecture and the preprocessing of the weights.
+vitlab's layout by ``canonical_pos_embed``. timm's ``VisionTransformerDistilled`` (DeiT's ``dist_token`` and
+``head_dist``) reads the same way. A timm hub folder (``config.json`` with ``architecture``, ``model_args`` and
+``pretrained_cfg``, beside ``model.safetensors`` or ``pytorch_model.bin``, as ``timm.models.save_for_hf`` writes it)
+also gives the architecture and the preprocessing of the weights.
+
+What the weights cannot show comes, in a hub folder, from three places, later ones winning:
+  1. the ``architecture`` name: timm's defaults for it (``model_args`` holds only what differs from them).
+     Rules, checked against every timm ``deit*``, ``*_dinov2``, ``*_clip_*`` and ``*_siglip_*`` architecture by
+     ``tests/test_parity_timm_families.py`` (without importing timm here: it is not a runtime dependency):
+        name                     ViTConfig fields
+        deit_*distilled*         distill_token=True, pool="distill" (VisionTransformerDistilled)
+        deit3_*                  no_embed_class=True, layer_scale_init=1e-6
+        *_dinov2                 layer_scale_init=1e-5, img_size=518; *_giant_*_dinov2: SwiGLU MLP, an error
+        *_reg{R}_*               num_register_tokens=R; with _dinov2 also no_embed_class=True
+        *_clip_*                 norm_pre=True, patch_bias=False (timm's pre_norm), norm_eps=1e-5, mlp_act="gelu"
+        *_clip_quickgelu_*       ... and mlp_act="quick_gelu" (QuickGELU is not in the weights)
+        *_siglip_*               class_token=False, pool="map" (``_siglip_gap_``: pool="gap")
+        SigLIP 2's architectures mlp_act="gelu_tanh": vit_base_patch32_siglip*, vit_large_patch16_siglip[_gap]_512,
+                                 vit_so400m_patch16_siglip*, vit_giantopt_patch16_siglip*; timm's other SigLIP
+                                 architectures keep exact GELU
+        vit_{giant,gigantic,so400m,giantopt}_*  num_heads=16 (not width / 64; a dinov2 giant has 24 = width / 64)
+        *_{N} (last word)        img_size=N (``*_dinov2``: 518); every other head count comes from the width
+     ``vit_*.dino`` and ``vit_*.mae`` weights use the plain ViT architectures: nothing beyond the preprocessing.
+  2. ``model_args``: num_heads, img_size, reg_tokens -> num_register_tokens, no_embed_class, class_token,
+     pre_norm -> norm_pre and patch_bias=not pre_norm (timm ties them), act_layer ('gelu', 'gelu_tanh',
+     'quick_gelu') -> mlp_act, init_values -> layer_scale_init, qkv_bias, qk_norm, fc_norm; shapes and drop rates
+     are read or ignored, ``dynamic_img_size`` changes nothing in the weights. Layers vitlab does not have
+     (``mlp_layer``, ``block_fn``, ``final_norm=False``, ...) are an error.
+  3. ``global_pool`` ('token', 'avg' -> "gap", 'map'), and ``pretrained_cfg`` for the preprocessing. When timm's
+     ``notes`` say the weights are "natively QuickGELU" but the architecture runs them with GELU, vitlab does as
+     timm (parity) and says so in a notice.
+
+A bare state dict has no config: what its weights cannot show follows a documented rule, each in a one-line
+notice (:class:`AssumedSettingsNotice`) naming what to pass to ``vitlab.load`` instead:
+    CLIP's layout (norm_pre, no patch bias)  GELU and norm_eps=1e-5 (timm's vit_*_clip_*), CLIP's preprocessing;
+                                             OpenAI's weights want mlp_act='quick_gelu'
+    dist_token                               DeiT's preprocessing (ImageNet statistics)
+    attn_pool (MAP head)                     SigLIP's preprocessing (mean = std = 0.5); SigLIP 2's
+                                             architectures want mlp_act='gelu_tanh'
+    layer scale with patch 14                DINOv2's preprocessing (ImageNet statistics)
+    anything else                            no notice; the default preprocessing (mean = std = 0.5)
+timm resamples every position table with antialiased bicubic (``pos_resample`` "bicubic_antialias", the default).
+
+Writing (``to_timm``, ``timm_model_args``, ``timm_model_class``): a state dict that timm's class loads strictly,
+with the same outputs. ``pool="token_gap"`` and a hybrid/conv stem, pre-logits layer or sincos2d table have no timm
+counterpart (an error); a LayerNorm before the blocks needs timm's ``pre_norm``, which also drops the patch bias.
 """
 
 from __future__ import annotations
 
+import functools
+import math
+import re
+import warnings
 from typing import Any
 
 import torch
 
 from vitlab.config import ViTConfig
-from vitlab.convert import CheckpointError, Converted
+from vitlab.convert import AssumedSettingsNotice, CheckpointError, Converted
 from vitlab.preprocess import Preprocessing
-from vitlab.registry import MODELS
 
-TIMM_POOLS = {"token": "token", "avg": "gap"}
+TIMM_POOLS = {"token": "token", "avg": "gap", "map": "map"}
+TIMM_ACTS = {"gelu": "gelu", "gelu_tanh": "gelu_tanh", "quick_gelu": "quick_gelu"}  # timm act_layer -> mlp_act
+TIMM_NORM_EPS = 1e-6  # timm's VisionTransformer default LayerNorm eps (vitlab's too)
+CLIP_NORM_EPS = 1e-5  # timm's vit_*_clip_*: partial(LayerNorm, eps=1e-5), nn.LayerNorm's default as in OpenAI CLIP
+DEIT3_LAYER_SCALE = 1e-6  # deit3_*: init_values=1e-6 (only an init: the trained gammas are loaded)
+DINOV2_LAYER_SCALE = 1e-5  # vit_*_dinov2: init_values=1e-5
+DINOV2_IMG_SIZE = 518  # vit_*_dinov2: 37 x 37 patches of 14 (the pretrained_cfg input size)
+HEADS_BY_SIZE_WORD = {"giant": 16, "gigantic": 16, "so400m": 16, "giantopt": 16}  # widths 1408, 1664, 1152, 1536
+SIGLIP_GELU_TANH = re.compile(r"^vit_(?:base_patch32_siglip|large_patch16_siglip(?:_gap)?_512|so400m_patch16_siglip"
+                              r"|giantopt_patch16_siglip)")
+_ARCH = re.compile(r"^(?P<family>vit|deit3?)_(?P<size>[a-z0-9]+)_.*patch(?P<patch>\d+)")
+_REGISTERS = re.compile(r"_reg(\d+)(?:_|$)")
+_SIZE = re.compile(r"_(\d+)$")
+# model_args -> the ViTConfig field they map to directly
+_ARGS = {"num_heads": "num_heads", "reg_tokens": "num_register_tokens", "no_embed_class": "no_embed_class",
+         "class_token": "class_token", "init_values": "layer_scale_init", "qkv_bias": "qkv_bias", "qk_norm": "qk_norm"}
+# model_args vitlab has no counterpart for, with the value that is timm's default (any other is an error)
+_UNSUPPORTED_ARGS = {"final_norm": True, "pool_include_prefix": False, "proj_bias": True, "mlp_layer": None,
+                     "block_fn": None, "attn_layer": None, "embed_layer": None, "norm_layer": None,
+                     "embed_norm_layer": None}
+TIMM_VIT_CLASS = "timm.models.vision_transformer.VisionTransformer"
+TIMM_DISTILLED_CLASS = "timm.models.deit.VisionTransformerDistilled"
 
 
 def is_format(sd: dict[str, Any]) -> bool:
     return "patch_embed.proj.weight" in sd and any(k.startswith("blocks.") for k in sd)
 
 
+def check_mlp(sd: dict[str, torch.Tensor], what: str) -> None:
+    """A gated MLP (SwiGLU: timm's SwiGLUPacked, the DINOv2 giants) packs two hidden layers into fc1, so that fc1
+    has twice the rows fc2 has columns; vitlab's MLP is fc1 -> GELU -> fc2."""
+    fc1, fc2 = sd.get("blocks.0.mlp.fc1.weight"), sd.get("blocks.0.mlp.fc2.weight")
+    if fc1 is not None and fc2 is not None and fc1.shape[0] != fc2.shape[-1]:
+        raise CheckpointError(f"{what} has a gated MLP (SwiGLU: blocks.0.mlp.fc1.weight is {tuple(fc1.shape)}, "
+                              f"fc2 {tuple(fc2.shape)}), e.g. DINOv2's giant models; vitlab's MLP is fc1 -> GELU -> "
+                              "fc2 and cannot run it")
+
+
+def table_size(sd: dict[str, torch.Tensor]) -> tuple[int, int] | None:
+    """The image size a square position table is laid out for (timm's rows: class, distillation and register
+    tokens may each have one), or None."""
+    if "pos_embed" not in sd or "patch_embed.proj.weight" not in sd:
+        return None
+    P, rows = sd["patch_embed.proj.weight"].shape[-1], sd["pos_embed"].shape[1]
+    n_embedded = int("cls_token" in sd) + int("dist_token" in sd)
+    n_reg = sd["reg_token"].shape[1] if "reg_token" in sd else 0
+    for prefix in (n_embedded + n_reg, n_embedded, 0):
+        side = math.isqrt(max(rows - prefix, 0))
+        if side and side * side == rows - prefix:
+            return (side * P, side * P)
+    return None
+
+
 def read_state_dict(sd: dict[str, torch.Tensor]) -> Converted:
-    return Converted(dict(sd), "timm")
+    """A bare timm state dict; the rules of the module docstring fill in what the weights cannot show, each with a
+    one-line :class:`AssumedSettingsNotice` (a hub folder filters them out: its config.json states the settings)."""
+    check_mlp(sd, "this timm state dict")
+    conv = Converted(dict(sd), "timm")
+    size = table_size(sd)
+    family, assumed = None, ""
+    if "norm_pre.weight" in sd and "patch_embed.proj.bias" not in sd:
+        family = "clip"
+        conv.hints.update(mlp_act="gelu", norm_eps=CLIP_NORM_EPS)
+        assumed = (f"CLIP's layout (norm_pre, no patch bias): vitlab assumes GELU and LayerNorm eps {CLIP_NORM_EPS:g} "
+                   "(timm's vit_*_clip_*) and CLIP's preprocessing; for OpenAI's weights (QuickGELU) pass "
+                   "mlp_act='quick_gelu'")
+    elif "dist_token" in sd:
+        family = "deit"
+        assumed = "a distillation token: DeiT, with its preprocessing (ImageNet statistics)"
+    elif "attn_pool.latent" in sd:
+        family = "siglip"
+        assumed = ("an attention-pool head: SigLIP, with its preprocessing (mean = std = 0.5) and exact GELU; timm's "
+                   "SigLIP 2 architectures want mlp_act='gelu_tanh'")
+    elif "blocks.0.ls1.gamma" in sd and sd["patch_embed.proj.weight"].shape[-1] == 14:
+        family = "dinov2"
+        assumed = ("layer scale with patch 14: DINOv2, with its preprocessing (ImageNet statistics) and timm's "
+                   "resampling (the original facebookresearch code's, without registers, is "
+                   "pos_resample='bicubic_offset')")
+    if family is not None and size is not None:
+        conv.preprocessing = Preprocessing.for_family(family, size)
+    if family is not None:
+        warnings.warn(f"a bare timm state dict with {assumed}. If it is not, pass the fields to vitlab.load, or load "
+                      "its timm hub folder (config.json)", AssumedSettingsNotice, stacklevel=4)
+    return conv
+
+
+def architecture_hints(arch: str) -> dict[str, Any]:
+    """timm's defaults for an architecture name that its weights cannot show (the table in the module docstring)."""
+    m = _ARCH.match(arch)
+    if m is None:
+        return {}
+    words = arch.split("_")
+    hints: dict[str, Any] = {}
+    if m["family"] == "deit" and "distilled" in words:
+        hints.update(distill_token=True, pool="distill")
+    if m["family"] == "deit3":
+        hints.update(no_embed_class=True, layer_scale_init=DEIT3_LAYER_SCALE)
+    registers = _REGISTERS.search(arch)
+    if registers:
+        hints["num_register_tokens"] = int(registers[1])
+    if "dinov2" in words:
+        if m["size"] == "giant":
+            raise CheckpointError(f"timm's {arch} has a SwiGLU MLP (the DINOv2 giants'); vitlab's MLP is "
+                                  "fc1 -> GELU -> fc2 and cannot run it")
+        hints.update(layer_scale_init=DINOV2_LAYER_SCALE, img_size=(DINOV2_IMG_SIZE, DINOV2_IMG_SIZE))
+        if registers:
+            hints["no_embed_class"] = True
+    elif m["size"] in HEADS_BY_SIZE_WORD:
+        hints["num_heads"] = HEADS_BY_SIZE_WORD[m["size"]]
+    if "clip" in words:
+        hints.update(norm_pre=True, patch_bias=False, norm_eps=CLIP_NORM_EPS,
+                     mlp_act="quick_gelu" if "quickgelu" in words else "gelu")
+    if "siglip" in words:
+        hints.update(class_token=False, pool="gap" if "gap" in words else "map",
+                     mlp_act="gelu_tanh" if SIGLIP_GELU_TANH.match(arch) else "gelu")
+    size = _SIZE.search(arch)
+    if size and "dinov2" not in words:
+        hints["img_size"] = (int(size[1]), int(size[1]))
+    return hints
+
+
+def _model_args_hints(args: dict[str, Any]) -> dict[str, Any]:
+    hints: dict[str, Any] = {}
+    for key, default in _UNSUPPORTED_ARGS.items():
+        if key in args and args[key] != default:
+            raise CheckpointError(f"model_args {key}={args[key]!r}: vitlab's VisionTransformer has no counterpart "
+                                  f"(it reads timm models with {key}={default!r})")
+    for timm_key, key in _ARGS.items():
+        if timm_key in args and (args[timm_key] is not None or timm_key == "init_values"):  # None: no layer scale
+            hints[key] = args[timm_key]
+    if "img_size" in args:
+        size = args["img_size"]
+        hints["img_size"] = (size, size) if isinstance(size, int) else tuple(size)
+    if "pre_norm" in args:
+        hints.update(norm_pre=bool(args["pre_norm"]), patch_bias=not args["pre_norm"])  # timm: bias=not pre_norm
+    if args.get("act_layer") is not None:
+        if args["act_layer"] not in TIMM_ACTS:
+            raise CheckpointError(f"model_args act_layer={args['act_layer']!r} is not supported (vitlab's MLP "
+                                  f"activations: {', '.join(map(repr, TIMM_ACTS))})")
+        hints["mlp_act"] = TIMM_ACTS[args["act_layer"]]
+    if isinstance(args.get("fc_norm"), bool):
+        hints["fc_norm"] = args["fc_norm"]
+    return hints
 
 
 def hints_from_hub_config(hub_cfg: dict[str, Any]) -> tuple[dict[str, Any], Preprocessing | None, list | None]:
-    """Config fields, preprocessing and class names from a timm hub ``config.json``."""
-    hints: dict[str, Any] = {}
-    arch = hub_cfg.get("architecture", "")
-    if arch in MODELS:
-        base = MODELS[arch]
-        hints.update(img_size=base.img_size, num_heads=base.num_heads)
-    args = hub_cfg.get("model_args", {}) or {}
-    for timm_key, key in (("num_heads", "num_heads"), ("img_size", "img_size"), ("reg_tokens", "num_register_tokens")):
-        if timm_key in args:
-            hints[key] = args[timm_key]
+    """Config fields, preprocessing and class names from a timm hub ``config.json`` (see the module docstring)."""
+    arch = hub_cfg.get("architecture") or ""
+    hints = architecture_hints(arch)
+    args = hub_cfg.get("model_args") or {}
+    hints.update(_model_args_hints(args))
     pool = hub_cfg.get("global_pool", args.get("global_pool"))
     if pool is not None:
         if pool not in TIMM_POOLS:
-            raise CheckpointError(f"timm global_pool={pool!r} is not supported (vitlab has 'token' and 'avg')")
-        hints["pool"] = TIMM_POOLS[pool]
+            raise CheckpointError(f"timm global_pool={pool!r} is not supported (vitlab reads "
+                                  f"{', '.join(map(repr, TIMM_POOLS))})")
+        if hints.get("pool") != "distill":  # VisionTransformerDistilled says 'token' and averages its two heads
+            hints["pool"] = TIMM_POOLS[pool]
     pre = None
     pcfg = hub_cfg.get("pretrained_cfg") or {}
     if "mean" in pcfg:
         size = pcfg.get("input_size", (3, 224, 224))[-2:]
         pre = Preprocessing(img_size=tuple(size), mean=pcfg["mean"], std=pcfg["std"],
                             interpolation=pcfg.get("interpolation", "bicubic"), crop_pct=pcfg.get("crop_pct", 0.9))
-        hints.setdefault("img_size", tuple(size))
+    if "input_size" in pcfg and "img_size" not in args and pcfg.get("fixed_input_size", True):
+        hints["img_size"] = tuple(pcfg["input_size"][-2:])  # timm builds a fixed-size model at its pretrained size
+    notes = " ".join(str(n) for n in pcfg.get("notes") or ())
+    if "quickgelu" in notes.lower().replace(" ", "") and hints.get("mlp_act") != "quick_gelu":
+        warnings.warn(f"timm's notes on these weights say {notes!r}; its architecture {arch} runs them with GELU and "
+                      "so does vitlab (timm's outputs); pass mlp_act='quick_gelu' for the original model's",
+                      AssumedSettingsNotice, stacklevel=4)
     names = hub_cfg.get("label_names") or None
     return hints, pre, names
 
 
-def to_timm(sd: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, torch.Tensor]:
-    """vitlab state dict -> one timm's ``VisionTransformer(**timm_model_args(cfg))`` loads strictly."""
+def _check_exportable(cfg: ViTConfig) -> None:
     if cfg.stem != "patch" or cfg.representation_size or cfg.pos_embed == "sincos2d":
         raise CheckpointError("timm's VisionTransformer has no conv stem, pre-logits layer or sincos2d table; "
                               "save this model in vitlab's format instead")
+    if cfg.pool == "token_gap":
+        raise CheckpointError("pool='token_gap' ([class token; mean patch token]) has no timm counterpart: timm's "
+                              "VisionTransformer pools 'token', 'avg' or 'map'; save this model in vitlab's format")
+    if cfg.norm_pre and cfg.patch_bias:
+        raise CheckpointError("norm_pre=True with patch_bias=True has no timm counterpart: timm's pre_norm=True "
+                              "drops the patch bias; save this model in vitlab's format")
+    if cfg.distill_token and cfg.pool != "distill":
+        raise CheckpointError(f"a distillation token with pool={cfg.pool!r} has no timm counterpart (timm's "
+                              "VisionTransformerDistilled pools both tokens); save this model in vitlab's format")
+    if cfg.pool == "distill" and (cfg.num_register_tokens or cfg.pos_embed != "learned"):
+        raise CheckpointError("timm's VisionTransformerDistilled has no register tokens and needs a learned "
+                              "position table; save this model in vitlab's format")
+
+
+def to_timm(sd: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, torch.Tensor]:
+    """vitlab state dict -> one that ``timm_model_class(cfg)(**timm_model_args(cfg))`` loads strictly.
+
+    Registers get zero position rows (they had none) unless ``no_embed_class`` (timm then gives no prefix token a
+    row); a bias-free patch projection without norm_pre gets a zero bias; an attention pool without qkv biases
+    gets zero ones (timm's always has them). timm resamples the table with antialiased bicubic at other sizes:
+    a model whose ``pos_resample`` is another method exports the same weights, which timm resamples its own way.
+    """
+    _check_exportable(cfg)
     sd = {k: v.detach().clone() for k, v in sd.items()}
-    if "pos_embed" in sd and cfg.num_register_tokens:  # timm gives registers a row: zeros (they had none)
-        n_cls, pos = int(cfg.class_token), sd["pos_embed"]
+    if "pos_embed" in sd and cfg.num_register_tokens and not cfg.no_embed_class:
+        n_cls, pos = int(cfg.class_token), sd["pos_embed"]  # timm's rows: [class, registers, grid]
         zeros = pos.new_zeros(1, cfg.num_register_tokens, pos.shape[-1])
         sd["pos_embed"] = torch.cat([pos[:, :n_cls], zeros, pos[:, n_cls:]], dim=1)
+    if not cfg.patch_bias and not cfg.norm_pre:
+        w = sd["patch_embed.proj.weight"]
+        sd["patch_embed.proj.bias"] = w.new_zeros(w.shape[0])
+    if cfg.pool == "map" and not cfg.qkv_bias:
+        D = cfg.embed_dim
+        sd["attn_pool.q.bias"] = torch.zeros(D)
+        sd["attn_pool.kv.bias"] = torch.zeros(2 * D)
     return sd
 
 
+def timm_model_class(cfg: ViTConfig) -> str:
+    """The import path of the timm class ``to_timm``'s state dict is for: DeiT's distilled models (pool
+    "distill") are ``timm.models.deit.VisionTransformerDistilled``, every other model timm's VisionTransformer.
+    For example::
+
+        module, name = timm_model_class(cfg).rsplit(".", 1)
+        model = getattr(importlib.import_module(module), name)(**timm_model_args(cfg))
+    """
+    _check_exportable(cfg)
+    return TIMM_DISTILLED_CLASS if cfg.pool == "distill" else TIMM_VIT_CLASS
+
+
 def timm_model_args(cfg: ViTConfig) -> dict[str, Any]:
-    """Keyword arguments for ``timm.models.vision_transformer.VisionTransformer`` of the same architecture."""
-    args = dict(
+    """Keyword arguments for ``timm_model_class(cfg)`` of the same architecture. ``norm_layer`` is a
+    ``functools.partial(torch.nn.LayerNorm, eps=...)`` when the eps is not timm's 1e-6 (not JSON: give it to the
+    class, not to a config.json)."""
+    _check_exportable(cfg)
+    ratio = cfg.mlp_dim / cfg.embed_dim
+    if int(cfg.embed_dim * ratio) != cfg.mlp_dim:  # timm's hidden width is int(D * mlp_ratio): no rounding down
+        ratio = (cfg.mlp_dim + 0.5) / cfg.embed_dim
+    args: dict[str, Any] = dict(
         img_size=cfg.img_size, patch_size=cfg.patch_size, in_chans=cfg.in_chans, num_classes=cfg.num_classes,
-        embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_dim / cfg.embed_dim,
+        embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=ratio,
         qkv_bias=cfg.qkv_bias, qk_norm=cfg.qk_norm, init_values=cfg.layer_scale_init,
-        class_token=cfg.class_token, reg_tokens=cfg.num_register_tokens, no_embed_class=False,
-        global_pool="token" if cfg.pool == "token" else "avg", fc_norm=cfg.fc_norm,
+        class_token=cfg.class_token, no_embed_class=cfg.no_embed_class, pre_norm=cfg.norm_pre,
+        global_pool={"distill": "token", "gap": "avg"}.get(cfg.pool, cfg.pool), fc_norm=cfg.fc_norm,
         pos_embed="learn" if cfg.pos_embed == "learned" else "none",
     )
-    if cfg.mlp_act == "gelu_tanh":
-        args["act_layer"] = "gelu_tanh"
+    if cfg.pool != "distill":  # VisionTransformerDistilled has no register tokens
+        args["reg_tokens"] = cfg.num_register_tokens
+    if cfg.mlp_act != "gelu":
+        args["act_layer"] = cfg.mlp_act  # timm's names: 'gelu_tanh', 'quick_gelu'
+    if cfg.norm_eps != TIMM_NORM_EPS:
+        args["norm_layer"] = functools.partial(torch.nn.LayerNorm, eps=cfg.norm_eps)
     return args
