@@ -207,6 +207,27 @@ def test_finetune_from_a_checkpoint_at_another_resolution_and_class_count(data, 
     assert model.pos_embed.shape == (1, 1 + 64, 32)  # resampled from the 4x4 grid to 8x8
 
 
+@pytest.mark.slow  # a short run each (about 2 s)
+@pytest.mark.parametrize("options", [
+    dict(distill_token=True, pool="distill", num_register_tokens=1),  # DeiT: both heads are fresh
+    dict(class_token=False, pool="map", mlp_act="gelu_tanh", pos_resample="bicubic"),  # SigLIP
+    dict(layer_scale_init=1e-5, pool="token_gap", pos_resample="bicubic_offset"),  # DINOv2's probe head
+    dict(norm_pre=True, patch_bias=False, mlp_act="quick_gelu", no_embed_class=True),  # CLIP
+], ids=["deit", "siglip", "dinov2", "clip"])
+def test_finetune_a_family_checkpoint(data, tmp_path, options):
+    init = vitlab.create_model("Ti/4@32", img_size=16, num_classes=10, embed_dim=32, depth=2, num_heads=2, mlp_dim=64,
+                               **options)
+    path = vitlab.save(init, tmp_path / "init.safetensors")
+    cfg = load_config("finetune", overrides=["data.batch_size=32", "max_steps=2", "ckpt_every_steps=100",
+                                             f"model.init={str(path)!r}", "optim.warmup_steps=1",
+                                             f"data.dataset='folder:{data}'"])
+    with pytest.warns(UserWarning, match="10 classes, 6 were asked for"):
+        result = train(cfg, run_dir=tmp_path / "ft", progress=False)
+    model = vitlab.load(tmp_path / "ft" / "model.safetensors")
+    assert model.config == init.config.replace(img_size=(32, 32), num_classes=6) and result.step == 2
+    assert all(torch.isfinite(t).all() for t in model.state_dict().values())
+
+
 def test_bf16_autocast_and_gradient_accumulation(data, tmp_path):
     cfg = tiny_config(data, "amp=\"bf16\"", "optim.accum_steps=2", "max_steps=3")
     result = train(cfg, run_dir=tmp_path, progress=False)
