@@ -9,8 +9,12 @@ from vitlab.evaluate import (
     accuracy,
     count_correct,
     evaluate_model,
+    extract_features,
     fewshot,
     fewshot_accuracy,
+    fewshot_indices,
+    linear_probe,
+    pooled_features,
     ridge_probe_accuracy,
 )
 
@@ -108,3 +112,40 @@ def test_ridge_probe_solves_the_ridge_regression_in_either_form(features):
     train_y, test_y = torch.arange(40) % 4, torch.randint(0, 4, (50,), generator=g)  # noise: near chance
     expected = (_ridge_by_hand(train_x, train_y, test_x, 0.5, 4) == test_y).double().mean().item()
     assert ridge_probe_accuracy(train_x, train_y, test_x, test_y, l2_reg=0.5) == pytest.approx(expected)
+
+
+def test_linear_probe_separates_separable_features_and_picks_weight_decay_on_held_out_data():
+    train_x, train_y = _separable(n_per_class=60, noise=0.8, seed=1)
+    test_x, test_y = _separable(n_per_class=30, noise=0.8, seed=1)
+    result = linear_probe(train_x, train_y, test_x + 0.1 * torch.randn_like(test_x), test_y)
+    assert result.top1 >= 0.95 and result.l2 in result.val_top1 and len(result.val_top1) == 4
+    assert result.val_top1[result.l2] == max(result.val_top1.values())
+    noise = linear_probe(torch.randn(200, 16), torch.arange(4).repeat(50), torch.randn(200, 16),
+                         torch.arange(4).repeat(50))
+    assert noise.top1 < 0.45  # chance is 0.25: nothing to learn from noise
+
+
+def test_fewshot_indices_draw_shots_per_class_reproducibly():
+    y = torch.arange(3).repeat_interleave(10)
+    idx = fewshot_indices(y, 4, seed=2)
+    assert torch.equal(idx, fewshot_indices(y, 4, seed=2)) and len(idx.unique()) == 12
+    assert torch.equal(torch.bincount(y[idx]), torch.tensor([4, 4, 4]))
+
+
+def test_pooled_features_and_bf16_extraction():
+    model = vitlab.create_model("Ti/4@32", num_classes=3, depth=1, embed_dim=16, num_heads=2, mlp_dim=32,
+                                num_register_tokens=2).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        tokens = model.forward_features(x)
+        both = pooled_features(model, x, "cls+mean")
+    torch.testing.assert_close(both, torch.cat([tokens[:, 0], tokens[:, 3:].mean(1)], dim=-1))  # registers left out
+    torch.testing.assert_close(pooled_features(model, x, "head"), tokens[:, 0])
+    with pytest.raises(ValueError, match="needs a class token"):
+        pooled_features(vitlab.create_model("Ti/4@32", depth=1, pool="gap", class_token=False), x, "cls")
+    data = ImageDataset(torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8), torch.arange(3).repeat(2),
+                        ["a", "b", "c"])
+    f32, labels = extract_features(model, data, features="cls+mean")
+    bf16, _ = extract_features(model, data, features="cls+mean", dtype="bfloat16")
+    assert f32.shape == (6, 32) and f32.dtype == bf16.dtype == torch.float32 and torch.equal(labels, data.labels)
+    assert 0 < (f32 - bf16).abs().max() < 0.1

@@ -255,6 +255,23 @@ def test_fewshot_command(straight, data, capsys):
                  "--shots", "1,5", "--seeds", "2"]) == 0
     out = capsys.readouterr().out
     assert "  1-shot" in out and "  5-shot" in out and "chance 0.167" in out
+    drawn = int(out.split("features of the ")[1].split()[0])
+    assert 30 <= drawn <= 2 * (1 + 5) * 6  # only the images some subset draws: at most seeds x shots x classes
+
+
+def test_probe_command(straight, data, tmp_path, capsys):
+    import json
+
+    from vitlab.cli import main
+
+    assert main(["probe", "--checkpoint", str(straight / "model.safetensors"), "--data", f"folder:{data}",
+                 "--features", "cls+mean", "--img-size", "48", "--dtype", "bfloat16", "--train-images", "100",
+                 "--out", str(tmp_path / "probe.json")]) == 0
+    out = capsys.readouterr().out
+    result = json.loads((tmp_path / "probe.json").read_text())
+    assert result["train_images"] == 100 and result["img_size"] == [48, 48] and result["features"] == "cls+mean"
+    assert 0.0 <= result["top1"] <= 1.0 and f"linear probe top-1 {result['top1']:.4f}" in out
+    assert "(the budget); test features" in out
 
 
 def test_large_images_stream_through_the_trainer_and_eval(tmp_path):

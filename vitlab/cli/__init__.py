@@ -25,7 +25,7 @@ from vitlab.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, USER_ERRORS, err
 
 SUBCOMMANDS = (models.add_models, models.add_info, models.add_complexity, convert.add_convert, convert.add_export,
                predict.add_predict, predict.add_attention, train.add_train, train.add_eval, train.add_fewshot,
-               analyze.add_analyze, train.add_demo)
+               train.add_probe, analyze.add_analyze, train.add_demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,14 +1,28 @@
-"""``vitlab train``, ``vitlab demo``, ``vitlab eval`` and ``vitlab fewshot``: train a model and measure it."""
+"""``vitlab train``, ``vitlab demo``, ``vitlab eval``, ``vitlab fewshot`` and ``vitlab probe``: train a model and
+measure it."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 import vitlab
-from vitlab.cli.common import EXIT_FAILED, EXIT_OK, add_device, beside, parse_device, positive, with_warnings
+from vitlab.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    add_device,
+    beside,
+    image_size,
+    parse_device,
+    positive,
+    with_warnings,
+)
+from vitlab.evaluate import FEATURES
 
 DATA_HELP = "shapes, cifar10, cifar100 or folder:PATH"
 
@@ -151,29 +165,112 @@ def add_fewshot(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--l2-reg", type=float, default=1.0, metavar="L", help="ridge regularisation (default: 1.0)")
     p.add_argument("--data-dir", metavar="DIR", help="an existing copy of the data set")
     p.add_argument("--batch-size", type=positive, default=256, metavar="N", help="images per batch (default: 256)")
+    add_feature_options(p)
     add_device(p)
     p.set_defaults(func=fewshot)
 
 
 def fewshot(checkpoint: str, data: str, shots: str = "1,5,10,25", seeds: int = 5, l2_reg: float = 1.0,
-            data_dir: str | None = None, batch_size: int = 256, device: str = "cpu") -> int:
-    """Linear few-shot accuracy of a checkpoint's frozen features (the ViT paper's evaluation)."""
+            data_dir: str | None = None, batch_size: int = 256, device: str = "cpu", img_size: int | None = None,
+            features: str = "head", dtype: str = "float32") -> int:
+    """Linear few-shot accuracy of a checkpoint's frozen features (the ViT paper's evaluation). Only the training
+    images some subset draws are run through the model (at most shots x classes x seeds), then the test set."""
     from vitlab.data import load_dataset
-    from vitlab.evaluate import extract_features
+    from vitlab.evaluate import extract_features, fewshot_indices
     from vitlab.evaluate import fewshot as run_fewshot
 
     try:
         counts = sorted({int(n) for n in shots.split(",")})
     except ValueError as e:
         raise ValueError(f"--shots {shots!r}: expected comma-separated integers such as 1,5,10,25") from e
-    model = with_warnings(vitlab.load, checkpoint)
+    model = with_warnings(vitlab.load, checkpoint, img_size=img_size)
     train_set, test_set = load_dataset(data, "train", data_dir=data_dir), load_dataset(data, "test", data_dir=data_dir)
     dev = parse_device(device)
-    train_x, train_y = extract_features(model, train_set, batch_size=batch_size, device=dev)
-    test_x, test_y = extract_features(model, test_set, batch_size=batch_size, device=dev)
-    results = run_fewshot(train_x, train_y, test_x, test_y, counts, seeds, l2_reg)
-    print(f"{checkpoint} on {data}: linear few-shot top-1 ({seeds} seeds, l2_reg {l2_reg}, "
-          f"{len(test_y)} test images, chance {1 / len(train_set.class_names):.3f})")
+    start = time.perf_counter()
+    drawn = torch.cat([fewshot_indices(train_set.labels, n, s) for n in counts for s in range(seeds)]).unique()
+    some_x, some_y = extract_features(model, train_set.subset(drawn), batch_size=batch_size, device=dev,
+                                      features=features, dtype=dtype)
+    if len(some_y) != len(drawn):
+        raise ValueError(f"{len(drawn) - len(some_y)} of the drawn training images did not decode; fix or remove them")
+    train_x = some_x.new_zeros(len(train_set.labels), some_x.shape[1])  # only the drawn rows are read
+    train_x[drawn] = some_x
+    seconds = time.perf_counter() - start
+    test_x, test_y = extract_features(model, test_set, batch_size=batch_size, device=dev, features=features,
+                                      dtype=dtype)
+    results = run_fewshot(train_x, train_set.labels, test_x, test_y, counts, seeds, l2_reg)
+    size = model.config.img_size
+    print(f"{checkpoint} on {data}: linear few-shot top-1 ({seeds} seeds, l2_reg {l2_reg}, {features} features at "
+          f"{size[0]}x{size[1]} in {dtype}, {len(test_y)} test images, chance {1 / len(train_set.class_names):.3f})")
     for n, (mean, std) in results.items():
         print(f"  {n:>3}-shot  {mean:.4f} +- {std:.4f}")
+    print(f"features of the {len(drawn)} drawn training images: {seconds:.1f} s")
+    return EXIT_OK
+
+
+def add_probe(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("probe", help="linear probe of frozen features (logistic regression, DINOv2's protocol)",
+                       description="Extract frozen features of every training and test image (the class token, the "
+                                   "mean patch token, both, or the head's input), fit a multinomial logistic "
+                                   "regression on the training features (weight decay chosen on a held-out 10%%), "
+                                   "and report test top-1 with the time each stage took.")
+    p.add_argument("--checkpoint", required=True, metavar="CHECKPOINT", help="a checkpoint of any supported format")
+    p.add_argument("--data", required=True, metavar="DATASET", help=DATA_HELP)
+    add_feature_options(p)
+    p.add_argument("--train-images", type=positive, default=None, metavar="N",
+                   help="probe on a seeded random N of the training images (default: all)")
+    p.add_argument("--data-dir", metavar="DIR", help="an existing copy of the data set")
+    p.add_argument("--batch-size", type=positive, default=256, metavar="N", help="images per batch (default: 256)")
+    p.add_argument("--out", metavar="FILE.json", help="also write the figures as JSON")
+    add_device(p)
+    p.set_defaults(func=probe)
+
+
+def add_feature_options(p: argparse.ArgumentParser) -> None:
+    """--img-size, --features and --dtype: how frozen features are taken (fewshot, probe)."""
+    p.add_argument("--img-size", type=image_size, default=None, metavar="N",
+                   help="run the model at this input size (the position table resampled as its source does; "
+                        "default: the checkpoint's)")
+    p.add_argument("--features", choices=FEATURES, default="head",
+                   help="head: the head's input; cls: the class token; mean: the mean patch token; cls+mean: both "
+                        "(DINOv2's linear evaluation) (default: head)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="bfloat16: a bf16 copy of the model, several times faster on CPUs with AMX (default: float32)")
+
+
+def probe(checkpoint: str, data: str, img_size: int | tuple[int, int] | None = None, features: str = "head",
+          dtype: str = "float32", train_images: int | None = None, data_dir: str | None = None,
+          batch_size: int = 256, out: str | None = None, device: str = "cpu") -> int:
+    """A logistic-regression linear probe of a checkpoint's frozen features; prints test top-1 and the seconds of
+    each stage (training features and fit: the budget; test features: the final evaluation)."""
+    from vitlab.data import load_dataset
+    from vitlab.evaluate import extract_features, linear_probe
+
+    model = with_warnings(vitlab.load, checkpoint, img_size=img_size)
+    train_set, test_set = load_dataset(data, "train", data_dir=data_dir), load_dataset(data, "test", data_dir=data_dir)
+    if train_images is not None and train_images < len(train_set.labels):
+        train_set = train_set.subset(torch.randperm(len(train_set.labels),
+                                                    generator=torch.Generator().manual_seed(0))[:train_images])
+    dev = parse_device(device)
+    start = time.perf_counter()
+    train_x, train_y = extract_features(model, train_set, batch_size=batch_size, device=dev, features=features,
+                                        dtype=dtype)
+    train_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    test_x, test_y = extract_features(model, test_set, batch_size=batch_size, device=dev, features=features,
+                                      dtype=dtype)
+    test_seconds = time.perf_counter() - start
+    result = linear_probe(train_x, train_y, test_x, test_y)
+    size = model.config.img_size
+    print(f"{checkpoint} on {data}: linear probe top-1 {result.top1:.4f} ({features} features at {size[0]}x{size[1]} "
+          f"in {dtype}; {len(train_y)} training, {len(test_y)} test images; weight decay {result.l2:g} chosen on a "
+          f"held-out 10%: " + ", ".join(f"{k:g} -> {v:.4f}" for k, v in result.val_top1.items()) + ")")
+    print(f"seconds: training features {train_seconds:.1f} + fit {result.fit_seconds:.1f} = "
+          f"{train_seconds + result.fit_seconds:.1f} (the budget); test features {test_seconds:.1f}")
+    if out:
+        Path(out).write_text(json.dumps({
+            "checkpoint": checkpoint, "data": data, "features": features, "img_size": list(size), "dtype": dtype,
+            "train_images": len(train_y), "test_images": len(test_y), "top1": result.top1, "l2": result.l2,
+            "val_top1": {str(k): v for k, v in result.val_top1.items()}, "train_feature_seconds": train_seconds,
+            "fit_seconds": result.fit_seconds, "test_feature_seconds": test_seconds}, indent=1))
+        print(f"wrote {out}")
     return EXIT_OK

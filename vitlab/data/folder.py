@@ -207,6 +207,11 @@ class StreamingDataset(Dataset):
         return StreamingDataset(self.samples, self.class_names, root=self.root, img_size=self.img_size,
                                 strict=self.strict, transform=transform)
 
+    def subset(self, indices: torch.Tensor) -> StreamingDataset:
+        """The examples at ``indices``, in that order (as ``ImageDataset.subset``)."""
+        return StreamingDataset([self.samples[i] for i in indices.tolist()], self.class_names, root=self.root,
+                                img_size=self.img_size, strict=self.strict, transform=self.transform)
+
     def load(self, i: int) -> tuple[torch.Tensor, int]:
         """The decoded uint8 (3, H, W) image ``i`` and its label, without the transform; raises
         :class:`UndecodableImage` naming the file when it does not decode."""
