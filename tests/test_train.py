@@ -14,11 +14,12 @@ import textwrap
 
 import pytest
 import torch
+from conftest import randomize_
 from safetensors.torch import load_file
 
 import vitlab
 from vitlab.data.shapes import CLASS_NAMES, make_shapes
-from vitlab.train.config import TrainingError, load_config
+from vitlab.train.config import ConfigError, TrainingError, load_config
 from vitlab.train.state import latest_state, list_checkpoints
 from vitlab.train.trainer import train
 
@@ -226,6 +227,22 @@ def test_finetune_a_family_checkpoint(data, tmp_path, options):
     model = vitlab.load(tmp_path / "ft" / "model.safetensors")
     assert model.config == init.config.replace(img_size=(32, 32), num_classes=6) and result.step == 2
     assert all(torch.isfinite(t).all() for t in model.state_dict().values())
+
+
+def test_finetune_with_frozen_blocks_trains_only_the_rest(data, tmp_path):
+    init = vitlab.create_model("Ti/4@32", num_classes=6, embed_dim=32, depth=3, num_heads=2, mlp_dim=64)
+    path = vitlab.save(randomize_(init), tmp_path / "init.safetensors", class_names=sorted(CLASS_NAMES))
+    cfg = load_config("finetune", overrides=["data.batch_size=32", "max_steps=2", "ckpt_every_steps=100",
+                                             f"model.init={str(path)!r}", "optim.warmup_steps=1",
+                                             "model.freeze_blocks=2", f"data.dataset='folder:{data}'"])
+    train(cfg, run_dir=tmp_path / "ft", progress=False)
+    tuned = vitlab.load(tmp_path / "ft" / "model.safetensors").state_dict()
+    before = init.state_dict()
+    for name, value in tuned.items():
+        frozen = name.startswith(("patch_embed", "pos_embed", "cls_token", "blocks.0.", "blocks.1."))
+        assert torch.equal(value, before[name]) == frozen, name
+    with pytest.raises(ConfigError, match="freeze_blocks"):
+        load_config("finetune", overrides=["model.freeze_blocks=-1"])
 
 
 def test_bf16_autocast_and_gradient_accumulation(data, tmp_path):

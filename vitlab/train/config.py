@@ -35,8 +35,12 @@ class ModelConfig:
     # pretrained weights); "" = from scratch.
     init: str = ""
     overrides: dict[str, Any] = field(default_factory=dict)  # ViTConfig fields, e.g. {depth = 6}
+    # Fine-tuning: freeze the embeddings and the first N blocks (a cheaper step: no backward through them); 0 = none.
+    freeze_blocks: int = 0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.freeze_blocks, int) or self.freeze_blocks < 0:
+            raise ConfigError(f"model.freeze_blocks must be an integer >= 0, got {self.freeze_blocks!r}")
         for key, instead in (("img_size", "data.img_size"), ("num_classes", "the data set")):
             if key in self.overrides:
                 raise ConfigError(f"model.overrides.{key}: the trained model's {key} comes from {instead}; "

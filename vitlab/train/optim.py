@@ -33,6 +33,23 @@ def layer_id(name: str, depth: int) -> int:
     return depth + 1
 
 
+def freeze_early_layers(model: torch.nn.Module, num_blocks: int) -> int:
+    """Freeze the embeddings and the first ``num_blocks`` blocks of a ViT (no gradient, no optimizer state): the
+    backward pass stops at the first trained block, so a step costs the frozen blocks' forward only. Returns the
+    number of frozen parameters."""
+    if not isinstance(model, VisionTransformer):
+        raise ValueError(f"model.freeze_blocks={num_blocks}: freezing blocks is for ViTs, not a {type(model).__name__}")
+    depth = model.config.depth
+    if not 0 <= num_blocks <= depth:
+        raise ValueError(f"model.freeze_blocks={num_blocks} is out of range: the model has {depth} blocks (0..{depth})")
+    frozen = 0
+    for name, p in model.named_parameters():
+        if layer_id(name, depth) <= num_blocks:
+            p.requires_grad_(False)
+            frozen += p.numel()
+    return frozen
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float, layer_decay: float = 1.0) -> list[dict]:
     if layer_decay != 1.0 and not isinstance(model, VisionTransformer):
         raise ValueError(f"optim.layer_decay={layer_decay}: layer-wise lr decay is for ViTs; "

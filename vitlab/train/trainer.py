@@ -39,7 +39,7 @@ from vitlab.evaluate import count_correct
 from vitlab.model import VisionTransformer
 from vitlab.train.budget import Budget
 from vitlab.train.config import TrainConfig, TrainingError, to_dict
-from vitlab.train.optim import build_optimizer, set_lr
+from vitlab.train.optim import build_optimizer, freeze_early_layers, set_lr
 from vitlab.train.rundir import (
     check_new_run_dir,
     load_resume_config,
@@ -383,6 +383,8 @@ def _build_model(cfg: TrainConfig, train_set: Any) -> VisionTransformer | ResNet
     crop = 1.0 if isinstance(train_set, ImageDataset) else pre.crop_pct
     model.preprocessing = pre.replace(img_size=model.config.img_size, crop_pct=crop)
     model.class_names = list(train_set.class_names)
+    if cfg.model.freeze_blocks:
+        freeze_early_layers(model, cfg.model.freeze_blocks)
     return model
 
 
