@@ -148,3 +148,18 @@ def test_stream_loader_train_and_eval(tmp_path):
     assert [b[1].tolist() for b in rank1] == [[0, 1]]  # rows 2-3 of [0, 1, 2, 3]; none of the last batch [4, 5]
     with pytest.raises(TypeError, match="needs a StreamingDataset"):
         make_stream_loader(_indexed(), 4, train=True, preprocessing=pre)
+
+
+def test_eval_batches_are_resized_to_the_models_input_as_its_transform_does():
+    from vitlab.data.loader import make_loader
+
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    data = ImageDataset(images, torch.tensor([0, 1, 0]), ["a", "b"])
+    pre = Preprocessing(img_size=(56, 56), mean=(0.5,) * 3, std=(0.5,) * 3, crop_pct=0.875, interpolation="bilinear")
+    x, _ = next(make_loader(data, 8, train=False, augment=None, preprocessing=pre, num_classes=2).epoch(0))
+    assert x.shape == (3, 3, 56, 56)
+    for i in range(3):  # the same geometry as the PIL path (resize 64, centre crop 56); the resampling filters differ
+        ref = pre.transform()(Image.fromarray(images[i].permute(1, 2, 0).numpy()))
+        assert (x[i] - ref).abs().mean() < 0.05
+    train_x, _ = next(make_loader(data, 2, train=True, augment=None, preprocessing=pre, num_classes=2).epoch(0))
+    assert train_x.shape[-2:] == (32, 32)  # training batches keep the data's size (the model is built for it)

@@ -58,12 +58,15 @@ class BatchLoader:
 
     Yields ``(x, y)``: x float32 (B, 3, H, W) normalised with mean/std, on ``device``; y int64 (B,), or float32
     (B, num_classes) when ``train`` and ``augment`` has Mixup, CutMix or label smoothing (see the module docstring).
+    ``eval_resize`` (``train=False`` only): a Preprocessing whose img_size differs from the images' own, e.g. 32 px
+    CIFAR images for a 224 px model: each batch is resized and centre-cropped to it as ``Preprocessing.transform``
+    does (shorter side to img_size / crop_pct, antialiased), on ``device``.
     """
 
     def __init__(self, dataset: ImageDataset, batch_size: int, *, train: bool, augment: AugmentConfig | None,
                  mean: Sequence[float], std: Sequence[float], num_classes: int, seed: int = 0,
                  device: str | torch.device = "cpu", drop_last: bool | None = None, rank: int = 0,
-                 world_size: int = 1) -> None:
+                 world_size: int = 1, eval_resize: Preprocessing | None = None) -> None:
         if not isinstance(dataset, ImageDataset):
             raise TypeError(f"BatchLoader needs an ImageDataset (in memory), got {type(dataset).__name__}; "
                             "stream larger images with make_stream_loader")
@@ -79,6 +82,8 @@ class BatchLoader:
         self.augment = (augment or AugmentConfig(crop_padding=0, hflip=False)) if train else None
         self.drop_last = train if drop_last is None else drop_last
         self.normalization = Preprocessing(mean=mean, std=std)  # only its normalize() is used here
+        same = eval_resize is None or tuple(eval_resize.img_size) == tuple(dataset.images.shape[2:])
+        self.eval_resize = None if train or same else eval_resize
         if len(self) == 0:
             raise ValueError(f"the data set ({len(dataset)} images) is smaller than one global batch of "
                              f"{batch_size} x {world_size} process(es) and drop_last is set")
@@ -116,7 +121,10 @@ class BatchLoader:
         cfg = self.augment
         if cfg is None:
             mine = idx[lo:hi].to(self.device)
-            return self.normalization.normalize(self.images[mine].float() / 255.0), self.labels[mine]
+            x = self.images[mine].float() / 255.0
+            if self.eval_resize is not None:
+                x = resize_and_crop(x, self.eval_resize)
+            return self.normalization.normalize(x), self.labels[mine]
         h, w = self.images.shape[2:]
         params = sample_params(cfg, n, h, w, generator("augment", self.seed, epoch, step))
         mixed = params.mix != "none"
@@ -131,6 +139,19 @@ class BatchLoader:
         if not mixed:
             return x, t
         return mix(x[1:], t[1:], x[:-1], t[:-1], params)
+
+
+def resize_and_crop(x: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
+    """Float images (B, C, H, W) in [0, 1] -> (B, C, h, w) at ``preprocessing.img_size``, as its transform() does a
+    PIL image: the shorter side to img_size / crop_pct (antialiased), then a centre crop."""
+    h, w = preprocessing.img_size
+    scale = max(h, w) / preprocessing.crop_pct / min(x.shape[-2:])
+    size = [max(h, int(x.shape[-2] * scale)), max(w, int(x.shape[-1] * scale))]
+    mode = preprocessing.interpolation
+    x = torch.nn.functional.interpolate(x, size=size, mode=mode, antialias=mode != "nearest",
+                                        **({} if mode == "nearest" else {"align_corners": False}))
+    top, left = (size[0] - h) // 2, (size[1] - w) // 2
+    return x[..., top:top + h, left:left + w].clamp(0, 1)  # (B, C, h, w)
 
 
 def _stream_transform(train: bool, preprocessing, augment: AugmentConfig | None):
@@ -289,4 +310,4 @@ def make_loader(dataset: ImageDataset | StreamingDataset, batch_size: int, *, tr
                             num_workers=num_workers, seed=seed, device=device, rank=rank, world_size=world_size)
     return BatchLoader(dataset, batch_size, train=train, augment=augment, mean=preprocessing.mean,
                        std=preprocessing.std, num_classes=num_classes, seed=seed, device=device, rank=rank,
-                       world_size=world_size)
+                       world_size=world_size, eval_resize=None if train else preprocessing)
