@@ -418,3 +418,15 @@ def test_minibatch_cka_needs_a_minibatch():
 
     with pytest.raises(ValueError, match="no minibatch seen yet"):
         MinibatchCKA().value()
+
+
+def test_rollout_can_start_at_a_later_block():
+    model = randomize_(vitlab.create_model("Ti/4@32", num_classes=5, depth=3, embed_dim=48, num_heads=3, mlp_dim=96),
+                       std=0.2)
+    x = torch.randn(2, 3, 32, 32)
+    out = model.eval().forward_intermediates(x, return_attention=True)
+    from_one = attention_maps(model, x, "rollout", first_layer=1).maps.flatten(1)
+    expected = query_row(rollout([out.attention[1], out.attention[2]]), 1, head_query(model, out))
+    torch.testing.assert_close(from_one, expected)
+    with pytest.raises(ValueError, match="first_layer=3 must be in 0..2"):
+        attention_maps(model, x, "rollout", first_layer=3)

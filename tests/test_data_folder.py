@@ -111,6 +111,16 @@ def test_large_images_stream(tmp_path):
     assert isinstance(load_dataset(f"folder:{tmp_path}", "val", img_size=96), StreamingDataset)
 
 
+def test_small_images_upsampled_for_a_pretrained_model_stay_in_memory(tmp_path, monkeypatch):
+    from vitlab.data import folder
+
+    _write(tmp_path / "train", {"a": 2, "b": 2}, size=16)
+    ds = load_dataset(f"folder:{tmp_path}", "train", img_size=84)  # CIFAR-like 32 px sources at 84 px
+    assert isinstance(ds, ImageDataset) and ds.images.shape[1:] == (3, 84, 84)
+    monkeypatch.setattr(folder, "IN_MEMORY_MAX_BYTES", len(ds) * 3 * 84 * 84 - 1)  # one byte short: streamed
+    assert isinstance(load_dataset(f"folder:{tmp_path}", "train", img_size=84), StreamingDataset)
+
+
 @pytest.mark.skipif(not CIFAR_ZIP.is_file(), reason="the shared CIFAR-10 JPEG zip is not present")
 def test_shared_cifar10_jpeg_subset(tmp_path):
     cifar_subset(tmp_path, per_class_train=50, per_class_test=10, classes=("airplane", "automobile"))

@@ -109,6 +109,9 @@ def add_attention(sub: argparse._SubParsersAction) -> None:
                    help="the block (raw), or the last block rolled out; negative counts from the end (default: -1)")
     p.add_argument("--head", default="mean", metavar="H|mean|max|min",
                    help="one head (raw and pool only) or how heads are fused (default: mean)")
+    p.add_argument("--first-layer", type=int, default=0, metavar="L",
+                   help="rollout: the first block multiplied (default: 0); a later start leaves out an early block "
+                        "that piles its attention onto one patch (see the README's DINOv2 figures)")
     p.add_argument("--discard-ratio", type=float, default=0.0,
                    help="rollout: zero this fraction of the weakest attention weights per block first (default: 0)")
     p.add_argument("--target", type=int, default=None, metavar="CLASS",
@@ -125,7 +128,7 @@ def add_attention(sub: argparse._SubParsersAction) -> None:
 
 def attention(images: Sequence[str], model: str, method: str = "raw", layer: int = -1, head: str = "mean",
               discard_ratio: float = 0.0, target: int | None = None, out: str | None = None, whole: bool = False,
-              device: str = "cpu", pretrained: bool = False) -> int:
+              device: str = "cpu", pretrained: bool = False, first_layer: int = 0) -> int:
     """Write, per image, a figure of the image, its saliency map by ``method`` and the per-head maps of ``layer``,
     with the predicted class; print the prediction and the figure's path."""
     from vitlab.analysis.attention import attention_figure
@@ -151,6 +154,6 @@ def attention(images: Sequence[str], model: str, method: str = "raw", layer: int
         path = folder / f"{Path(image).stem}.png" if folder else Path(out or f"attention-{Path(image).stem}.png")
         fig = attention_figure(net, transform(img).unsqueeze(0).to(dev), path, method=method, layer=layer,
                                head=int(head) if head.isdigit() else head, discard_ratio=discard_ratio,
-                               target=target, title=Path(image).name, class_names=names)
+                               target=target, title=Path(image).name, class_names=names, first_layer=first_layer)
         print(f"{image}: {'predicted: ' + fig.prediction if fig.prediction else 'no head'} -> {fig.path}")
     return _finish(failed, len(images))

@@ -14,7 +14,9 @@ not add one. Files are taken recursively within a class folder when their extens
 
 Small images (side <= 64: ``img_size`` if given, else the first image decides) are decoded once into an
 :class:`ImageDataset` (every image resized to ``img_size``, or to the first image's size when they differ).
-Larger ones give a :class:`StreamingDataset` that decodes per item.
+So are small source images upsampled for a pretrained model (CIFAR's 32 px at ``img_size`` 84 or 112) while
+the resized set fits in :data:`IN_MEMORY_MAX_BYTES`. Larger ones give a :class:`StreamingDataset` that decodes
+per item.
 
 Bad data: a file that does not decode is skipped, and all skipped files are reported in one warning naming a
 few (``strict=True``: an error naming the file). Grayscale, palette, RGBA and CMYK images become RGB (alpha is
@@ -243,21 +245,24 @@ def _readable_headers(samples: list[tuple[Path, int]], where: Path, strict: bool
     return kept
 
 
+IN_MEMORY_MAX_BYTES = 4 * 2**30  # small source images upsampled to img_size stay in memory up to this (uint8)
+
+
 def load_folder(root: Path, split: str, *, val_fraction: float = 0.1, seed: int = 0, strict: bool = False,
                 img_size: int | None = None) -> ImageDataset | StreamingDataset:
     """``folder:PATH`` (see the module docstring)."""
     samples, class_names, where = folder_samples(root, split, val_fraction, seed)
-    if img_size is not None:
-        small = img_size <= SMALL_IMAGE_MAX
-    else:
-        small = False
-        for path, _ in samples[:16]:  # the first image that opens decides
-            try:
-                with Image.open(path) as img:
-                    small = max(img.size) <= SMALL_IMAGE_MAX
-                break
-            except DECODE_ERRORS:
-                continue
+    small_source = False
+    for path, _ in samples[:16]:  # the first image that opens decides
+        try:
+            with Image.open(path) as img:
+                small_source = max(img.size) <= SMALL_IMAGE_MAX
+            break
+        except DECODE_ERRORS:
+            continue
+    small = small_source
+    if img_size is not None:  # upsampled small images stay in memory while they fit
+        small = img_size <= SMALL_IMAGE_MAX or (small_source and len(samples) * 3 * img_size**2 <= IN_MEMORY_MAX_BYTES)
     if small:
         size = (img_size, img_size) if img_size is not None else None
         return load_in_memory(samples, class_names, where, size, strict)
