@@ -156,15 +156,17 @@ def test_figure7_on_real_weights(model, photo_run):
     dist = {b: figure7.mean_attention_distance(out.attention[b], out.grid_size, 14, 1) for b in range(12)}
     print("mean attention distance (px), min/max over heads:",
           {b: (round(d.min().item()), round(d.max().item())) for b, d in dist.items()})
-    assert dist[0].min() < 0.6 * dist[11].min()  # some early head is local
-    assert dist[11].mean() > dist[0].mean() and dist[11].min() > 40  # every last-block head attends far
+    # Blocks 1-4 hold local heads (measured: 18-26 px at the nearest), every last-block head attends far (67 px
+    # and more; uniform attention: 117 px). Block 0 is left out: its sink patch (next test) pulls every head far.
+    assert min(dist[b].min() for b in range(1, 5)) < 0.5 * dist[11].min()
+    assert dist[11].min() > 40 and dist[11].mean() > max(dist[b].mean() for b in range(1, 5))
 
 
 def test_block0_sinks_one_patch_and_the_rollout_from_block0_peaks_there(model, photo_run):
     """Block 0 sends 10-17% of every patch query's attention to one patch: the patch with the largest block-0 key
-    norm (a high-contrast edge). Later blocks have no such column, and no token has an outlying norm (max/median
-    < 3 in every block), so these are not the high-norm artifact tokens Darcet et al. (2023) found in later
-    layers of large DINOv2 models. A rollout from block 0 inherits the sink and peaks on that patch; from block 1
+    norm (a high-contrast edge). Later blocks have no column half as strong, and no token has an outlying norm
+    (max/median < 3 in every block), so these are not the high-norm artifact tokens Darcet et al. (2023) found in
+    later layers of large DINOv2 models. A rollout from block 0 inherits the sink and peaks on that patch; from block 1
     it does not, and it puts more of its mass on the object."""
     from vitlab.analysis.attention import attention_maps
 
@@ -175,7 +177,9 @@ def test_block0_sinks_one_patch_and_the_rollout_from_block0_peaks_there(model, p
         norms = [out.tokens[b][i, 1:].norm(dim=-1) for b in range(12)]
         print(f"{p.name}: block 0 sends {column.max():.3f} of the attention to one patch; later blocks at most "
               f"{later:.3f}; max/median token norm {max((n.max() / n.median()).item() for n in norms):.1f}")
-        assert later < 0.03 and max((n.max() / n.median()).item() for n in norms) < 3
+        assert max((n.max() / n.median()).item() for n in norms) < 3
+        if column.max() > 0.1:  # the sink photos: no later block comes near it
+            assert later < 0.5 * column.max()
     sinks = [out.attention[0][i].mean(0)[1:, 1:].mean(0) for i in range(len(photos))]
     assert sum(s.max().item() > 0.1 for s in sinks) >= 3  # astronaut 0.158, camera 0.104, coffee 0.168
     from0 = attention_maps(model, x, "rollout").maps.flatten(1)
