@@ -108,7 +108,7 @@ def _photo_batch(model):
 
     photos = load_photos()
     x = torch.stack([model.preprocessing.normalize(
-        torch.from_numpy(__import__("numpy").asarray(p.image.resize((224, 224)))).permute(2, 0, 1).float() / 255)
+        torch.from_numpy(__import__("numpy").array(p.image.resize((224, 224)))).permute(2, 0, 1).float() / 255)
         for p in photos])
     return photos, x
 
