@@ -50,3 +50,14 @@ def cifar_subset(dest: Path, per_class_train: int, per_class_test: int, classes:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(z.read(name))
     return dest
+
+
+def save_state_dict(state_dict: dict[str, torch.Tensor], path: Path) -> Path:
+    """A bare state dict as a peer writes it: .safetensors by the suffix, else torch.save (.pth, .bin)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state_dict.items()}, str(path))
+    else:
+        torch.save(state_dict, path)
+    return path

@@ -6,8 +6,7 @@ Runs in CI (timm is a dev dependency), never skipped there.
 import pytest
 import timm  # noqa: E402
 import torch
-from conftest import randomize_
-from safetensors.torch import save_file
+from conftest import randomize_, save_state_dict
 from timm.layers import resample_abs_pos_embed  # noqa: E402
 from timm.models.vision_transformer import VisionTransformer as TimmViT  # noqa: E402
 from timm.models.vision_transformer import checkpoint_filter_fn  # noqa: E402
@@ -30,20 +29,12 @@ MODELS = [
 ]
 
 
-def _save(state_dict, path):
-    if path.suffix == ".safetensors":
-        save_file({k: v.contiguous() for k, v in state_dict.items()}, str(path))
-    else:
-        torch.save(state_dict, path)
-    return path
-
-
 @pytest.mark.parametrize("name,kwargs,size,other", MODELS,
                          ids=[m[0] + ("" if m[1] == TWO_BLOCKS else "+") for m in MODELS])
 def test_timm_checkpoint_loads_to_identical_logits(tmp_path, name, kwargs, size, other):
     ref = randomize_(timm.create_model(name, **kwargs))
     suffix = ".pth" if "tiny" in name else ".safetensors"
-    path = _save(ref.state_dict(), tmp_path / f"model{suffix}")
+    path = save_state_dict(ref.state_dict(), tmp_path / f"model{suffix}")
     model = vitlab.load(path).eval()
     assert model.source_format == "timm"
     x = torch.randn(2, 3, size, size)

@@ -17,8 +17,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from conftest import randomize_
-from safetensors.torch import save_file
+from conftest import randomize_, save_state_dict
 from timm.models._hub import save_for_hf
 from timm.models.vision_transformer import checkpoint_filter_fn
 
@@ -53,14 +52,6 @@ FAMILIES = {
 FORMS = ("safetensors", "pth", "hub")
 
 
-def _save(state_dict, path):
-    if path.suffix == ".safetensors":
-        save_file({k: v.contiguous() for k, v in state_dict.items()}, str(path))
-    else:
-        torch.save(state_dict, path)
-    return path
-
-
 def _diff(ref, model, size):
     """Max |difference| of the final tokens and of what the head makes of them (logits, or the pooled features of a
     model without a head): forward_features, then forward_head, on each side."""
@@ -87,7 +78,7 @@ def _load_timm_form(family, form, ref, tmp_path):
         with warnings.catch_warnings():
             warnings.simplefilter("error", AssumedSettingsNotice)
             return vitlab.load(tmp_path / "hub"), tmp_path / "hub", {}
-    path = _save(ref.state_dict(), tmp_path / f"model.{form}")
+    path = save_state_dict(ref.state_dict(), tmp_path / f"model.{form}")
     args = dict(num_heads=4, **needs)  # a bare dict: the head count of a width-64 model is not in its weights
     if notice is None:
         with warnings.catch_warnings():
@@ -129,7 +120,7 @@ def test_export_timm_round_trip(tmp_path, family):
     ref = _timm_peer(family).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AssumedSettingsNotice)
-        model = vitlab.load(_save(ref.state_dict(), tmp_path / "in.safetensors"), num_heads=4, **needs).eval()
+        model = vitlab.load(save_state_dict(ref.state_dict(), tmp_path / "in.safetensors"), num_heads=4, **needs).eval()
     back = _timm_from_export(model, tmp_path)
     d = max(_diff(back, model, size), _diff(back, model, other))
     print(f"export_timm {family} ({timm_model_class(model.config).rsplit('.', 1)[1]}): max |diff| {d:.2e}")
@@ -199,7 +190,7 @@ def test_a_bare_timm_dict_of_a_gated_mlp_is_an_error(tmp_path):
     ref = timm.create_model("vit_small_patch14_dinov2", img_size=28, mlp_layer=timm.layers.SwiGLUPacked,
                             act_layer=torch.nn.SiLU, **TINY)
     with pytest.raises(CheckpointError, match="gated MLP"):
-        vitlab.load(_save(ref.state_dict(), tmp_path / "g.safetensors"), num_heads=4)
+        vitlab.load(save_state_dict(ref.state_dict(), tmp_path / "g.safetensors"), num_heads=4)
 
 
 @pytest.mark.slow
@@ -275,7 +266,7 @@ def test_openclip_visual_tower_loads_to_encode_image(tmp_path, case):
     quick_gelu, kw, suffix, needs = OPEN_CLIP_CASES[case]
     peer = randomize_(_open_clip(32, quick_gelu, **kw))
     sd = peer.state_dict()  # both towers and logit_scale, as OpenCLIP saves them
-    path = _save(sd, tmp_path / f"open_clip{suffix}")
+    path = save_state_dict(sd, tmp_path / f"open_clip{suffix}")
     with pytest.warns(AssumedSettingsNotice, match="mlp_act='quick_gelu'"):  # not OpenAI's own file: GELU, unsure
         model = vitlab.load(path, **needs).eval()
     assert model.source_format == "openclip" and model.config.mlp_act == needs.get("mlp_act", "gelu")
@@ -304,7 +295,7 @@ def test_openai_clip_state_dict_is_quickgelu_for_certain(tmp_path):
     sd = {k: v.half() for k, v in sd.items()}
     sd.update(input_resolution=torch.tensor(32), context_length=torch.tensor(8), vocab_size=torch.tensor(64))
     peer = open_clip.model.build_model_from_openai_state_dict(dict(sd)).float().eval()  # OpenAI's loader
-    path = _save(sd, tmp_path / "ViT-tiny.pt")
+    path = save_state_dict(sd, tmp_path / "ViT-tiny.pt")
     with warnings.catch_warnings():
         warnings.simplefilter("error", AssumedSettingsNotice)
         model = vitlab.load(path).eval()
@@ -326,7 +317,7 @@ def test_openclip_timm_trunk_reads_as_timm(tmp_path):
     peer = timm.create_model("vit_base_patch16_siglip_224", img_size=32, patch_size=8, num_classes=16, **TINY).eval()
     peer.load_state_dict(checkpoint_filter_fn(dict(sd), peer))
     with pytest.warns(AssumedSettingsNotice, match="attention-pool"):
-        model = vitlab.load(_save(sd, tmp_path / "siglip.safetensors"), num_heads=4).eval()
+        model = vitlab.load(save_state_dict(sd, tmp_path / "siglip.safetensors"), num_heads=4).eval()
     d = _diff(peer, model, 32)
     print(f"openclip_timm_trunk safetensors 32px: max |diff| {d:.2e}")
     assert model.source_format == "openclip" and d <= TOL
@@ -340,7 +331,7 @@ def test_openclip_towers_vitlab_cannot_run_are_named(tmp_path, key, match):
     if "layer1" in key:
         del sd["visual.conv1.weight"]
     with pytest.raises(CheckpointError, match=match):
-        vitlab.load(_save(sd, tmp_path / "clip.safetensors"))
+        vitlab.load(save_state_dict(sd, tmp_path / "clip.safetensors"))
 
 
 # The original DINOv2 (facebookresearch/dinov2's DinoVisionTransformer; the package is not on PyPI, so its layout is
@@ -407,7 +398,7 @@ def test_original_dinov2_loads_to_the_original_outputs(tmp_path, registers, suff
     offset rule, those with registers with antialias; each reads back with its own (pos_resample), and the other
     rule is far off (the difference vitlab had when it resampled every table with antialias)."""
     sd, peer = _original_dinov2(registers, 518)
-    path = _save(sd, tmp_path / f"dinov2{suffix}")
+    path = save_state_dict(sd, tmp_path / f"dinov2{suffix}")
     model = vitlab.load(path).eval()  # nothing to pass: heads = width / 64
     cfg = model.config
     assert (model.source_format, cfg.img_size, cfg.num_heads, cfg.num_register_tokens, cfg.num_classes) == \
@@ -430,20 +421,20 @@ def test_original_dinov2_loads_to_the_original_outputs(tmp_path, registers, suff
 def test_original_dinov2_chunked_blocks_and_swiglu(tmp_path):
     sd, peer = _original_dinov2(4, 56, chunks=2)
     assert "blocks.1.1.attn.qkv.weight" in sd
-    model = vitlab.load(_save(sd, tmp_path / "chunked.pth")).eval()
+    model = vitlab.load(save_state_dict(sd, tmp_path / "chunked.pth")).eval()
     d = _diff(peer, model, 56)
     print(f"original_dinov2 chunked pth 56px: max |diff| {d:.2e}")
     assert d <= TOL
     flat, _ = _original_dinov2(0, 56)
     sd = {k.replace("mlp.fc1", "mlp.w12").replace("mlp.fc2", "mlp.w3"): v for k, v in flat.items()}
     with pytest.raises(CheckpointError, match="SwiGLU"):
-        vitlab.load(_save(sd, tmp_path / "giant.pth"))
+        vitlab.load(save_state_dict(sd, tmp_path / "giant.pth"))
 
 
 def test_export_timm_of_an_original_dinov2_and_the_errors(tmp_path):
     """Registers without position rows, the class row kept: timm gets zero register rows."""
     sd, _ = _original_dinov2(4, 56)
-    model = vitlab.load(_save(sd, tmp_path / "dinov2.pth")).eval()
+    model = vitlab.load(save_state_dict(sd, tmp_path / "dinov2.pth")).eval()
     back = _timm_from_export(model, tmp_path)
     d = _diff(back, model, 56)
     print(f"export_timm original_dinov2 reg4: max |diff| {d:.2e}")
@@ -458,4 +449,4 @@ def test_export_timm_of_an_original_dinov2_and_the_errors(tmp_path):
 
 def test_an_unknown_state_dict_lists_what_is_readable(tmp_path):
     with pytest.raises(CheckpointError, match="OpenCLIP visual.* state dict, original DINOv2"):
-        vitlab.load(_save({"foo.weight": torch.zeros(2)}, tmp_path / "foo.safetensors"))
+        vitlab.load(save_state_dict({"foo.weight": torch.zeros(2)}, tmp_path / "foo.safetensors"))

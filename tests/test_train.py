@@ -194,12 +194,17 @@ def test_resume_needs_a_checkpoint(data, tmp_path):
         train(tiny_config(data), run_dir=tmp_path, resume=True, progress=False)
 
 
+def _finetune_config(init, data, *overrides: str):
+    """The finetune recipe for two steps of batch 32 on the test data, from the checkpoint ``init``."""
+    return load_config("finetune", overrides=["data.batch_size=32", "max_steps=2", "ckpt_every_steps=100",
+                                              f"model.init={str(init)!r}", "optim.warmup_steps=1",
+                                              f"data.dataset='folder:{data}'", *overrides])
+
+
 def test_finetune_from_a_checkpoint_at_another_resolution_and_class_count(data, tmp_path):
     init = vitlab.create_model("Ti/4@32", img_size=16, num_classes=10, embed_dim=32, depth=2, num_heads=2, mlp_dim=64)
     path = vitlab.save(init, tmp_path / "init.safetensors", class_names=[f"c{i}" for i in range(10)])
-    cfg = load_config("finetune", overrides=["data.batch_size=32", "max_steps=2", "ckpt_every_steps=100",
-                                             f"model.init={str(path)!r}", "optim.warmup_steps=1",
-                                             f"data.dataset='folder:{data}'"])
+    cfg = _finetune_config(path, data)
     with pytest.warns(UserWarning, match="10 classes, 6 were asked for"):
         result = train(cfg, run_dir=tmp_path / "ft", progress=False)
     model = vitlab.load(tmp_path / "ft" / "model.safetensors")
@@ -219,9 +224,7 @@ def test_finetune_a_family_checkpoint(data, tmp_path, options):
     init = vitlab.create_model("Ti/4@32", img_size=16, num_classes=10, embed_dim=32, depth=2, num_heads=2, mlp_dim=64,
                                **options)
     path = vitlab.save(init, tmp_path / "init.safetensors")
-    cfg = load_config("finetune", overrides=["data.batch_size=32", "max_steps=2", "ckpt_every_steps=100",
-                                             f"model.init={str(path)!r}", "optim.warmup_steps=1",
-                                             f"data.dataset='folder:{data}'"])
+    cfg = _finetune_config(path, data)
     with pytest.warns(UserWarning, match="10 classes, 6 were asked for"):
         result = train(cfg, run_dir=tmp_path / "ft", progress=False)
     model = vitlab.load(tmp_path / "ft" / "model.safetensors")
@@ -232,9 +235,7 @@ def test_finetune_a_family_checkpoint(data, tmp_path, options):
 def test_finetune_with_frozen_blocks_trains_only_the_rest(data, tmp_path):
     init = vitlab.create_model("Ti/4@32", num_classes=6, embed_dim=32, depth=3, num_heads=2, mlp_dim=64)
     path = vitlab.save(randomize_(init), tmp_path / "init.safetensors", class_names=sorted(CLASS_NAMES))
-    cfg = load_config("finetune", overrides=["data.batch_size=32", "max_steps=2", "ckpt_every_steps=100",
-                                             f"model.init={str(path)!r}", "optim.warmup_steps=1",
-                                             "model.freeze_blocks=2", f"data.dataset='folder:{data}'"])
+    cfg = _finetune_config(path, data, "model.freeze_blocks=2")
     train(cfg, run_dir=tmp_path / "ft", progress=False)
     tuned = vitlab.load(tmp_path / "ft" / "model.safetensors").state_dict()
     before = init.state_dict()
