@@ -61,3 +61,16 @@ def save_state_dict(state_dict: dict[str, torch.Tensor], path: Path) -> Path:
     else:
         torch.save(state_dict, path)
     return path
+
+
+def load_benchmark(name: str):
+    """A script of benchmarks/ as a module (``benchmarks_<name>``), for tests of its helpers. It is registered in
+    sys.modules before it runs: its dataclasses look their module up there."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", Path(__file__).resolve().parent.parent
+                                                  / "benchmarks" / f"{name}.py")
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

