@@ -232,6 +232,7 @@ def test_finetune_a_family_checkpoint(data, tmp_path, options):
     assert all(torch.isfinite(t).all() for t in model.state_dict().values())
 
 
+@pytest.mark.slow  # a short run (about 2 s)
 def test_finetune_with_frozen_blocks_trains_only_the_rest(data, tmp_path):
     init = vitlab.create_model("Ti/4@32", num_classes=6, embed_dim=32, depth=3, num_heads=2, mlp_dim=64)
     path = vitlab.save(randomize_(init), tmp_path / "init.safetensors", class_names=sorted(CLASS_NAMES))
