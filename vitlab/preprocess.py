@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -189,13 +190,23 @@ def load_image(path: str | Path) -> Image.Image:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
+    return _decode(path, str(path))
+
+
+def decode_image(data: bytes, name: str = "the image") -> Image.Image:
+    """:func:`load_image` for bytes in memory (an upload): RGB, or a ValueError naming ``name``."""
+    return _decode(io.BytesIO(data), name)
+
+
+def _decode(source: Any, name: str) -> Image.Image:
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             img.load()
             return to_rgb(img)
     except Image.DecompressionBombError as e:
-        raise ValueError(f"{path} claims a size too large to decode safely ({e}); if the image is genuine, "
+        raise ValueError(f"{name} claims a size too large to decode safely ({e}); if the image is genuine, "
                          "raise PIL.Image.MAX_IMAGE_PIXELS") from e
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"{path} is not an image that can be decoded ({e}); pass a JPEG, PNG, WebP, BMP "
+        detail = str(e).replace(str(source), "the data")  # PIL names a BytesIO by its repr
+        raise ValueError(f"{name} is not an image that can be decoded ({detail}); pass a JPEG, PNG, WebP, BMP "
                          "or other PIL-readable file") from e

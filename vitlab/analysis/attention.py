@@ -125,6 +125,33 @@ def rollout(attentions: list[torch.Tensor], head_fusion: str = "mean", discard_r
     return joint
 
 
+def layer_map(attn: torch.Tensor, num_prefix: int, query: torch.Tensor, head: str | int = "mean") -> torch.Tensor:
+    """``raw``: one block's attention (B, Nh, N, N) read by ``query`` (B, N), one head (int) or the heads fused
+    (mean, max, min) -> (B, h*w) over the patches, summing to 1."""
+    if isinstance(head, int):
+        return query_row(attn[:, head], num_prefix, query)
+    return query_row(fuse_heads(attn, head), num_prefix, query)
+
+
+def rollout_map(attentions: list[torch.Tensor], num_prefix: int, query: torch.Tensor, head_fusion: str = "mean",
+                discard_ratio: float = 0.0, weights: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """``rollout`` (``grad-rollout`` with ``weights``) of ``attentions`` read by ``query`` (B, N) -> (B, h*w)."""
+    return query_row(rollout(attentions, head_fusion, discard_ratio, num_prefix, weights), num_prefix, query)
+
+
+def pool_map(pool_attention: torch.Tensor, head: str | int = "mean") -> torch.Tensor:
+    """``pool``: an attention pool's attention (B, Nh, h*w) (``Intermediates.pool_attention``), one head or the heads
+    fused -> (B, h*w)."""
+    return pool_attention[:, head] if isinstance(head, int) else fuse_heads(pool_attention[:, :, None], head)[:, 0]
+
+
+def patch_rows(attn: torch.Tensor, num_prefix: int) -> torch.Tensor:
+    """What each patch attends to: (B, ..., N, N) -> (B, ..., h*w, h*w), row i the attention of patch i's query to
+    the patches, renormalised to sum to 1 over them (the prefix tokens it also attends to are left out)."""
+    rows = attn[..., num_prefix:, num_prefix:]
+    return rows / rows.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
 @dataclass
 class AttentionMaps:
     """What :func:`attention_maps` returns.
@@ -186,14 +213,11 @@ def attention_maps(model: VisionTransformer, x: torch.Tensor, method: str = "raw
             b = x.shape[0]
             if method == POOL_METHOD:  # (B, Nh, h*w) over the patches already
                 per_head = out.pool_attention.detach()
-                m = per_head[:, head] if isinstance(head, int) else fuse_heads(per_head[:, :, None], head)[:, 0]
+                m = pool_map(per_head, head)
                 return AttentionMaps(m.reshape(b, h, w), per_head.reshape(b, -1, h, w), logits.detach(), None)
             if method == "raw":
                 per_head = query_row(attn[0], n_prefix, query)  # (B, Nh, h*w)
-                if isinstance(head, int):
-                    m = per_head[:, head]
-                else:
-                    m = query_row(fuse_heads(attn[0], head), n_prefix, query)
+                m = layer_map(attn[0], n_prefix, query, head)
                 return AttentionMaps(m.reshape(b, h, w).detach(), per_head.reshape(b, -1, h, w).detach(),
                                      logits.detach(), None)
             grads = None
@@ -202,8 +226,7 @@ def attention_maps(model: VisionTransformer, x: torch.Tensor, method: str = "raw
                 tgt = logits.argmax(-1) if target is None else torch.as_tensor(target, device=logits.device).expand(b)
                 score = logits.gather(1, tgt[:, None]).sum()
                 grads = list(torch.autograd.grad(score, attn))
-            joint = rollout([a.detach() for a in attn], head, discard_ratio, n_prefix, grads)  # head: a fusion
-            m = query_row(joint, n_prefix, query)
+            m = rollout_map([a.detach() for a in attn], n_prefix, query, head, discard_ratio, grads)  # head: a fusion
             return AttentionMaps(m.reshape(b, h, w).detach(), None, logits.detach(), tgt)
     finally:
         model.train(was_training)

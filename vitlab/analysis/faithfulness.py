@@ -30,12 +30,13 @@ def _patch_mask(order: torch.Tensor, k: int, grid: tuple[int, int], patch: int) 
 
 @torch.no_grad()
 def deletion_insertion_curves(model: torch.nn.Module, x: torch.Tensor, maps: torch.Tensor, target: torch.Tensor,
-                              patch_size: int, steps: int = 16, fill: float = 0.0, order: torch.Tensor | None = None
-                              ) -> dict[str, torch.Tensor]:
+                              patch_size: int, steps: int = 16, fill: float = 0.0, order: torch.Tensor | None = None,
+                              batch_size: int = 32) -> dict[str, torch.Tensor]:
     """Probability of ``target`` (B,) as patches are deleted from / inserted into ``x`` (B, C, H, W).
 
     maps: (B, h, w) saliency on the patch grid (h = H / patch_size); ``order``: (B, h*w) an explicit patch order
     instead (e.g. random). Returns {"fraction": (steps+1,), "deletion": (B, steps+1), "insertion": (B, steps+1)}.
+    The masked images go through the model ``batch_size`` (or more: whole steps of B) at a time.
     """
     b, _, height, width = x.shape
     grid = (height // patch_size, width // patch_size)
@@ -46,14 +47,24 @@ def deletion_insertion_curves(model: torch.nn.Module, x: torch.Tensor, maps: tor
     if order is None:
         order = maps.reshape(b, n).argsort(dim=1, descending=True)
     counts = torch.linspace(0, n, steps + 1).round().long().tolist()
-    deletion, insertion = [], []
+    curves = {"deletion": [], "insertion": []}
+    pending: list[tuple[str, torch.Tensor]] = []  # masked images waiting for a batched forward pass
+
+    def run() -> None:
+        probs = model(torch.cat([images for _, images in pending])).softmax(dim=-1)  # (b * len(pending), K)
+        for (name, _), p in zip(pending, probs.split(b), strict=True):
+            curves[name].append(p.gather(1, target[:, None])[:, 0])
+        pending.clear()
+
     for k in counts:
         on = _patch_mask(order, k, grid, patch_size)
-        for images, curve in ((torch.where(on, fill, x), deletion), (torch.where(on, x, fill), insertion)):
-            probs = model(images).softmax(dim=-1)
-            curve.append(probs.gather(1, target[:, None])[:, 0])
-    return {"fraction": torch.tensor(counts, dtype=torch.float32) / n, "deletion": torch.stack(deletion, 1),
-            "insertion": torch.stack(insertion, 1)}
+        pending += [("deletion", torch.where(on, fill, x)), ("insertion", torch.where(on, x, fill))]
+        if b * len(pending) >= batch_size:
+            run()
+    if pending:
+        run()
+    return {"fraction": torch.tensor(counts, dtype=torch.float32) / n,
+            "deletion": torch.stack(curves["deletion"], 1), "insertion": torch.stack(curves["insertion"], 1)}
 
 
 def auc(fraction: torch.Tensor, curve: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,7 @@ options declared beside it in the module of its group:
     predict.py   vitlab predict | attention            run a model on image files
     train.py     vitlab train | demo | eval | fewshot  train a model and measure it
     analyze.py   vitlab analyze                        the analysis report
+    explore.py   vitlab explore                        the attention explorer in the browser
 
 ``main`` parses the command line, calls the subcommand with the parsed options as keyword arguments, and
 turns a user error (a bad checkpoint, an unknown model name, a missing file) into one line on stderr,
@@ -20,12 +21,12 @@ import sys
 from collections.abc import Sequence
 
 import vitlab
-from vitlab.cli import analyze, convert, models, predict, train
+from vitlab.cli import analyze, convert, explore, models, predict, train
 from vitlab.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, USER_ERRORS, error
 
 SUBCOMMANDS = (models.add_models, models.add_info, models.add_complexity, convert.add_convert, convert.add_export,
                predict.add_predict, predict.add_attention, train.add_train, train.add_eval, train.add_fewshot,
-               train.add_probe, analyze.add_analyze, train.add_demo)
+               train.add_probe, analyze.add_analyze, explore.add_explore, train.add_demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
