@@ -24,7 +24,16 @@ from vitlab.analysis import (
     soft_nearest_neighbor_loss,
     uniform_attention_distance,
 )
-from vitlab.analysis.attention import attention_maps, fuse_heads, head_query, query_row, rollout
+from vitlab.analysis.attention import (
+    attention_maps,
+    fuse_heads,
+    head_query,
+    layer_map,
+    patch_rows,
+    pool_map,
+    query_row,
+    rollout,
+)
 from vitlab.analysis.figure7 import attention_distances, model_position_similarity
 
 
@@ -430,3 +439,33 @@ def test_rollout_can_start_at_a_later_block():
     torch.testing.assert_close(from_one, expected)
     with pytest.raises(ValueError, match="first_layer=3 must be in 0..2"):
         attention_maps(model, x, "rollout", first_layer=3)
+
+
+def test_patch_rows_of_a_known_attention():
+    """Two prefix tokens and 4 patches: each patch query gives half its weight to the prefix tokens and the other
+    half to itself and its right neighbour; the rows over the patches are those two, renormalised."""
+    n_prefix, n = 2, 4
+    attn = torch.zeros(1, 1, n_prefix + n, n_prefix + n)
+    attn[..., :n_prefix, 0] = 1.0
+    for i in range(n):
+        q = n_prefix + i
+        attn[0, 0, q, :n_prefix] = 0.25
+        attn[0, 0, q, q] = 0.3
+        attn[0, 0, q, n_prefix + (i + 1) % n] = 0.2
+    rows = patch_rows(attn, n_prefix)[0, 0]  # (4, 4)
+    expected = torch.zeros(n, n)
+    for i in range(n):
+        expected[i, i], expected[i, (i + 1) % n] = 0.6, 0.4
+    assert torch.allclose(rows, expected)
+
+
+def test_layer_map_and_pool_map_pick_a_head_or_fuse():
+    attn = torch.softmax(torch.randn(2, 3, 5, 5), dim=-1)  # (B, Nh, N, N), one prefix token
+    query = torch.zeros(2, 5)
+    query[:, 0] = 1.0
+    for h in range(3):
+        assert torch.allclose(layer_map(attn, 1, query, h), attn[:, h, 0, 1:] / attn[:, h, 0, 1:].sum(-1, True))
+    assert torch.allclose(layer_map(attn, 1, query, "max"), query_row(attn.amax(1), 1, query))
+    pool = torch.softmax(torch.randn(2, 3, 4), dim=-1)  # (B, Nh, h*w)
+    assert torch.equal(pool_map(pool, 2), pool[:, 2])
+    assert torch.allclose(pool_map(pool, "mean"), pool.mean(1)) and torch.allclose(pool_map(pool, "min"), pool.amin(1))

@@ -198,6 +198,10 @@ def test_uploads_are_checked_and_the_server_keeps_serving(tiny, monkeypatch):
     r = client.post("/api/images", content=png_bytes(), headers={"X-Filename": "bomb.png"})
     assert r.status_code == 415 and "too large to decode safely" in r.json()["error"]
     monkeypatch.undo()
+    monkeypatch.setattr(explore_compute, "MAX_UPLOAD_PIXELS", 1000)  # 40 x 30 = 1200 pixels
+    r = client.post("/api/images", content=png_bytes(), headers={"X-Filename": "big.png"})
+    assert r.status_code == 413 and "big.png is 40 x 30" in r.json()["error"]
+    monkeypatch.undo()
     r = client.post("/api/images", content=b"x" * ((1 << 20) + 1))
     assert r.status_code == 413 and "larger than 1 MB" in r.json()["error"]
     assert client.post("/api/images", content=b"").status_code == 400

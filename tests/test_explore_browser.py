@@ -10,9 +10,6 @@ both, and the browser test must run there.
 
 import os
 import shutil
-import socket
-import threading
-import time
 
 import pytest
 from conftest import randomize_
@@ -52,26 +49,15 @@ def browser():
 @pytest.fixture(scope="module")
 def served():
     """The explorer of a small random ViT (6 x 8 patches, a register token), served on a free loopback port."""
-    uvicorn = pytest.importorskip("uvicorn")
+    pytest.importorskip("uvicorn")
     from vitlab.explore import Explorer
-    from vitlab.explore.server import create_app
+    from vitlab.explore.server import BackgroundServer
 
     model = randomize_(vitlab.create_model("Ti/8@224", img_size=(48, 64), depth=3, embed_dim=48, num_heads=3,
                                            mlp_dim=96, num_classes=6, num_register_tokens=1), std=0.2).eval()
     explorer = Explorer(model, "tiny test ViT", shapes_samples=2)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(explorer), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the explorer's server did not start"
-        time.sleep(0.05)
-    yield explorer, f"http://127.0.0.1:{port}/"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with BackgroundServer(explorer) as server:
+        yield explorer, server.url
 
 
 def shown(page, n: int) -> None:
@@ -136,6 +122,14 @@ def test_the_page_in_a_real_browser(browser, served, tmp_path):
     assert "notes.png" in page.text_content("#error") and "not an image" in page.text_content("#error")
     page.select_option("#image-select", index=0)  # the server still serves
     shown(page, 3)
+    with open(os.path.join(PHOTOS, "clock.jpg"), "rb") as f:  # drag and drop
+        page.evaluate("""(bytes) => {
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([new Uint8Array(bytes)], "dropped.jpg", {type: "image/jpeg"}));
+            document.dispatchEvent(new DragEvent("drop", {dataTransfer: transfer, bubbles: true, cancelable: true}));
+        }""", list(f.read()))
+    shown(page, 4)
+    assert "dropped.jpg" in page.text_content("#status")
     page.screenshot(path=str(tmp_path / "explore.png"), full_page=True)
     assert (tmp_path / "explore.png").stat().st_size > 10_000
     check_errors(errors)
@@ -176,3 +170,20 @@ def test_the_exported_page_works_from_a_file(browser, served, tmp_path):
     check_errors(errors)
     assert not requests, f"the exported page fetched {requests}"
     page.close()
+
+
+def test_a_resnet_page_says_why_attention_is_off(browser):
+    from vitlab.explore import Explorer
+    from vitlab.explore.server import BackgroundServer
+
+    explorer = Explorer(vitlab.create_model("resnet20").eval(), "resnet20", shapes_samples=1)
+    with BackgroundServer(explorer) as server:
+        page = browser.new_page()
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(server.url)
+        shown(page, 1)
+        assert page.locator("#prediction tr").count() == 5
+        assert "has no attention" in page.text_content("#attention-off") and page.is_hidden("#controls")
+        check_errors(errors)
+        page.close()

@@ -54,6 +54,7 @@ from vitlab.preprocess import Preprocessing, decode_image, load_image
 TOP_K = 5
 MAX_FOLDER_IMAGES = 1000  # files listed from --images (sorted; the rest are left out, with a note)
 MAX_UPLOADS = 64  # uploads kept; the oldest go first
+MAX_UPLOAD_PIXELS = 50_000_000  # an upload's header may claim no more (PIL's own bomb limit is 89 M, errors at 179 M)
 ROWS_INLINE_BYTES = 4 << 20  # a block's hover rows (variants x h*w x h*w bytes) up to this go to the page at once;
 # larger (DINOv2 at 518 px: 9 x 1369^2 = 17 MB) are fetched one row at a time under the pointer
 CACHE_BYTES = 2 << 30  # the attention of the images analysed last, kept for rollouts and hover rows
@@ -192,13 +193,24 @@ class Explorer:
             return source
 
     def upload(self, data: bytes, name: str) -> Source:
-        """Decode uploaded bytes (any PIL-readable image; a non-image or a decompression bomb is an
-        ExploreError with status 415) and register them."""
+        """Decode uploaded bytes (any PIL-readable image of at most MAX_UPLOAD_PIXELS; a non-image, a decompression
+        bomb or a larger image is an ExploreError with status 415 or 413) and register them."""
+        name = name or f"upload {self._uploads + 1}"
         try:
-            image = decode_image(data, name or "the upload")
+            with Image.open(io.BytesIO(data)) as probe:  # reads the header only
+                width, height = probe.size
+        except Exception:  # noqa: BLE001 - decode_image below names what is wrong
+            pass
+        else:
+            if width * height > MAX_UPLOAD_PIXELS:
+                raise ExploreError(f"{name} is {width} x {height} = {width * height / 1e6:.0f} megapixels; the "
+                                   f"explorer takes images of up to {MAX_UPLOAD_PIXELS / 1e6:.0f} megapixels: send a "
+                                   "smaller one", 413)
+        try:
+            image = decode_image(data, name)
         except ValueError as e:
             raise ExploreError(str(e), 415) from e
-        return self.add_image(image, name or f"upload {self._uploads + 1}")
+        return self.add_image(image, name)
 
     def image_list(self) -> list[dict[str, str]]:
         with self._lock:

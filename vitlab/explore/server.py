@@ -19,6 +19,9 @@ Sync endpoints run in Starlette's thread pool; the explorer's lock serialises th
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -130,3 +133,39 @@ def serve(explorer: Explorer, host: str = "127.0.0.1", port: int = 8000) -> None
     import uvicorn
 
     uvicorn.run(create_app(explorer), host=host, port=port, log_level="warning")
+
+
+class BackgroundServer:
+    """The explorer served from a thread of this process (a notebook, a test, a benchmark)::
+
+        with BackgroundServer(explorer) as server:   # port 0: a free port
+            print(server.url)                        # http://127.0.0.1:PORT/
+    """
+
+    def __init__(self, explorer: Explorer, host: str = "127.0.0.1", port: int = 0, timeout: float = 30.0):
+        import uvicorn
+
+        if port == 0:
+            with socket.socket() as s:
+                s.bind((host, 0))
+                port = s.getsockname()[1]
+        self.url = f"http://{host}:{port}/"
+        self._server = uvicorn.Server(uvicorn.Config(create_app(explorer), host=host, port=port, log_level="warning"))
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the explorer's server did not start on {self.url}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+    def __enter__(self) -> BackgroundServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -70,7 +70,7 @@ const state = {
   image: null,       // the analysis of the shown image
   raw: null,         // Uint8Array (depth, variants, h*w)
   pool: null,        // Uint8Array (variants, h*w) or null
-  rows: new Map(),   // block -> Uint8Array (variants, h*w, h*w)
+  rows: new Map(),   // block -> a promise of Uint8Array (variants, h*w, h*w)
   maps: new Map(),   // map key -> {data: Uint8Array, target, target_name}
   picture: null,     // the input image as a decoded <img>
   hover: null,       // the patch under the pointer
@@ -197,17 +197,20 @@ async function currentMap() {  // {values, label} of the map the controls descri
   return { values: m.data, label };
 }
 
-async function render() {
-  if (!state.image) return;
-  if (!state.model.attention) { drawView(null, state.image.name, null); return; }
+const PENDING = "pending";  // a hover row on its way from the server (large token counts)
+
+async function render() {  // draw what the controls and the pointer ask for; "hover", "map" or PENDING
+  if (!state.image) return "map";
+  if (!state.model.attention) { drawView(null, state.image.name, null); return "map"; }
   const patch = state.pinned !== null ? state.pinned : state.hover;
   if (patch !== null && $("hover").checked) {
     const row = await patchRow(patch);
+    if (row === PENDING) return PENDING;  // keep the last row on screen until the new one arrives
     if (row) {
       drawView(row, `patch ${patchName(patch)} attends to: block ${$("block").value}, ${headLabel($("head").value)}`,
                patch);
       drawPosition(patch);
-      return;
+      return "hover";
     }
   }
   try {
@@ -217,6 +220,7 @@ async function render() {
     showError(e.message);
   }
   drawPosition(patch);
+  return "map";
 }
 
 function patchName(patch) {
@@ -226,27 +230,41 @@ function patchName(patch) {
 
 // ------------------------------------------------------------------------------------------- hover rows
 
-async function patchRow(patch) {  // uint8 (h*w) of that patch's attention row, or null while it is on its way
+async function patchRow(patch) {  // uint8 (h*w) of that patch's attention row, PENDING, or null (unavailable)
   const block = Number($("block").value);
   const head = $("head").value;
   const n = grid()[0] * grid()[1];
   if (state.model.rows_inline || EMBEDDED) {
-    if (!state.rows.has(block)) {
-      try {
-        const r = await api.rows(state.image.id, block);
-        state.rows.set(block, decode(r.data));
-      } catch (e) {
-        $("caption").textContent = e.message;
-        return null;
-      }
+    let rows;
+    try {
+      rows = await blockRows(block);
+    } catch (e) {
+      $("caption").textContent = e.message;
+      return null;
     }
     const start = (variantIndex(head) * n + patch) * n;
-    return state.rows.get(block).subarray(start, start + n);
+    return rows.subarray(start, start + n);
   }
   const key = `${block}|${head}|${patch}`;
   if (state.maps.has("row:" + key)) return state.maps.get("row:" + key);
   fetchRow(block, head, patch);  // large grids: one row at a time, the newest pointer position wins
-  return null;
+  return PENDING;
+}
+
+function blockRows(block) {  // a promise of every patch's row of a block, fetched once per image and block
+  if (!state.rows.has(block)) {
+    const image = state.image.id;
+    const rows = api.rows(image, block).then((r) => decode(r.data));
+    rows.catch(() => { if (state.image && state.image.id === image) state.rows.delete(block); });
+    state.rows.set(block, rows);
+  }
+  return state.rows.get(block);
+}
+
+function prefetchRows() {  // fetch the shown block's rows before the pointer needs them
+  if (state.image && state.model.attention && (state.model.rows_inline || EMBEDDED)) {
+    blockRows(Number($("block").value)).catch(() => {});
+  }
 }
 
 async function fetchRow(block, head, patch) {
@@ -296,7 +314,7 @@ function onPointerMove(event) {
   state.hover = patch;
   if (state.pinned !== null) { drawPosition(patch); return; }
   hoverStart = event.timeStamp;
-  render().then(markHover);
+  render().then((drawn) => { if (drawn !== PENDING) markHover(); });
 }
 
 // ------------------------------------------------------------------------------------------- the panels
@@ -450,8 +468,13 @@ function setupModel(model) {
     $("attention-off").hidden = false;
     $("attention-off").textContent = model.reason;
     for (const id of ["distances", "position", "measure"]) $(id).hidden = true;
+    $("faith-note").textContent = model.reason;
     $("filters-caption").textContent = model.reason;
     return;
+  }
+  if (!model.num_classes) {
+    $("measure").hidden = true;
+    $("faith-note").textContent = "deletion and insertion follow a class probability: the model has no classifier head";
   }
   const methods = EMBEDDED ? model.methods.filter((m) => m !== "grad-rollout" || EMBEDDED.options.grad) : model.methods;
   fillSelect($("method"), methods);
@@ -493,7 +516,7 @@ async function loadImage(id, started) {
     state.maps = new Map();
     state.hover = state.pinned = null;
     $("faithfulness").innerHTML = "";
-    $("faith-note").textContent = "";
+    if (!$("measure").hidden) $("faith-note").textContent = "";
     drawPrediction();
     if (state.model.attention) drawDistances();
     await render();
@@ -501,6 +524,7 @@ async function loadImage(id, started) {
       const ms = performance.now() - started;
       window.vitlabStats.imageShownMs.push(ms);
       setStatus(`${analysis.name}: shown in ${ms.toFixed(0)} ms`);
+      prefetchRows();
     });
   } catch (e) {
     showError(e.message);
@@ -533,7 +557,7 @@ function bind() {
   for (const id of ["method", "block", "head", "first", "target"]) {
     $(id).addEventListener("change", () => {
       syncControls();
-      if (id === "block") { state.rows = new Map(); drawDistances(); }
+      if (id === "block") { prefetchRows(); drawDistances(); }
       render();
     });
   }
