@@ -36,7 +36,7 @@ def deletion_insertion_curves(model: torch.nn.Module, x: torch.Tensor, maps: tor
 
     maps: (B, h, w) saliency on the patch grid (h = H / patch_size); ``order``: (B, h*w) an explicit patch order
     instead (e.g. random). Returns {"fraction": (steps+1,), "deletion": (B, steps+1), "insertion": (B, steps+1)}.
-    The masked images go through the model ``batch_size`` (or more: whole steps of B) at a time.
+    The masked images go through the model about ``batch_size`` at a time (B at a time when B is larger).
     """
     b, _, height, width = x.shape
     grid = (height // patch_size, width // patch_size)
@@ -58,9 +58,10 @@ def deletion_insertion_curves(model: torch.nn.Module, x: torch.Tensor, maps: tor
 
     for k in counts:
         on = _patch_mask(order, k, grid, patch_size)
-        pending += [("deletion", torch.where(on, fill, x)), ("insertion", torch.where(on, x, fill))]
-        if b * len(pending) >= batch_size:
-            run()
+        for name, images in (("deletion", torch.where(on, fill, x)), ("insertion", torch.where(on, x, fill))):
+            pending.append((name, images))
+            if b * len(pending) >= batch_size:
+                run()
     if pending:
         run()
     return {"fraction": torch.tensor(counts, dtype=torch.float32) / n,

@@ -147,6 +147,7 @@ class Explorer:
         self.grid = tuple(s // getattr(cfg, "patch_size", 1) for s in self.preprocessing.img_size)
         self.class_names = class_names_for(model) if cfg.num_classes else []
         self.sources: dict[str, Source] = {}
+        self.root: Path | None = None  # --images, resolved
         self.note = ""
         self._uploads = 0
         self._lock = threading.RLock()

@@ -76,6 +76,7 @@ const state = {
   hover: null,       // the patch under the pointer
   pinned: null,      // a clicked patch
   request: 0,        // the newest image request; older answers are dropped
+  renderSeq: 0,      // the newest render; an older one still waiting for data draws nothing
   rowWanted: null,   // the single-row fetch waiting to go (large token counts)
   rowBusy: false,
 };
@@ -199,12 +200,16 @@ async function currentMap() {  // {values, label} of the map the controls descri
 
 const PENDING = "pending";  // a hover row on its way from the server (large token counts)
 
-async function render() {  // draw what the controls and the pointer ask for; "hover", "map" or PENDING
+const STALE = "stale";  // a newer render started while this one waited: it draws nothing
+
+async function render() {  // draw what the controls and the pointer ask for; "hover", "map", PENDING or STALE
+  const seq = ++state.renderSeq;
   if (!state.image) return "map";
   if (!state.model.attention) { drawView(null, state.image.name, null); return "map"; }
   const patch = state.pinned !== null ? state.pinned : state.hover;
   if (patch !== null && $("hover").checked) {
     const row = await patchRow(patch);
+    if (seq !== state.renderSeq) return STALE;
     if (row === PENDING) return PENDING;  // keep the last row on screen until the new one arrives
     if (row) {
       drawView(row, `patch ${patchName(patch)} attends to: block ${$("block").value}, ${headLabel($("head").value)}`,
@@ -215,6 +220,7 @@ async function render() {  // draw what the controls and the pointer ask for; "h
   }
   try {
     const m = await currentMap();
+    if (seq !== state.renderSeq) return STALE;
     drawView(m.values, m.label, null);
   } catch (e) {
     showError(e.message);
@@ -314,7 +320,7 @@ function onPointerMove(event) {
   state.hover = patch;
   if (state.pinned !== null) { drawPosition(patch); return; }
   hoverStart = event.timeStamp;
-  render().then((drawn) => { if (drawn !== PENDING) markHover(); });
+  render().then((drawn) => { if (drawn !== PENDING && drawn !== STALE) markHover(); });
 }
 
 // ------------------------------------------------------------------------------------------- the panels
