@@ -278,7 +278,8 @@ def test_cli_export_and_errors(tmp_path, capsys):
     ckpt = vitlab.save(model, tmp_path / "m.safetensors")
     page = tmp_path / "out" / "page.html"
     assert main(["explore", "--model", str(ckpt), "--export", str(page), os.path.join(PHOTOS, "coffee.jpg")]) == 0
-    assert "wrote" in capsys.readouterr().out and page.stat().st_size > 10_000
+    out = capsys.readouterr().out
+    assert "[1/1] " in out and "wrote" in out and page.stat().st_size > 10_000
     assert main(["explore", "--model", str(ckpt), os.path.join(PHOTOS, "coffee.jpg")]) == 2
     assert "are for --export PAGE.html" in capsys.readouterr().err
     assert main(["explore", "--model", str(ckpt), "--export", str(page)]) == 2
@@ -308,3 +309,13 @@ def test_head_query_reads_the_registered_tokens(tiny):
     entry = explorer._entry("f0")
     out = model.forward_intermediates(entry.x, return_attention=True)
     assert torch.equal(entry.query, head_query(model, out))
+
+
+def test_the_predicted_class_is_the_first_listed_even_on_a_tie():
+    """A fresh zero head gives every class the same logit: the default class of gradient rollout and of
+    deletion/insertion is still the one the page lists first."""
+    model = vitlab.create_model("Ti/8@224", depth=1, embed_dim=32, num_heads=2, mlp_dim=64, num_classes=10).eval()
+    _, client = client_for(model, shapes_samples=1)
+    first = client.get("/api/images/s0").json()["top"][0]["index"]
+    assert client.get("/api/images/s0/map", params={"method": "grad-rollout", "block": 0}).json()["target"] == first
+    assert client.get("/api/images/s0/faithfulness", params={"steps": 2}).json()["target"] == first

@@ -48,7 +48,7 @@ def explore(model: str, images: str | None = None, shapes: int = 6, host: str = 
              "meaningless. Pass --pretrained, a name with a pretrained tag, or a checkpoint file")
     explorer = Explorer(net, name=model, images_dir=images, shapes_samples=0 if export else shapes, device=dev)
     if export:
-        path = export_page(explorer, export_images, export)
+        path = export_page(explorer, export_images, export, log=lambda line: print(line, flush=True))
         print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): open it in a browser, no server needed")
         return EXIT_OK
     try:

@@ -352,11 +352,17 @@ class Explorer:
                                 for a in entry.attention]
             return out
 
+    def _topk(self, entry: _Entry) -> torch.return_types.topk:
+        return entry.logits.softmax(dim=-1)[0].topk(min(TOP_K, len(self.class_names)))
+
+    def _predicted(self, entry: _Entry) -> int:
+        """The first of the top-k the page lists (argmax may break a tie differently)."""
+        return int(self._topk(entry).indices[0]) if self.class_names else 0
+
     def _top(self, entry: _Entry) -> list[dict[str, Any]]:
         if not self.class_names:
             return []
-        probs = entry.logits.softmax(dim=-1)[0]
-        top = probs.topk(min(TOP_K, len(self.class_names)))
+        top = self._topk(entry)
         return [{"index": i, "name": self.class_names[i], "prob": round(p, 5)}
                 for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)]
 
@@ -412,7 +418,7 @@ class Explorer:
         cfg = self.model.config
         with self._lock:
             entry = self._entry(image_id)
-            predicted = int(entry.logits.argmax(-1))
+            predicted = self._predicted(entry)
             params = self._normalise(params, predicted)
             key = params.key()
             if key not in entry.maps:
@@ -457,7 +463,7 @@ class Explorer:
 
     def map(self, image_id: str, params: MapParams) -> dict[str, Any]:
         m, target = self.saliency(image_id, params)
-        return {"key": self._normalise(params, int(self._entry(image_id).logits.argmax(-1))).key(),
+        return {"key": self._normalise(params, self._predicted(self._entry(image_id))).key(),
                 "data": b64(to_uint8(m)), "target": target,
                 "target_name": self.class_names[target] if self.class_names else str(target)}
 
