@@ -81,7 +81,13 @@ def query_row(attn: torch.Tensor, num_prefix: int, query: torch.Tensor) -> torch
     """(B, ..., N, N) -> (B, ..., h*w): the rows of ``attn`` weighted by ``query`` (B, N) (:func:`head_query`), i.e.
     that query's attention to the patches, renormalised to sum to 1 over the patches."""
     q = query.reshape(query.shape[0], *([1] * (attn.ndim - 3)), 1, query.shape[-1])  # (B, ..., 1, N)
-    patches = (q.to(attn.dtype) @ attn).squeeze(-2)[..., num_prefix:]  # (B, ..., h*w)
+    return over_patches((q.to(attn.dtype) @ attn).squeeze(-2), num_prefix)  # (B, ..., h*w)
+
+
+def over_patches(rows: torch.Tensor, num_prefix: int) -> torch.Tensor:
+    """Attention rows (..., N) -> (..., h*w): their weights on the patches, renormalised to sum to 1 over them (the
+    prefix tokens they also attend to are left out)."""
+    patches = rows[..., num_prefix:]
     return patches / patches.sum(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
@@ -147,9 +153,8 @@ def pool_map(pool_attention: torch.Tensor, head: str | int = "mean") -> torch.Te
 
 def patch_rows(attn: torch.Tensor, num_prefix: int) -> torch.Tensor:
     """What each patch attends to: (B, ..., N, N) -> (B, ..., h*w, h*w), row i the attention of patch i's query to
-    the patches, renormalised to sum to 1 over them (the prefix tokens it also attends to are left out)."""
-    rows = attn[..., num_prefix:, num_prefix:]
-    return rows / rows.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+    the patches (:func:`over_patches`)."""
+    return over_patches(attn[..., num_prefix:, :], num_prefix)
 
 
 @dataclass

@@ -33,6 +33,7 @@ from vitlab.analysis.attention import (
     head_query,
     layer_map,
     methods_for,
+    over_patches,
     patch_rows,
     pool_map,
     rollout_map,
@@ -403,13 +404,14 @@ class Explorer:
         self._require_attention()
         with self._lock:
             block, h = self._block(block), self._head(head)
+            n_prefix = self.model.config.num_prefix_tokens
             a = self._entry(image_id).attention[block]
-            n = a.shape[-1] - self.model.config.num_prefix_tokens
+            n = a.shape[-1] - n_prefix
             if not 0 <= patch < n:
                 raise ExploreError(f"patch={patch} is out of range: the grid has {n} patches (0..{n - 1})")
-            a = a[:, h] if isinstance(h, int) else fuse_heads(a, h)  # (1, N, N)
-            return {"block": block, "head": head, "patch": patch,
-                    "data": b64(to_uint8(patch_rows(a, self.model.config.num_prefix_tokens)[0, patch]))}
+            q = a[:, :, n_prefix + patch]  # (1, Nh, N): that patch's query only
+            q = q[:, h] if isinstance(h, int) else fuse_heads(q[:, :, None], h)[:, 0]  # (1, N)
+            return {"block": block, "head": head, "patch": patch, "data": b64(to_uint8(over_patches(q, n_prefix)[0]))}
 
     def saliency(self, image_id: str, params: MapParams) -> tuple[torch.Tensor, int]:
         """The map ``params`` describes, (h*w,) float summing to 1, and the class it explains (grad-rollout's
