@@ -13,6 +13,7 @@ FLOP_CASES = {
     "non-square": ("Ti/16", dict(depth=2, img_size=(160, 224))),
     "conv-stem": ("Ti/16", dict(depth=2, stem="conv")),
     "conv-stem-width": ("Ti/16", dict(depth=2, stem="conv", stem_width=24, img_size=(96, 128))),
+    "conv-stem-depth": ("Ti/4@32", dict(depth=2, stem="conv", stem_depth=3)),
     "representation": ("S/16", dict(depth=2, representation_size=256)),
     "registers": ("Ti/16", dict(depth=2, num_register_tokens=4)),
     "gap-fc-norm-qk-norm-ls": ("Ti/16", dict(depth=2, pool="gap", fc_norm=True, qk_norm=True, layer_scale_init=1e-5)),
@@ -85,6 +86,7 @@ def test_count_params_registered(name):
 
 @pytest.mark.parametrize("overrides", [
     dict(stem="conv"), dict(stem="conv", stem_width=24, patch_size=8, img_size=64),
+    dict(stem="conv", stem_depth=2, patch_size=8, img_size=64),
     dict(qk_norm=True, layer_scale_init=1e-5, qkv_bias=False), dict(num_register_tokens=4),
     dict(representation_size=100), dict(pool="gap", fc_norm=True), dict(pool="gap", class_token=False),
     dict(pos_embed="sincos2d"), dict(pos_embed="none"), dict(num_classes=0), dict(in_chans=1, img_size=(64, 96)),

@@ -150,6 +150,14 @@ def test_the_conv_stem_channels_have_one_rule():
     assert ViTConfig().conv_stem_channels == ()  # the patch stem has no convs
     stem = VisionTransformer(cfg.replace(depth=1)).patch_embed
     assert [m.out_channels for m in stem.convs if isinstance(m, torch.nn.Conv2d)] == [24, 48, 96, 192]
+    deep = cfg.replace(patch_size=4, img_size=32, stem_depth=2)  # 2 stages of (stride 2, stride 1)
+    assert deep.conv_stem_layers == ((3, 96, 2), (96, 96, 1), (96, 192, 2), (192, 192, 1))
+    convs = [m for m in VisionTransformer(deep.replace(depth=1)).patch_embed.convs if isinstance(m, torch.nn.Conv2d)]
+    assert [(m.in_channels, m.out_channels, m.stride[0]) for m in convs] == list(deep.conv_stem_layers)
+    with pytest.raises(ValueError, match="stem_depth=2: .* only with stem='conv'"):
+        ViTConfig(stem_depth=2)
+    with pytest.raises(ValueError, match="stem_depth=0"):
+        deep.replace(stem_depth=0)
 
 
 def test_official_init():

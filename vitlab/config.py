@@ -85,6 +85,9 @@ class ViTConfig:
     # Stem.
     stem: str = "patch"
     stem_width: int = 0  # conv stem: channels of its first conv (0 = embed_dim // 2^(n_convs - 1))
+    # conv stem: 3x3 conv-BN-ReLU layers per stride-2 stage; 1 = Xiao et al.'s stem, more add stride-1 convs at the
+    # stage's width (a deeper convolutional front, as the paper's hybrid takes ResNet stages)
+    stem_depth: int = 1
 
     # Regularisation (paper App. B.1: dropout after every dense layer except qkv, and after adding
     # position embeddings; stochastic depth from DeiT).
@@ -137,6 +140,9 @@ class ViTConfig:
             raise ValueError(f"representation_size (the pre-logits layer) is not supported with pool={self.pool!r}")
         if self.pos_embed == "sincos2d" and self.embed_dim % 4:
             raise ValueError(f"pos_embed='sincos2d' needs embed_dim divisible by 4, got {self.embed_dim}")
+        if self.stem_depth < 1 or (self.stem_depth > 1 and self.stem != "conv"):
+            raise ValueError(f"stem_depth={self.stem_depth}: convs per stage of the conv stem, >= 1, and only with "
+                             f"stem='conv' (this config has stem={self.stem!r})")
         if self.stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
             raise ValueError(f"stem='conv' downsamples by stride-2 convs: patch_size must be a power of 2 >= 2, "
                              f"got {self.patch_size}")
@@ -180,6 +186,16 @@ class ViTConfig:
         n_convs = self.patch_size.bit_length() - 1  # P = 2^n_convs
         width = self.stem_width or max(self.embed_dim // 2 ** (n_convs - 1), 8)
         return tuple(min(width * 2**i, self.embed_dim) for i in range(n_convs))
+
+    @property
+    def conv_stem_layers(self) -> tuple[tuple[int, int, int], ...]:
+        """(c_in, c_out, stride) of every 3x3 conv of the conv stem, in order: per entry of
+        :attr:`conv_stem_channels` one stride-2 conv, then ``stem_depth - 1`` stride-1 convs at that width."""
+        layers, c_in = [], self.in_chans
+        for c_out in self.conv_stem_channels:
+            layers += [(c_in, c_out, 2)] + [(c_out, c_out, 1)] * (self.stem_depth - 1)
+            c_in = c_out
+        return tuple(layers)
 
     @property
     def num_features(self) -> int:

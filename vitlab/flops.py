@@ -21,19 +21,13 @@ from dataclasses import dataclass
 from vitlab.config import ViTConfig
 
 
-def _conv_stem_layers(cfg: ViTConfig) -> list[tuple[int, int]]:
-    """(c_in, c_out) of each 3x3 stride-2 conv of ``model.ConvStem``, in order."""
-    c_out = cfg.conv_stem_channels
-    return list(zip((cfg.in_chans, *c_out[:-1]), c_out, strict=True))
-
-
 def count_flops(config: ViTConfig, img_size: int | tuple[int, int] | None = None) -> int:
     """Forward-pass FLOPs of one image (batch 1) at ``config.img_size`` or at ``img_size``.
 
     With T = h*w patches and N = T + prefix tokens, the terms are (2 FLOPs per multiply-add):
 
         patch projection  2 T D C P^2                       (Eq. 1's x_p E, a Conv2d with stride P)
-        or conv stem      sum_i 2 H_i W_i c_out_i c_in_i 9  (3x3 stride-2 convs, H_i = ceil(H_{i-1} / 2))
+        or conv stem      sum_i 2 H_i W_i c_out_i c_in_i 9  (3x3 convs of stride s_i, H_i = ceil(H_{i-1} / s_i))
                           + 2 T D c_last                    (the 1x1 projection)
         per block (x L):
             qkv           2 N D (3 D)
@@ -78,8 +72,8 @@ def flops_breakdown(config: ViTConfig, img_size: int | tuple[int, int] | None = 
         stem = 2 * T * D * C * P * P
     else:
         stem, h_i, w_i, c_last = 0, H, W, C
-        for c_in, c_out in _conv_stem_layers(config):
-            h_i, w_i = -(-h_i // 2), -(-w_i // 2)  # kernel 3, stride 2, padding 1: ceil(H / 2)
+        for c_in, c_out, stride in config.conv_stem_layers:
+            h_i, w_i = -(-h_i // stride), -(-w_i // stride)  # kernel 3, padding 1: ceil(H / stride)
             stem += 2 * h_i * w_i * c_out * c_in * 9
             c_last = c_out
         stem += 2 * T * D * c_last  # 1x1 projection to D
@@ -139,8 +133,8 @@ def count_params(config: ViTConfig) -> int:
     if config.stem == "patch":
         n = D * C * P * P + D
     else:
-        layers = _conv_stem_layers(config)
-        n = sum(9 * c_in * c_out + 2 * c_out for c_in, c_out in layers)
+        layers = config.conv_stem_layers
+        n = sum(9 * c_in * c_out + 2 * c_out for c_in, c_out, _ in layers)
         n += layers[-1][1] * D + D
     n += D * (int(config.class_token) + int(config.distill_token) + config.num_register_tokens)
     n += 0 if config.patch_bias or config.stem != "patch" else -D

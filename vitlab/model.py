@@ -50,13 +50,14 @@ class PatchEmbed(nn.Module):
 
 class ConvStem(nn.Module):
     """Hybrid input (paper Sec. 3.1) as in Xiao et al. 2021: log2(P) conv3x3-BN-ReLU layers of stride 2,
-    channels doubling up to D, then a 1x1 projection to D. Helps ViTs trained on small data."""
+    channels doubling up to D (each followed by ``stem_depth - 1`` stride-1 ones), then a 1x1 projection to D.
+    Helps ViTs trained on small data."""
 
     def __init__(self, cfg: ViTConfig):
         super().__init__()
         layers, c_in = [], cfg.in_chans
-        for c_out in cfg.conv_stem_channels:  # log2(P) convs, channels doubling up to D
-            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out),
+        for c_in, c_out, stride in cfg.conv_stem_layers:  # log2(P) stages of stem_depth convs
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out),
                        nn.ReLU(inplace=True)]
             c_in = c_out
         self.convs = nn.Sequential(*layers)
