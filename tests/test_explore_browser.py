@@ -160,6 +160,11 @@ def test_the_exported_page_works_from_a_file(browser, served, tmp_path):
     page.dispatch_event("#discard", "input")
     page.wait_for_function("window.vitlabStats.lastShown.includes('discard 0.9')", timeout=10_000)
     leave_and_pick(page, "grad-rollout")
+    page.select_option("#block", "0")  # the export has gradient rollout up to the last block only
+    page.wait_for_selector("#error:not([hidden])", timeout=10_000)
+    assert "is not embedded in this exported page" in page.text_content("#error")
+    page.select_option("#block", "2")  # back to a map the page has: the message goes
+    page.wait_for_selector("#error", state="hidden", timeout=10_000)
     page.select_option("#method", "raw")
     page.click("#measure")
     page.wait_for_function("document.querySelectorAll('#faithfulness tr').length === 3", timeout=10_000)

@@ -77,6 +77,8 @@ const state = {
   pinned: null,      // a clicked patch
   request: 0,        // the newest image request; older answers are dropped
   renderSeq: 0,      // the newest render; an older one still waiting for data draws nothing
+  rowError: "",      // why the hover rows of the block are unavailable (an exported page without them)
+  mapError: false,   // the error box shows a map that could not be had
   rowWanted: null,   // the single-row fetch waiting to go (large token counts)
   rowBusy: false,
 };
@@ -221,9 +223,12 @@ async function render() {  // draw what the controls and the pointer ask for; "h
   try {
     const m = await currentMap();
     if (seq !== state.renderSeq) return STALE;
-    drawView(m.values, m.label, null);
+    const note = patch !== null && state.rowError ? ` (no hover: ${state.rowError})` : "";
+    drawView(m.values, m.label + note, null);
+    if (state.mapError) { showError(""); state.mapError = false; }  // the controls asked for a map that exists
   } catch (e) {
     showError(e.message);
+    state.mapError = true;
   }
   drawPosition(patch);
   return "map";
@@ -245,9 +250,10 @@ async function patchRow(patch) {  // uint8 (h*w) of that patch's attention row, 
     try {
       rows = await blockRows(block);
     } catch (e) {
-      $("caption").textContent = e.message;
+      state.rowError = e.message;
       return null;
     }
+    state.rowError = "";
     const start = (variantIndex(head) * n + patch) * n;
     return rows.subarray(start, start + n);
   }
