@@ -82,6 +82,9 @@ def run_recipe(recipe: str, data: Path, n_train: int, minutes: float, out: Path,
     name = Path(recipe).stem
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     result = train(cfg, run_dir=out / f"{name}-{minutes:g}min-{stamp}", progress=False)
+    if result.interrupted:  # stopped by a signal: no row, and no further recipe
+        raise SystemExit(f"stopped: {name} was interrupted after {result.step} steps, so it has no row; the rows "
+                         f"of the recipes before it are in {out / 'results.jsonl'}")
     metrics = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     rates = [m["img_per_s"] for m in metrics if "img_per_s" in m]
     return {"recipe": name, "test_acc": result.val_acc, "steps": result.step,
