@@ -71,12 +71,11 @@ def flops_breakdown(config: ViTConfig, img_size: int | tuple[int, int] | None = 
     if config.stem == "patch":
         stem = 2 * T * D * C * P * P
     else:
-        stem, h_i, w_i, c_last = 0, H, W, C
+        stem, h_i, w_i = 0, H, W
         for c_in, c_out, stride in config.conv_stem_layers:
             h_i, w_i = -(-h_i // stride), -(-w_i // stride)  # kernel 3, padding 1: ceil(H / stride)
             stem += 2 * h_i * w_i * c_out * c_in * 9
-            c_last = c_out
-        stem += 2 * T * D * c_last  # 1x1 projection to D
+        stem += 2 * T * D * c_out  # 1x1 projection to D from the last conv's width
     return {
         "patch_embed": stem,
         "qkv": L * 2 * N * D * 3 * D,

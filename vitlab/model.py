@@ -55,13 +55,12 @@ class ConvStem(nn.Module):
 
     def __init__(self, cfg: ViTConfig):
         super().__init__()
-        layers, c_in = [], cfg.in_chans
+        layers = []
         for c_in, c_out, stride in cfg.conv_stem_layers:  # log2(P) stages of stem_depth convs
             layers += [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out),
                        nn.ReLU(inplace=True)]
-            c_in = c_out
         self.convs = nn.Sequential(*layers)
-        self.proj = nn.Conv2d(c_in, cfg.embed_dim, kernel_size=1)
+        self.proj = nn.Conv2d(c_out, cfg.embed_dim, kernel_size=1)  # from the last conv's width
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(self.convs(x))  # (B, C, H, W) -> (B, D, h, w)
