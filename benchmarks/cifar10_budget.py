@@ -9,6 +9,10 @@ label smoothing 0.1, batch 128). Every recipe, the reference too, gets a schedul
 
     python benchmarks/cifar10_budget.py --minutes 20                 # reference, cifar10-vit, cifar10-hybrid
     python benchmarks/cifar10_budget.py --minutes 5 --recipes cifar10-hybrid,my_recipe.toml --set optim.lr=3e-3
+    python benchmarks/cifar10_budget.py --minutes 20 --recipes cifar10-resnet20,cifar10-resnet20+amp=bf16
+
+A recipe may carry its own overrides after ``+`` (``NAME+KEY=VALUE+KEY=VALUE``), applied after ``--set``'s, so one
+run can hold the same recipe twice with one thing changed.
 
 Data: ``--data DIR`` (``DIR/train/<class>/*.jpg`` and ``DIR/test/<class>/*.jpg``), else ``--zip`` (default: the
 shared copy ``../shared/data/cifar10-jpeg.zip`` beside the repository) unpacked once into ``--cache``. The images
@@ -34,7 +38,7 @@ import torch
 
 import vitlab
 from vitlab.data.folder import IMAGE_EXTENSIONS
-from vitlab.train.config import load_config, recipe_path
+from vitlab.train.config import ConfigError, load_config
 from vitlab.train.trainer import train
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,13 +77,23 @@ def hardware() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
-def run_recipe(recipe: str, data: Path, n_train: int, minutes: float, out: Path, extra: list[str], device: str
+def split_spec(spec: str) -> tuple[str, list[str]]:
+    """``NAME+KEY=VALUE+...`` -> (NAME, [KEY=VALUE, ...])."""
+    recipe, *own = spec.split("+")
+    for o in own:
+        if "=" not in o:
+            raise SystemExit(f"error: {spec!r}: {o!r} is not KEY=VALUE (write NAME+KEY=VALUE+KEY=VALUE)")
+    return recipe, own
+
+
+def run_recipe(spec: str, data: Path, n_train: int, minutes: float, out: Path, extra: list[str], device: str
                ) -> dict:
+    recipe, own = split_spec(spec)
     is_file = recipe.endswith(".toml")
     overrides = [f"data.dataset=folder:{data}", f"budget_minutes={minutes}", "epochs=100000",
-                 "eval_every_epochs=100000", "ckpt_every_steps=100000000", f"device={device}", *extra]
+                 "eval_every_epochs=100000", "ckpt_every_steps=100000000", f"device={device}", *extra, *own]
     cfg = load_config(None if is_file else recipe, recipe if is_file else None, overrides)
-    name = Path(recipe).stem
+    name = "+".join([Path(recipe).stem, *own])
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     result = train(cfg, run_dir=out / f"{name}-{minutes:g}min-{stamp}", progress=False)
     if result.interrupted:  # stopped by a signal: no row, and no further recipe
@@ -98,7 +112,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, required=True, help="training budget per recipe (minutes)")
     p.add_argument("--recipes", default=",".join(DEFAULT_RECIPES),
-                   help=f"comma-separated built-in recipe names or .toml files (default: {','.join(DEFAULT_RECIPES)})")
+                   help="comma-separated built-in recipe names or .toml files, each optionally +KEY=VALUE... "
+                        f"(default: {','.join(DEFAULT_RECIPES)})")
     p.add_argument("--data", type=Path, help="an unpacked copy: DIR/train/<class>/, DIR/test/<class>/")
     p.add_argument("--zip", type=Path, default=REPO.parent / "shared" / "data" / "cifar10-jpeg.zip")
     p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "vitlab" / "cifar10-jpeg")
@@ -107,9 +122,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every recipe")
     args = p.parse_args(argv)
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
-    for r in recipes:
-        if not r.endswith(".toml"):
-            recipe_path(r)  # an unknown name fails now, not after the first recipe's budget
+    for spec in recipes:  # an unknown name or key fails now, not after a recipe's budget
+        r, own = split_spec(spec)
+        try:
+            load_config(None if r.endswith(".toml") else r, r if r.endswith(".toml") else None, [*args.set, *own])
+        except (ConfigError, OSError) as e:
+            raise SystemExit(f"error: {spec}: {e}") from None
     data = args.data or unpack(args.zip, args.cache)
     n_train = sum(p.suffix.lower() in IMAGE_EXTENSIONS for p in (data / "train").rglob("*"))  # for the epochs
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])

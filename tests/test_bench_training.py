@@ -35,3 +35,13 @@ def test_an_interrupted_recipe_stops_the_budget_run_without_a_row(monkeypatch, t
     with pytest.raises(SystemExit, match="demo was interrupted after 3 steps, so it has no row"):
         budget.run_recipe("demo", tmp_path, 100, 1.0, tmp_path / "out", [], "cpu")
     assert not (tmp_path / "out" / "results.jsonl").exists()
+
+
+def test_a_recipe_carries_its_own_overrides_and_a_bad_one_fails_before_any_training(capsys):
+    assert budget.split_spec("cifar10-resnet20") == ("cifar10-resnet20", [])
+    assert budget.split_spec("r.toml+amp=bf16+seed=1") == ("r.toml", ["amp=bf16", "seed=1"])
+    with pytest.raises(SystemExit, match="'ampbf16' is not KEY=VALUE"):
+        budget.split_spec("demo+ampbf16")
+    for spec, why in [("demo,demo+amp=fp8", "amp='fp8' is not one of"), ("nope", "unknown recipe 'nope'")]:
+        with pytest.raises(SystemExit, match=why):
+            budget.main(["--minutes", "1", "--data", "/nonexistent", "--recipes", spec])

@@ -58,6 +58,27 @@ def test_fused_and_explicit_attention_agree(name):
     torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=1e-5)
 
 
+def test_bf16_on_the_cpu_takes_the_explicit_attention_and_keeps_its_numbers(monkeypatch):
+    # torch's CPU flash kernel is several times slower in bf16 (docs/recipes-log.md, issue 16), so bf16 skips it.
+    model = randomize_(tiny(**CONFIGS["gap"]), std=0.2)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+    calls = []
+    real_sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or real_sdpa(*a, **k))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    assert calls == [] and out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, atol=0.05, rtol=0.05)  # bf16 keeps ~3 significant digits
+    assert ref.abs().max() > 0.1
+    out.float().square().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    with torch.no_grad():
+        model(x)
+    assert calls == [1] * model.config.depth  # fp32 stays fused
+
+
 def test_intermediates_structure_and_attention_only_where_asked(monkeypatch):
     model = randomize_(tiny(num_register_tokens=2, img_size=(32, 48)))
     calls = []
