@@ -87,10 +87,10 @@ class Attention(nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, Nh, N, Dh)
         q, k = self.q_norm(q), self.k_norm(k)
         probs = None
-        # torch's CPU flash kernel in bf16 is several times slower than the written-out product for the short
-        # sequences of small ViTs (its backward most: 17 ms against 2.5 ms for 128 x 3 heads x 32 tokens), so
-        # bf16 on the CPU takes the explicit path (docs/recipes-log.md, issue 16).
-        slow_fused = q.device.type == "cpu" and q.dtype == torch.bfloat16
+        # Training in bf16 on the CPU, torch's flash kernel is slower than the written-out product up to a few
+        # hundred tokens (its backward most: 6x for 128 images x 3 heads x 32 tokens, 1.1x at 257 tokens; slower
+        # beyond), so such steps take the explicit path; inference keeps the kernel (docs/recipes-log.md, issue 16).
+        slow_fused = q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.requires_grad and N <= 256
         if self.fused and not return_attention and not slow_fused:
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
         else:  # softmax(q k^T / sqrt(Dh)) v, written out
