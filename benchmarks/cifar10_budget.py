@@ -38,7 +38,7 @@ import torch
 
 import vitlab
 from vitlab.data.folder import IMAGE_EXTENSIONS
-from vitlab.train.config import ConfigError, load_config
+from vitlab.train.config import ConfigError, TrainConfig, load_config
 from vitlab.train.trainer import train
 
 REPO = Path(__file__).resolve().parent.parent
@@ -86,14 +86,19 @@ def split_spec(spec: str) -> tuple[str, list[str]]:
     return recipe, own
 
 
-def run_recipe(spec: str, data: Path, n_train: int, minutes: float, out: Path, extra: list[str], device: str
-               ) -> dict:
+def recipe_config(spec: str, overrides: list[str]) -> tuple[str, TrainConfig]:
+    """The row name and config of a ``--recipes`` entry (a built-in name or a .toml file, then its own overrides)."""
     recipe, own = split_spec(spec)
     is_file = recipe.endswith(".toml")
-    overrides = [f"data.dataset=folder:{data}", f"budget_minutes={minutes}", "epochs=100000",
-                 "eval_every_epochs=100000", "ckpt_every_steps=100000000", f"device={device}", *extra, *own]
-    cfg = load_config(None if is_file else recipe, recipe if is_file else None, overrides)
-    name = "+".join([Path(recipe).stem, *own])
+    cfg = load_config(None if is_file else recipe, recipe if is_file else None, [*overrides, *own])
+    return "+".join([Path(recipe).stem, *own]), cfg
+
+
+def run_recipe(spec: str, data: Path, n_train: int, minutes: float, out: Path, extra: list[str], device: str
+               ) -> dict:
+    name, cfg = recipe_config(spec, [f"data.dataset=folder:{data}", f"budget_minutes={minutes}", "epochs=100000",
+                                     "eval_every_epochs=100000", "ckpt_every_steps=100000000", f"device={device}",
+                                     *extra])
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     result = train(cfg, run_dir=out / f"{name}-{minutes:g}min-{stamp}", progress=False)
     if result.interrupted:  # stopped by a signal: no row, and no further recipe
@@ -122,11 +127,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every recipe")
     args = p.parse_args(argv)
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
-    for spec in recipes:  # an unknown name or key fails now, not after a recipe's budget
-        r, own = split_spec(spec)
+    for spec in recipes:  # an unknown name, file or key fails now, not after a recipe's budget
         try:
-            load_config(None if r.endswith(".toml") else r, r if r.endswith(".toml") else None, [*args.set, *own])
-        except (ConfigError, OSError) as e:
+            recipe_config(spec, args.set)
+        except ConfigError as e:
             raise SystemExit(f"error: {spec}: {e}") from None
     data = args.data or unpack(args.zip, args.cache)
     n_train = sum(p.suffix.lower() in IMAGE_EXTENSIONS for p in (data / "train").rglob("*"))  # for the epochs

@@ -42,6 +42,9 @@ def test_a_recipe_carries_its_own_overrides_and_a_bad_one_fails_before_any_train
     assert budget.split_spec("r.toml+amp=bf16+seed=1") == ("r.toml", ["amp=bf16", "seed=1"])
     with pytest.raises(SystemExit, match="'ampbf16' is not KEY=VALUE"):
         budget.split_spec("demo+ampbf16")
-    for spec, why in [("demo,demo+amp=fp8", "amp='fp8' is not one of"), ("nope", "unknown recipe 'nope'")]:
+    name, cfg = budget.recipe_config("demo+seed=7", ["seed=1"])
+    assert name == "demo+seed=7" and cfg.seed == 7  # a recipe's own override comes after --set's
+    for spec, why in [("demo,demo+amp=fp8", "amp='fp8' is not one of"), ("nope", "unknown recipe 'nope'"),
+                      ("/nonexistent/r.toml", "cannot read config")]:
         with pytest.raises(SystemExit, match=why):
             budget.main(["--minutes", "1", "--data", "/nonexistent", "--recipes", spec])
