@@ -14,6 +14,13 @@ label smoothing 0.1, batch 128). Every recipe, the reference too, gets a schedul
 A recipe may carry its own overrides after ``+`` (``NAME+KEY=VALUE+KEY=VALUE``), applied after ``--set``'s, so one
 run can hold the same recipe twice with one thing changed.
 
+Distillation with the teacher's time counted: ``--teacher SPEC:MINUTES`` trains recipe SPEC for MINUTES first (a
+row of its own), and every recipe that says ``distill.teacher=teacher`` learns from it in the rest of the budget
+(``--minutes`` less MINUTES; the teacher's forward passes count in the student's steps):
+
+    python benchmarks/cifar10_budget.py --minutes 20 --teacher cifar10-resnet20+amp=bf16:6 \
+        --recipes cifar10-deepstem,cifar10-deepstem+distill.teacher=teacher
+
 Data: ``--data DIR`` (``DIR/train/<class>/*.jpg`` and ``DIR/test/<class>/*.jpg``), else ``--zip`` (default: the
 shared copy ``../shared/data/cifar10-jpeg.zip`` beside the repository) unpacked once into ``--cache``. The images
 are read through the ``folder:`` loader, as a user's own data set would be.
@@ -43,6 +50,7 @@ from vitlab.train.trainer import train
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE = "cifar10-reference"
+TEACHER = "teacher"  # distill.teacher=teacher: the model --teacher trains in this run
 DEFAULT_RECIPES = (REFERENCE, "cifar10-vit", "cifar10-hybrid")
 
 
@@ -113,6 +121,18 @@ def run_recipe(spec: str, data: Path, n_train: int, minutes: float, out: Path, e
             "run_dir": str(result.run_dir)}
 
 
+def split_teacher(text: str, minutes: float) -> tuple[str, float]:
+    """``--teacher SPEC:MINUTES`` -> (SPEC, MINUTES), which must leave the students some of the budget."""
+    spec, _, when = text.rpartition(":")
+    try:
+        teacher_minutes = float(when)
+    except ValueError:
+        teacher_minutes = -1.0
+    if not spec or not 0 < teacher_minutes < minutes:
+        raise SystemExit(f"error: --teacher {text!r}: write SPEC:MINUTES with 0 < MINUTES < --minutes ({minutes:g})")
+    return spec, teacher_minutes
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, required=True, help="training budget per recipe (minutes)")
@@ -125,37 +145,62 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=REPO / "runs" / "cifar10_budget")
     p.add_argument("--device", default="auto")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every recipe")
+    p.add_argument("--teacher", metavar="SPEC:MINUTES",
+                   help="train SPEC for MINUTES first, the teacher of the recipes with distill.teacher=teacher (their "
+                        "budget: --minutes less MINUTES)")
     args = p.parse_args(argv)
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
-    for spec in recipes:  # an unknown name, file or key fails now, not after a recipe's budget
+    teacher = split_teacher(args.teacher, args.minutes) if args.teacher else None
+    students = set()
+    for spec in ([teacher[0]] if teacher else []) + recipes:  # a bad name, file or key fails now, not after a budget
         try:
-            recipe_config(spec, args.set)
+            if recipe_config(spec, args.set)[1].distill.teacher == TEACHER:
+                students.add(spec)
         except ConfigError as e:
             raise SystemExit(f"error: {spec}: {e}") from None
+    if bool(students) != bool(teacher):
+        raise SystemExit(f"error: --teacher SPEC:MINUTES trains the teacher of the recipes with "
+                         f"distill.teacher={TEACHER}: give both or neither (students: {sorted(students) or 'none'})")
     data = args.data or unpack(args.zip, args.cache)
     n_train = sum(p.suffix.lower() in IMAGE_EXTENSIONS for p in (data / "train").rglob("*"))  # for the epochs
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
     when, hw = datetime.now().isoformat(timespec="seconds"), hardware()
     print(f"{command}\n{hw}, torch {torch.__version__}, {when}\n", flush=True)
 
-    rows = []
-    for recipe in recipes:
-        print(f"--- {recipe}: {args.minutes:g} min ...", flush=True)
-        row = run_recipe(recipe, data, n_train, args.minutes, args.out, args.set, args.device)
-        row.update(command=command, hardware=hw, date=when, minutes=args.minutes, overrides=args.set)
+    rows, teacher_weights = [], None
+
+    def run(recipe: str, minutes: float, extra: list[str], **fields) -> dict:
+        print(f"--- {fields.get('role', recipe)}: {minutes:g} min ...", flush=True)
+        row = run_recipe(recipe, data, n_train, minutes, args.out, [*args.set, *extra], args.device)
+        row.update(command=command, hardware=hw, date=when, minutes=minutes, overrides=args.set, **fields)
         rows.append(row)
         print(f"    test accuracy {row['test_acc']:.4f} after {row['steps']} steps ({row['epochs']:.1f} epochs, "
               f"{row['img_per_s']:.0f} img/s)", flush=True)
         args.out.mkdir(parents=True, exist_ok=True)
         with (args.out / "results.jsonl").open("a") as f:
             f.write(json.dumps(row) + "\n")
+        return row
+
+    for recipe in recipes:
+        if recipe not in students:
+            run(recipe, args.minutes, [])
+            continue
+        spec, teacher_minutes = teacher
+        if teacher_weights is None:  # trained once, before its first student
+            row = run(spec, teacher_minutes, [], role=f"{TEACHER} {spec}")
+            teacher_weights = Path(row["run_dir"]) / "model.safetensors"
+        run(recipe, args.minutes - teacher_minutes, [f"distill.teacher={json.dumps(str(teacher_weights))}"],
+            teacher=spec, teacher_minutes=teacher_minutes)
 
     ref = next((r for r in rows if r["recipe"] == REFERENCE), None)
     print(f"\n| recipe | params | budget | steps | epochs | img/s | test acc | vs {REFERENCE} |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         diff = f"{100 * (r['test_acc'] - ref['test_acc']):+.2f} pts" if ref else "n/a"
-        print(f"| {r['recipe']} | {r['params'] / 1e6:.2f}M | {args.minutes:g} min | {r['steps']} | {r['epochs']:.1f} | "
+        name, budget = r.get("role", r["recipe"]), f"{r['minutes']:g} min"
+        if "teacher_minutes" in r:  # a student: its teacher's minutes, then its own
+            budget = f"{r['teacher_minutes']:g} + {r['minutes']:g} min"
+        print(f"| {name} | {r['params'] / 1e6:.2f}M | {budget} | {r['steps']} | {r['epochs']:.1f} | "
               f"{r['img_per_s']:.0f} | {100 * r['test_acc']:.2f}% | {diff} |")
 
 

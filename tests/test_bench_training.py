@@ -1,6 +1,7 @@
 """The training benchmarks' own logic: benchmarks/step_time.py and benchmarks/cifar10_budget.py (the scripts print
 figures and are not timed here)."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,30 @@ def test_a_recipe_carries_its_own_overrides_and_a_bad_one_fails_before_any_train
                       ("/nonexistent/r.toml", "cannot read config")]:
         with pytest.raises(SystemExit, match=why):
             budget.main(["--minutes", "1", "--data", "/nonexistent", "--recipes", spec])
+
+
+def test_a_teacher_trains_once_first_and_its_students_get_the_rest_of_the_budget(monkeypatch, tmp_path, capsys):
+    calls = []
+
+    def fake_run(spec, data, n_train, minutes, out, extra, device):
+        calls.append((spec, minutes, extra))
+        return {"recipe": spec, "test_acc": 0.5, "steps": 10, "epochs": 1.0, "train_minutes": minutes,
+                "img_per_s": 100.0, "params": 1000, "run_dir": str(tmp_path / f"run{len(calls)}")}
+
+    monkeypatch.setattr(budget, "run_recipe", fake_run)
+    (tmp_path / "train").mkdir()
+    student = "demo+distill.teacher=teacher"
+    budget.main(["--minutes", "20", "--data", str(tmp_path), "--out", str(tmp_path / "out"), "--teacher",
+                 "cifar10-resnet20+amp=bf16:6", "--recipes", f"demo,{student},{student}+seed=1"])
+    weights = f"distill.teacher={json.dumps(str(tmp_path / 'run2' / 'model.safetensors'))}"
+    assert calls == [("demo", 20.0, []), ("cifar10-resnet20+amp=bf16", 6.0, []), (student, 14.0, [weights]),
+                     (f"{student}+seed=1", 14.0, [weights])]
+    table = capsys.readouterr().out
+    assert "| teacher cifar10-resnet20+amp=bf16 | 0.00M | 6 min |" in table
+    assert f"| {student} | 0.00M | 6 + 14 min |" in table
+    for argv, why in [(["--recipes", student], "give both or neither"),
+                      (["--recipes", "demo", "--teacher", "demo:6"], "give both or neither"),
+                      (["--recipes", student, "--teacher", "demo:20"], "0 < MINUTES < --minutes"),
+                      (["--recipes", student, "--teacher", "demo"], "write SPEC:MINUTES")]:
+        with pytest.raises(SystemExit, match=why):
+            budget.main(["--minutes", "20", "--data", str(tmp_path), *argv])

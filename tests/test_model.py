@@ -15,6 +15,7 @@ CONFIGS = {
     "gap_fc_norm_with_cls": dict(pool="gap", fc_norm=True),
     "registers": dict(num_register_tokens=4),
     "sincos": dict(pos_embed="sincos2d"),
+    "mimetic_init": dict(attn_init="mimetic", pos_embed="sincos2d"),
     "no_pos": dict(pos_embed="none"),
     "qk_norm_layer_scale": dict(qk_norm=True, layer_scale_init=1e-5),
     "representation": dict(representation_size=48),
@@ -193,6 +194,39 @@ def test_official_init():
     assert model.blocks[0].attn.qkv.weight.abs().max() <= 0.04 + 1e-6  # truncated at 2 std
     fan_in = 3 * 8 * 8
     assert abs(model.patch_embed.proj.weight.std() - fan_in**-0.5) < 0.2 * fan_in**-0.5
+
+
+def test_mimetic_init_starts_each_head_on_the_tokens_most_like_the_query():
+    torch.manual_seed(0)
+    model, plain = tiny(attn_init="mimetic"), tiny()
+    D, Nh, Dh = 64, 4, 16
+    x = torch.randn(30, D)  # 30 tokens of unit-variance features, as after a LayerNorm
+    for m, self_first in ((model, 0.8), (plain, None)):
+        w = m.blocks[1].attn.qkv.weight  # (3D, D): rows [q; k; v]
+        for h in range(Nh):
+            q, k = x @ w[h * Dh:(h + 1) * Dh].T, x @ w[D + h * Dh:D + (h + 1) * Dh].T  # (30, Dh)
+            own = ((q @ k.T).argmax(-1) == torch.arange(30)).float().mean()  # tokens scoring themselves highest
+            if self_first:
+                assert own >= self_first, (h, own)
+            else:
+                assert own < 0.3, (h, own)
+    attn = model.blocks[1].attn
+    vproj = attn.qkv.weight[2 * D:].T @ attn.proj.weight.T  # x -> x W_v W_proj when a token attends to itself
+    assert -0.5 < vproj.diag().mean() < -0.3 and vproj.fill_diagonal_(0).abs().mean() < 0.1
+    assert torch.all(attn.qkv.bias == 0) and torch.all(attn.proj.bias == 0)
+
+
+def test_mimetic_init_with_sincos_positions_starts_more_local():
+    from vitlab.analysis.figure7 import attention_distances
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 32, 32)
+    kw = dict(patch_size=4, pos_embed="sincos2d")
+    local = attention_distances(tiny(attn_init="mimetic", **kw).eval(), x).mean(-1)  # (depth,) px
+    spread = attention_distances(tiny(**kw).eval(), x).mean(-1)
+    assert torch.all(local < spread - 2), (local, spread)
+    with pytest.raises(ValueError, match="attn_init"):
+        ViTConfig(attn_init="xavier")
 
 
 def test_reset_classifier_and_gradient_checkpointing():

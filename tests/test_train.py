@@ -254,6 +254,80 @@ def test_bf16_autocast_and_gradient_accumulation(data, tmp_path):
     assert all(torch.isfinite(t).all() for t in final_weights(tmp_path).values())
 
 
+def test_progressive_resizing_trains_small_first_then_at_full_size(data, tmp_path, monkeypatch):
+    sides, forward = [], vitlab.VisionTransformer.forward
+    def spy(self, x):
+        sides.append((self.training, x.shape[-2], x.shape[-1]))
+        return forward(self, x)
+    monkeypatch.setattr(vitlab.VisionTransformer, "forward", spy)
+    cfg = tiny_config(data, "data.progressive_min_size=16", "data.progressive_until=0.5")  # 8 steps, patch 4
+    result = train(cfg, run_dir=tmp_path, progress=False)
+    trained = [s for training, s, _ in sides if training]
+    assert trained == [16, 20, 24, 28, 32, 32, 32, 32]  # linear over the first half of the steps, in whole patches
+    assert all(h == w == 32 for training, h, w in sides if not training)  # evaluation at the full size
+    assert result.step == 8 and all(torch.isfinite(t).all() for t in final_weights(tmp_path).values())
+    for bad in (18, 32):
+        why = f"progressive_min_size={bad}: .* below the model's 32 px .* patch size 4"
+        with pytest.raises(ConfigError, match=why):
+            train(tiny_config(data, f"data.progressive_min_size={bad}"), run_dir=tmp_path / str(bad), progress=False)
+        assert not (tmp_path / str(bad)).exists()  # refused before the run folder is made
+
+
+def one_class_teacher(path, label, num_classes=6, **preprocessing):  # shapes has 6 classes
+    """A saved ResNet-20 that gives class ``label`` for every image (head: zero weights, a bias for it)."""
+    teacher = vitlab.create_model("resnet20", num_classes=num_classes)
+    torch.nn.init.zeros_(teacher.head.weight)
+    with torch.no_grad():
+        teacher.head.bias.copy_(torch.nn.functional.one_hot(torch.tensor(label), num_classes) * 10.0)
+    pre = teacher.preprocessing.replace(**preprocessing)
+    names = sorted(CLASS_NAMES)[:num_classes] if num_classes <= len(CLASS_NAMES) else None
+    return vitlab.save(teacher, path, preprocessing=pre, class_names=names)
+
+
+def test_hard_distillation_teaches_a_deit_students_distillation_head_only(data, tmp_path):
+    star = sorted(CLASS_NAMES).index("star")
+    teacher = one_class_teacher(tmp_path / "teacher.safetensors", star)
+    deit = "model.overrides={embed_dim = 32, depth = 2, num_heads = 2, mlp_dim = 64, distill_token = true, " \
+           "pool = \"distill\"}"
+    cfg = tiny_config(data, deit, f"distill.teacher='{teacher}'", "distill.alpha=1.0", "optim.lr=1e-2",
+                      "optim.warmup_steps=1", "data.mixup_alpha=0.0", "data.cutmix_alpha=0.0")
+    train(cfg, run_dir=tmp_path / "run", progress=False)
+    student = vitlab.load(tmp_path / "run" / "model.safetensors").eval()
+    assert student.head.weight.abs().sum() == 0 and student.head.bias.abs().sum() == 0  # alpha 1: no label loss
+    images = make_shapes("val", size=24).images.float().div(255).sub(0.5).div(0.5)  # the student's normalisation
+    with torch.no_grad():
+        assert torch.all(student(images).argmax(-1) == star)  # the distillation head learned the teacher
+
+
+def test_a_teacher_gets_the_batch_in_its_own_normalisation_and_the_loss_has_both_kinds(tmp_path):
+    from vitlab.train.trainer import _teacher, distillation_loss
+
+    path = one_class_teacher(tmp_path / "t.safetensors", 0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    student = vitlab.create_model("vit_tiny_patch4_32", num_classes=len(CLASS_NAMES))
+    student.class_names = sorted(CLASS_NAMES)
+    _, to_teacher = _teacher(load_config("demo", overrides=[f"distill.teacher='{path}'"]), student, torch.device("cpu"))
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(to_teacher(x), x * 0.5 + 0.5)  # student: (p - 0.5) / 0.5, teacher: p
+    s, t = torch.randn(4, 6), torch.randn(4, 6)
+    torch.testing.assert_close(distillation_loss(s, t, "hard"), torch.nn.functional.cross_entropy(s, t.argmax(-1)))
+    p_t, log_p_s = (t / 2).softmax(-1), (s / 2).log_softmax(-1)
+    kl = (p_t * (p_t.log() - log_p_s)).sum(-1).mean()
+    torch.testing.assert_close(distillation_loss(s, t, "soft", tau=2.0), kl * 2.0**2)
+    assert distillation_loss(t, t, "soft", tau=3.0).abs() < 1e-6
+
+
+def test_a_missing_or_mismatched_teacher_is_a_config_error(data, tmp_path):
+    with pytest.raises(ConfigError, match="distill.teacher=.*not found"):
+        train(tiny_config(data, f"distill.teacher='{tmp_path / 'none.safetensors'}'"), run_dir=tmp_path / "a",
+              progress=False)
+    other = one_class_teacher(tmp_path / "ten.safetensors", 0, num_classes=10)
+    with pytest.raises(ConfigError, match="predicts 10 classes .* student 6 .* same classes, in the same order"):
+        train(tiny_config(data, f"distill.teacher='{other}'"), run_dir=tmp_path / "b", progress=False)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    with pytest.raises(ConfigError, match="distill.kind='mean'"):
+        tiny_config(data, "distill.kind=mean")
+
+
 def test_eval_command_writes_json_and_confusion(straight, data, tmp_path, capsys):
     from vitlab.cli import main
 

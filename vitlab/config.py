@@ -36,6 +36,11 @@ POS_RESAMPLES = (
     "bicubic_offset",  # original DINOv2: bicubic to the scale factor (n + 0.1) / n_old, no antialias
     "bicubic_align_corners",  # torchvision's interpolate_embeddings
 )
+# How the attention weights start (VisionTransformer.init_weights):
+ATTN_INITS = (
+    "trunc_normal",  # every Linear truncated normal, std 0.02 (the paper's code, timm)
+    "mimetic",  # each head's W_q W_k^T ~ I and W_v W_proj ~ -I, as in trained ViTs (Trockman & Kolter 2023)
+)
 
 
 def _pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -98,6 +103,10 @@ class ViTConfig:
     # embedding is added (FLIP, Li et al. 2023; timm's patch_drop_rate). Fewer tokens: faster steps.
     patch_drop_rate: float = 0.0
 
+    # Initialisation only (the trained weights replace it): "mimetic" starts every head attending to the tokens most
+    # like the query, which with sincos2d positions means its neighbours (a locality prior that stays a ViT).
+    attn_init: str = "trunc_normal"
+
     # Ablation: blocks without their two residual connections (Raghu et al. 2021, Sec. 6), e.g. (3,).
     no_residual_blocks: tuple[int, ...] = ()
 
@@ -121,6 +130,7 @@ class ViTConfig:
         _check_choice("stem", self.stem, STEMS)
         _check_choice("mlp_act", self.mlp_act, MLP_ACTS)
         _check_choice("pos_resample", self.pos_resample, POS_RESAMPLES)
+        _check_choice("attn_init", self.attn_init, ATTN_INITS)
         if self.embed_dim % self.num_heads:
             raise ValueError(
                 f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}; "

@@ -36,6 +36,32 @@ def _trunc_normal_(t: torch.Tensor, std: float) -> torch.Tensor:
     return nn.init.trunc_normal_(t, std=std, a=-2 * std, b=2 * std)
 
 
+def _factor_(m: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L, R), both (D, rank), with L R^T the best rank-``rank`` approximation of m (D, D): the SVD split evenly."""
+    u, s, vh = torch.linalg.svd(m)
+    root = s[:rank].sqrt()
+    return u[:, :rank] * root, vh[:rank].T * root
+
+
+@torch.no_grad()
+def mimetic_init_(attn: Attention, qk: float = 0.7, vproj: float = 0.4) -> None:
+    """Mimetic initialisation (Trockman & Kolter 2023): trained ViTs' heads have W_q W_k^T close to a multiple of
+    the identity and W_v W_proj close to minus one. Each head h gets W_q^h W_k^h^T = the rank-Dh part of
+    qk (Z + I), and W_v W_proj = vproj (Z' - I), Z and Z' with N(0, 1/D) entries (x W in the paper's row-vector
+    convention; a Linear's weight is W^T). A token then attends most to tokens that look like it."""
+    D, Dh = attn.proj.weight.shape[0], attn.head_dim
+    eye = torch.eye(D)
+    w = attn.qkv.weight  # (3D, D): rows [q; k; v], head h at rows h*Dh:(h+1)*Dh of each
+    for h in range(attn.num_heads):
+        wq, wk = _factor_(qk * (torch.randn(D, D) / D**0.5 + eye), Dh)  # x W_q^h (W_k^h)^T y ~ qk * x.y
+        rows = slice(h * Dh, (h + 1) * Dh)
+        w[rows] = wq.T
+        w[D:][rows] = wk.T
+    wv, wp = _factor_(vproj * (torch.randn(D, D) / D**0.5 - eye), D)  # x W_v W_proj ~ -vproj * x
+    w[2 * D:] = wv.T
+    attn.proj.weight.copy_(wp)
+
+
 class PatchEmbed(nn.Module):
     """Eq. 1's x_p E: a Conv2d with kernel = stride = P is the linear map of each flattened patch."""
 
@@ -286,6 +312,9 @@ class VisionTransformer(nn.Module):
         self.head_dist = None  # DeiT: the distillation token's own head
         if cfg.pool == "distill":
             self.head_dist = nn.Linear(D, cfg.num_classes) if cfg.num_classes else nn.Identity()
+        # pool "distill" in training: True = forward returns both heads' logits, (class, distillation), as DeiT
+        # trains them (each its own loss; vitlab.train's distill section sets it); False = their average.
+        self.distilled_training = False
         self.grad_checkpointing = False
         # Metadata that travels with weights; set by vitlab.load / vitlab.create_model.
         self.preprocessing = None  # vitlab.Preprocessing
@@ -304,6 +333,7 @@ class VisionTransformer(nn.Module):
         std 1e-6 (timm; must differ from each other). Distillation token: truncated normal, std 0.02 (DeiT).
         Attention-pool query: truncated normal, std D^-0.5 (timm). LayerNorm: weight 1, bias 0. LayerScale: the
         configured init. Heads: weight and bias 0 (official: the first steps train the head only).
+        ``attn_init="mimetic"``: then every block's qkv and proj weights as :func:`mimetic_init_`.
         """
         for name, m in self.named_modules():
             if isinstance(m, nn.Linear):
@@ -337,6 +367,9 @@ class VisionTransformer(nn.Module):
             if isinstance(head, nn.Linear):
                 nn.init.zeros_(head.weight)
                 nn.init.zeros_(head.bias)
+        if self.config.attn_init == "mimetic":
+            for block in self.blocks:
+                mimetic_init_(block.attn)
 
     def _check_input(self, x: torch.Tensor) -> None:
         cfg = self.config
@@ -393,6 +426,8 @@ class VisionTransformer(nn.Module):
         if pool == "distill":  # DeiT: each token through its own head, averaged (timm's pre_logits: the mean token)
             if pre_logits:
                 return (x[:, 0] + x[:, 1]) / 2
+            if self.distilled_training and self.training:
+                return self.head(x[:, 0]), self.head_dist(x[:, 1])  # type: ignore[return-value]
             return (self.head(x[:, 0]) + self.head_dist(x[:, 1])) / 2
         if pool == "token":
             x = x[:, 0]  # z_L^0, the class token (Eq. 4)

@@ -77,11 +77,17 @@ class DataConfig:
     cutmix_alpha: float = 0.0
     mix_prob: float = 1.0
     label_smoothing: float = 0.0
+    # Progressive resizing (as FFCV's ResNet recipes): smaller training images first. The side grows linearly from
+    # progressive_min_size to the full size over the first progressive_until of the run (of the budget with
+    # budget_minutes, of the steps without), in whole patches for a ViT; 0 = off. Evaluation is at the full size.
+    progressive_min_size: int = 0
+    progressive_until: float = 0.5
 
     def __post_init__(self) -> None:
         _check(self, "data", positive=("batch_size",), at_least_0=("num_workers", "img_size", "crop_padding",
-               "randaugment_n", "randaugment_m", "mixup_alpha", "cutmix_alpha"),
-               fractions=("val_fraction", "label_smoothing"), closed_fractions=("random_erasing", "mix_prob"))
+               "randaugment_n", "randaugment_m", "mixup_alpha", "cutmix_alpha", "progressive_min_size"),
+               fractions=("val_fraction", "label_smoothing"),
+               closed_fractions=("random_erasing", "mix_prob", "progressive_until"))
         _check_choice("data.auto_augment", self.auto_augment, ("none", "trivial", "randaugment"))
 
 
@@ -110,10 +116,27 @@ class OptimConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Knowledge distillation from a trained teacher (Hinton et al. 2015; DeiT, Touvron et al. 2021). With a
+    student of pool "distill" (class and distillation tokens), the class token's head learns the labels and the
+    distillation token's head the teacher; any other student learns both through its one head."""
+
+    teacher: str = ""  # a trained model's checkpoint (any format vitlab.load reads: a ResNet, a ViT); "" = off
+    kind: str = "hard"  # hard: the teacher's top class as the target (DeiT's hard distillation) | soft: its softmax
+    alpha: float = 0.5  # weight of the distillation loss; 1 - alpha goes to the labels' loss
+    tau: float = 1.0  # soft: the temperature of both softmaxes (the loss is scaled by tau^2)
+
+    def __post_init__(self) -> None:
+        _check(self, "distill", positive=("tau",), closed_fractions=("alpha",))
+        _check_choice("distill.kind", self.kind, ("hard", "soft"))
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     epochs: int = 10
     max_steps: int = 0  # stop after this many optimizer steps (0 = epochs decide)
     # Wall-clock budget for the training steps (evaluation and checkpoint writes excluded); 0 = none. With a

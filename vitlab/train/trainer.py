@@ -38,7 +38,7 @@ from vitlab.data import AugmentConfig, ImageDataset, load_dataset, make_loader
 from vitlab.evaluate import count_correct
 from vitlab.model import VisionTransformer
 from vitlab.train.budget import Budget
-from vitlab.train.config import TrainConfig, TrainingError, to_dict
+from vitlab.train.config import ConfigError, TrainConfig, TrainingError, to_dict
 from vitlab.train.optim import build_optimizer, freeze_early_layers, set_lr
 from vitlab.train.rundir import (
     check_new_run_dir,
@@ -117,6 +117,8 @@ class Trainer:
             raise TrainingError(f"the training set ({len(train_set)} images) is smaller than one batch of "
                                 f"{cfg.data.batch_size}")
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+        self.teacher, self.teacher_input = _teacher(cfg, self.model, self.device)
+        self.size_step = _check_progressive(cfg, self.model)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.ema = ModelEMA(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.state = TrainState()
@@ -182,15 +184,35 @@ class Trainer:
 
     def forward_backward(self, x: torch.Tensor, y: torch.Tensor, batch: int) -> None:
         """One micro-batch: x (B, C, H, W); y (B,) class indices, or (B, classes) soft targets (mixup/cutmix)."""
+        if self.cfg.data.progressive_min_size:
+            x = self.progressive_resize(x)
+        d = self.cfg.distill
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp == "bf16"):
-            logits = self.net(x)  # (B, classes)
+            logits = self.net(x)  # (B, classes); a DeiT student: its (class, distillation) heads' logits
+            if self.teacher is not None:
+                with torch.no_grad():
+                    taught = self.teacher(self.teacher_input(x))  # (B, classes)
+        logits, learner = logits if isinstance(logits, tuple) else (logits, logits)
         loss = F.cross_entropy(logits.float(), y)
+        if self.teacher is not None:
+            loss = (1 - d.alpha) * loss + d.alpha * distillation_loss(learner.float(), taught.float(), d.kind, d.tau)
+            logits = (logits + learner) / 2  # what the student predicts (the same tensor without a distillation token)
         if not torch.isfinite(loss):
             raise TrainingError(f"non-finite loss ({loss.item()}) at step {self.state.step} (epoch "
                                 f"{self.state.epoch}, batch {batch}); {self._newest_checkpoint()}. Lower optim.lr, "
                                 "enable optim.clip_grad, or check the data")
         (loss / self.cfg.optim.accum_steps).backward()
         self.log.add_batch(x.shape[0], loss.item(), count_correct(logits, y))  # soft targets: their largest share
+
+    def progressive_resize(self, x: torch.Tensor) -> torch.Tensor:
+        """The batch at this point of the run's side (``data.progressive_min_size``), bilinear with antialiasing."""
+        d, s = self.cfg.data, self.state
+        progress = max(s.step / self.total_steps, s.train_seconds / self.budget.seconds if self.budget.seconds else 0)
+        side = progressive_side(x.shape[-1], d.progressive_min_size, d.progressive_until, progress, self.size_step)
+        if side == x.shape[-1]:
+            return x
+        height = max(round(x.shape[-2] * side / x.shape[-1] / self.size_step), 1) * self.size_step
+        return F.interpolate(x, size=(height, side), mode="bilinear", antialias=True, align_corners=False)
 
     def optimizer_step(self, batches_done: int) -> None:
         """Step on the accumulated gradients; then count the time, log, and checkpoint when due."""
@@ -340,6 +362,59 @@ def evaluate(model: torch.nn.Module, loader: Any, device: torch.device, amp: str
         dist.all_reduce(stats)
     correct, total, loss_sum = stats.tolist()
     return {"acc": correct / max(total, 1), "loss": loss_sum / max(total, 1)}
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str, tau: float = 1.0) -> torch.Tensor:
+    """The student's (B, classes) logits against the teacher's: cross-entropy with the teacher's top class (hard),
+    or the KL divergence between their softmaxes at temperature ``tau``, times tau^2 (soft; Hinton et al. 2015)."""
+    if kind == "hard":
+        return F.cross_entropy(student, teacher.argmax(dim=-1))
+    return F.kl_div(F.log_softmax(student / tau, dim=-1), F.log_softmax(teacher / tau, dim=-1), reduction="batchmean",
+                    log_target=True) * tau**2
+
+
+def _teacher(cfg: TrainConfig, student: torch.nn.Module, device: torch.device
+             ) -> tuple[torch.nn.Module | None, Any]:
+    """The frozen teacher of ``distill.teacher`` (None without one), and the map from the student's normalised
+    batch to the teacher's (its own mean and std). A DeiT student (pool "distill") then trains both its heads."""
+    path = cfg.distill.teacher
+    if not path:
+        return None, None
+    try:
+        teacher = vitlab.load(path)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"distill.teacher={path!r}: {e}") from e
+    if teacher.config.num_classes != student.config.num_classes or (
+            teacher.class_names and teacher.class_names != student.class_names):
+        raise ConfigError(f"distill.teacher={path!r} predicts {teacher.config.num_classes} classes "
+                          f"({teacher.class_names}), the student {student.config.num_classes} ({student.class_names}): "
+                          "a teacher must be trained on the same classes, in the same order")
+    teacher.requires_grad_(False).eval().to(device)
+    if getattr(student.config, "pool", None) == "distill":
+        student.distilled_training = True
+    s, t = student.preprocessing, teacher.preprocessing or student.preprocessing
+    scale = torch.tensor(s.std, device=device).div(torch.tensor(t.std, device=device)).view(1, -1, 1, 1)
+    shift = (torch.tensor(s.mean, device=device) - torch.tensor(t.mean, device=device)).div(
+        torch.tensor(t.std, device=device)).view(1, -1, 1, 1)  # x_t = (x_s * std_s + mean_s - mean_t) / std_t
+    return teacher, lambda x: x * scale + shift
+
+
+def progressive_side(full: int, min_side: int, until: float, progress: float, step: int) -> int:
+    """The training images' side at ``progress`` (0..1) of the run: ``min_side`` growing linearly to ``full`` at
+    ``until``, rounded down to a multiple of ``step``."""
+    if progress >= until:
+        return full
+    return max(min_side, int((min_side + (full - min_side) * progress / until) // step * step))
+
+
+def _check_progressive(cfg: TrainConfig, model: torch.nn.Module) -> int:
+    """The step in px between progressive sizes (a ViT's patch size, else 1); a ConfigError if the sizes do not fit."""
+    d, side = cfg.data, model.config.img_size[1]
+    step = model.config.patch_size if isinstance(model, VisionTransformer) else 1
+    if d.progressive_min_size and (d.progressive_min_size >= side or d.progressive_min_size % step):
+        raise ConfigError(f"data.progressive_min_size={d.progressive_min_size}: the smallest training side must be "
+                          f"below the model's {side} px and, for a ViT, a multiple of its patch size {step}")
+    return step
 
 
 def _join_processes(device_name: str) -> tuple[torch.device, int, int]:
