@@ -94,19 +94,20 @@ def split_spec(spec: str) -> tuple[str, list[str]]:
     return recipe, own
 
 
-def recipe_config(spec: str, overrides: list[str]) -> tuple[str, TrainConfig]:
-    """The row name and config of a ``--recipes`` entry (a built-in name or a .toml file, then its own overrides)."""
+def recipe_config(spec: str, overrides: list[str], last: list[str] = ()) -> tuple[str, TrainConfig]:
+    """The row name and config of a ``--recipes`` entry (a built-in name or a .toml file, then its own overrides,
+    then ``last``: what the run itself decides, as a student's teacher)."""
     recipe, own = split_spec(spec)
     is_file = recipe.endswith(".toml")
-    cfg = load_config(None if is_file else recipe, recipe if is_file else None, [*overrides, *own])
+    cfg = load_config(None if is_file else recipe, recipe if is_file else None, [*overrides, *own, *last])
     return "+".join([Path(recipe).stem, *own]), cfg
 
 
-def run_recipe(spec: str, data: Path, n_train: int, minutes: float, out: Path, extra: list[str], device: str
-               ) -> dict:
+def run_recipe(spec: str, data: Path, n_train: int, minutes: float, out: Path, extra: list[str], device: str,
+               last: list[str] = ()) -> dict:
     name, cfg = recipe_config(spec, [f"data.dataset=folder:{data}", f"budget_minutes={minutes}", "epochs=100000",
                                      "eval_every_epochs=100000", "ckpt_every_steps=100000000", f"device={device}",
-                                     *extra])
+                                     *extra], last)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     result = train(cfg, run_dir=out / f"{name}-{minutes:g}min-{stamp}", progress=False)
     if result.interrupted:  # stopped by a signal: no row, and no further recipe
@@ -169,9 +170,9 @@ def main(argv: list[str] | None = None) -> None:
 
     rows, teacher_weights = [], None
 
-    def run(recipe: str, minutes: float, extra: list[str], **fields) -> dict:
+    def run(recipe: str, minutes: float, last: list[str], **fields) -> dict:
         print(f"--- {fields.get('role', recipe)}: {minutes:g} min ...", flush=True)
-        row = run_recipe(recipe, data, n_train, minutes, args.out, [*args.set, *extra], args.device)
+        row = run_recipe(recipe, data, n_train, minutes, args.out, args.set, args.device, last)
         row.update(command=command, hardware=hw, date=when, minutes=minutes, overrides=args.set, **fields)
         rows.append(row)
         print(f"    test accuracy {row['test_acc']:.4f} after {row['steps']} steps ({row['epochs']:.1f} epochs, "

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import load_benchmark
 
+import vitlab
 from vitlab.train.trainer import RunResult
 
 step_time = load_benchmark("step_time")
@@ -52,24 +53,28 @@ def test_a_recipe_carries_its_own_overrides_and_a_bad_one_fails_before_any_train
 
 
 def test_a_teacher_trains_once_first_and_its_students_get_the_rest_of_the_budget(monkeypatch, tmp_path, capsys):
-    calls = []
+    runs = []
 
-    def fake_run(spec, data, n_train, minutes, out, extra, device):
-        calls.append((spec, minutes, extra))
-        return {"recipe": spec, "test_acc": 0.5, "steps": 10, "epochs": 1.0, "train_minutes": minutes,
-                "img_per_s": 100.0, "params": 1000, "run_dir": str(tmp_path / f"run{len(calls)}")}
+    def fake_train(cfg, run_dir, progress):  # what run_recipe reads back: metrics and weights
+        runs.append((cfg.budget_minutes, cfg.distill.teacher, cfg.seed))
+        Path(run_dir).mkdir(parents=True)
+        (Path(run_dir) / "metrics.jsonl").write_text(json.dumps({"img_per_s": 100.0}) + "\n")
+        vitlab.save(vitlab.create_model("resnet20", num_classes=10), Path(run_dir) / "model.safetensors")
+        return RunResult(Path(run_dir), step=10, epoch=0, val_acc=0.5, interrupted=False, train_seconds=60.0)
 
-    monkeypatch.setattr(budget, "run_recipe", fake_run)
+    monkeypatch.setattr(budget, "train", fake_train)
     (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "0.jpg").touch()  # counted for the epochs, never read (train is faked)
     student = "demo+distill.teacher=teacher"
     budget.main(["--minutes", "20", "--data", str(tmp_path), "--out", str(tmp_path / "out"), "--teacher",
                  "cifar10-resnet20+amp=bf16:6", "--recipes", f"demo,{student},{student}+seed=1"])
-    weights = f"distill.teacher={json.dumps(str(tmp_path / 'run2' / 'model.safetensors'))}"
-    assert calls == [("demo", 20.0, []), ("cifar10-resnet20+amp=bf16", 6.0, []), (student, 14.0, [weights]),
-                     (f"{student}+seed=1", 14.0, [weights])]
+    rows = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    weights = str(Path(rows[1]["run_dir"]) / "model.safetensors")
+    assert rows[1]["recipe"] == "cifar10-resnet20+amp=bf16" and rows[2]["teacher_minutes"] == 6.0
+    assert runs == [(20.0, "", 0), (6.0, "", 0), (14.0, weights, 0), (14.0, weights, 1)]  # trained once, first
     table = capsys.readouterr().out
-    assert "| teacher cifar10-resnet20+amp=bf16 | 0.00M | 6 min |" in table
-    assert f"| {student} | 0.00M | 6 + 14 min |" in table
+    assert "| teacher cifar10-resnet20+amp=bf16 | 0.27M | 6 min |" in table
+    assert f"| {student}+seed=1 | 0.27M | 6 + 14 min |" in table
     for argv, why in [(["--recipes", student], "give both or neither"),
                       (["--recipes", "demo", "--teacher", "demo:6"], "give both or neither"),
                       (["--recipes", student, "--teacher", "demo:20"], "0 < MINUTES < --minutes"),
