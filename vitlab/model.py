@@ -45,9 +45,9 @@ def _factor_(m: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def mimetic_init_(attn: Attention, qk: float = 0.7, vproj: float = 0.4) -> None:
-    """Mimetic initialisation (Trockman & Kolter 2023): trained ViTs' heads have W_q W_k^T close to a multiple of
-    the identity and W_v W_proj close to minus one. Each head h gets W_q^h W_k^h^T = the rank-Dh part of
-    qk (Z + I), and W_v W_proj = vproj (Z' - I), Z and Z' with N(0, 1/D) entries (x W in the paper's row-vector
+    """Mimetic initialisation (Trockman & Kolter 2023): trained ViTs' heads have W_q W_k^T close to a positive
+    multiple of the identity and W_v W_proj close to a negative one. Each head h gets W_q^h W_k^h^T = the rank-Dh
+    part of qk (Z + I), and W_v W_proj = vproj (Z' - I), Z and Z' with N(0, 1/D) entries (x W in the paper's row-vector
     convention; a Linear's weight is W^T). A token then attends most to tokens that look like it."""
     D, Dh = attn.proj.weight.shape[0], attn.head_dim
     eye = torch.eye(D)
