@@ -21,7 +21,7 @@ import vitlab
 from vitlab.data.shapes import CLASS_NAMES, make_shapes
 from vitlab.train.config import ConfigError, TrainingError, load_config
 from vitlab.train.state import latest_state, list_checkpoints
-from vitlab.train.trainer import train
+from vitlab.train.trainer import _check_progressive, train
 
 # A tiny model; drop_path uses the global RNG, so its state must be restored on resume.
 TINY = ["model.overrides={embed_dim = 32, depth = 2, num_heads = 2, mlp_dim = 64, drop_path_rate = 0.1}",
@@ -271,6 +271,8 @@ def test_progressive_resizing_trains_small_first_then_at_full_size(data, tmp_pat
         with pytest.raises(ConfigError, match=why):
             train(tiny_config(data, f"data.progressive_min_size={bad}"), run_dir=tmp_path / str(bad), progress=False)
         assert not (tmp_path / str(bad)).exists()  # refused before the run folder is made
+    cnn = load_config("cifar10-resnet20", overrides=["data.progressive_min_size=18"])
+    assert _check_progressive(cnn, vitlab.create_model("resnet20", num_classes=10)) == 1  # a CNN: any side
 
 
 def one_class_teacher(path, label, num_classes=6, **preprocessing):  # shapes has 6 classes

@@ -392,10 +392,10 @@ def _teacher(cfg: TrainConfig, student: torch.nn.Module, device: torch.device
     teacher.requires_grad_(False).eval().to(device)
     if getattr(student.config, "pool", None) == "distill":
         student.distilled_training = True
-    s, t = student.preprocessing, teacher.preprocessing or student.preprocessing
-    scale = torch.tensor(s.std, device=device).div(torch.tensor(t.std, device=device)).view(1, -1, 1, 1)
-    shift = (torch.tensor(s.mean, device=device) - torch.tensor(t.mean, device=device)).div(
-        torch.tensor(t.std, device=device)).view(1, -1, 1, 1)  # x_t = (x_s * std_s + mean_s - mean_t) / std_t
+    s, t = student.preprocessing, teacher.preprocessing  # vitlab.load always sets one
+    s_mean, s_std, t_mean, t_std = (torch.tensor(v, device=device).view(1, -1, 1, 1)
+                                    for v in (s.mean, s.std, t.mean, t.std))
+    scale, shift = s_std / t_std, (s_mean - t_mean) / t_std  # x_t = (x_s * std_s + mean_s - mean_t) / std_t
     return teacher, lambda x: x * scale + shift
 
 
