@@ -60,7 +60,7 @@ def test_bad_files_are_skipped_with_one_warning_or_an_error_with_strict(tmp_path
     with pytest.warns(UserWarning, match=r"skipped 2 of 7 files that do not decode: a/text.jpg, b/cut.png"):
         ds = load_dataset(f"folder:{tmp_path}", "train")
     assert len(ds) == 5 and ds.labels.tolist() == [0, 0, 0, 1, 1]
-    with pytest.raises(ValueError, match=r"text\.jpg does not decode as an image"):
+    with pytest.raises(ValueError, match=r"text\.jpg is not an image that can be decoded"):
         load_dataset(f"folder:{tmp_path}", "train", strict=True)
 
 

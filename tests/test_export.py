@@ -12,6 +12,7 @@ import torch
 from conftest import randomize_
 
 from vitlab import Preprocessing, VisionTransformer, ViTConfig
+from vitlab.errors import OutputError
 from vitlab.export import ExportError, export_onnx, read_onnx_metadata
 
 ort = pytest.importorskip("onnxruntime")
@@ -127,7 +128,7 @@ def test_output_folder_errors(tmp_path):
     if os.geteuid() != 0:  # root writes anywhere
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
-        with pytest.raises(PermissionError, match="choose a writable folder"):
+        with pytest.raises(OutputError, match="choose a writable folder"):
             export_onnx(model, locked / "m.onnx")
     assert sorted(os.listdir(tmp_path)) == ["file"] + (["locked"] if os.geteuid() != 0 else [])
 
@@ -200,7 +201,7 @@ def test_argument_and_metadata_errors(tmp_path):
     with pytest.raises(ValueError, match="batch must be >= 1"):
         export_onnx(tiny(), tmp_path / "m.onnx", batch=0)
     (tmp_path / "d.onnx").mkdir()
-    with pytest.raises(IsADirectoryError, match="is a folder"):
+    with pytest.raises(OutputError, match="is a folder"):
         export_onnx(tiny(), tmp_path / "d.onnx")
     with pytest.raises(FileNotFoundError, match="ONNX file not found"):
         read_onnx_metadata(tmp_path / "absent.onnx")

@@ -123,7 +123,7 @@ def test_strict_streamed_data_set_raises_naming_the_truncated_file(tmp_path):
     val = load_dataset(f"folder:{tmp_path}", "val", strict=True)
     assert len(files) == 6
     pre = vitlab.Preprocessing(img_size=(80, 80), crop_pct=1.0)
-    with pytest.raises(ValueError, match=r"a/0.jpg does not decode as an image"):
+    with pytest.raises(ValueError, match=r"a/0.jpg is not an image that can be decoded"):
         list(make_stream_loader(val, batch_size=2, train=False, preprocessing=pre))
 
 

@@ -26,7 +26,6 @@ import errno
 import json
 import os
 import pickle
-import shutil
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -60,6 +59,7 @@ from vitlab.convert import timm as timm_convert
 from vitlab.convert import torchvision as tv_convert
 from vitlab.convert import train as train_convert
 from vitlab.convert.fit import check_fits, first_mismatch
+from vitlab.errors import DiskFullError, NotFoundError  # noqa: F401 (re-exported)
 from vitlab.model import VisionTransformer
 from vitlab.pos_embed import resample_pos_embed
 from vitlab.preprocess import Preprocessing
@@ -182,7 +182,7 @@ def _read(path: Path, follow_init: bool) -> Converted:
     if path.is_dir():
         return _read_folder(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise NotFoundError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
     if path.suffix == ".npz":
@@ -316,25 +316,6 @@ def _load_resnet(conv: Converted, path: Path, num_classes: int | None, img_size:
     return model
 
 
-class DiskFullError(OSError):
-    """The disk filled up while writing ``path``; the previous file is intact and no partial file is left."""
-
-    def __init__(self, path: Path, then: str = "free some space and try again"):
-        free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else 0
-        super().__init__(f"no space left on the device to write {path} ({_size(free)} free in {path.parent}); "
-                         f"{then}")
-        self.errno, self.path = errno.ENOSPC, path
-
-
-def _size(n: int) -> str:
-    """A byte count for a message: 0 B, 512 B, 3.4 MB, 1.2 GB."""
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"  # not reached
-
-
 def _is_disk_full(e: BaseException) -> bool:
     """ENOSPC, as an OSError or inside another error's message (torch.save raises a RuntimeError)."""
     return getattr(e, "errno", None) == errno.ENOSPC or "No space left on device" in str(e)
@@ -370,7 +351,7 @@ def model_metadata(model: VisionTransformer | ResNet, preprocessing: Preprocessi
     pre = preprocessing or getattr(model, "preprocessing", None) or Preprocessing.default_for(model.config)
     names = class_names if class_names is not None else getattr(model, "class_names", None)
     if names is not None and len(names) != model.config.num_classes:
-        raise ValueError(f"{len(names)} class names for a model with {model.config.num_classes} classes")
+        raise CheckpointError(f"{len(names)} class names for a model with {model.config.num_classes} classes")
     meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "config": json.dumps(model.config.to_dict()),
             "preprocessing": json.dumps(pre.to_dict())}
     if names is not None:
@@ -390,7 +371,7 @@ def save(
     ResNet baseline from vitlab.cnn: ``load`` tells them apart by the config's ``arch``)."""
     path = Path(path)
     if path.suffix != ".safetensors":
-        raise ValueError(f"vitlab checkpoints are .safetensors files, got {path.name!r}")
+        raise CheckpointError(f"vitlab checkpoints are .safetensors files, got {path.name!r}")
     meta = {**model_metadata(model, preprocessing, class_names), **(extra_metadata or {})}
     sd = _plain_state_dict(model)
     atomic_write(path, lambda tmp: save_file(sd, str(tmp), metadata=meta))

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from vitlab.errors import ConfigError
 from vitlab.model import Intermediates, layer_indices
 
 # name -> (block, blocks per stage, channels per stage); He et al. 2016 Table 1 and Sec. 4.2.
@@ -45,13 +46,13 @@ class ResNetConfig:
 
     def __post_init__(self) -> None:
         if self.arch not in RESNETS:
-            raise ValueError(f"unknown ResNet {self.arch!r}; available: {', '.join(RESNETS)}")
+            raise ConfigError(f"unknown ResNet {self.arch!r}; available: {', '.join(RESNETS)}")
         size = (self.img_size, self.img_size) if isinstance(self.img_size, int) else tuple(self.img_size)
         object.__setattr__(self, "img_size", tuple(int(s) for s in size))
         if not self.stem:
             object.__setattr__(self, "stem", "cifar" if max(self.img_size) <= SMALL_INPUT else "imagenet")
         if self.stem not in ("cifar", "imagenet"):
-            raise ValueError(f"stem={self.stem!r} is not one of 'cifar', 'imagenet'")
+            raise ConfigError(f"stem={self.stem!r} is not one of 'cifar', 'imagenet'")
 
     @property
     def depth(self) -> int:
@@ -124,7 +125,7 @@ class ResNet(nn.Module):
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != self.config.in_chans:
-            raise ValueError(f"expected images of shape (B, {self.config.in_chans}, H, W), got {tuple(x.shape)}")
+            raise ConfigError(f"expected images of shape (B, {self.config.in_chans}, H, W), got {tuple(x.shape)}")
 
     def forward_intermediates(self, x: torch.Tensor, layers: int | Sequence[int] | None = None,
                               return_attention: bool = False) -> Intermediates:
@@ -135,7 +136,7 @@ class ResNet(nn.Module):
         feature map (B, C, h, w) that ``forward_head`` reads; no attention (``return_attention`` is an error).
         """
         if return_attention:
-            raise ValueError("a ResNet has no attention to return; attention analyses are for ViTs")
+            raise ConfigError("a ResNet has no attention to return; attention analyses are for ViTs")
         self._check_input(x)
         keep = layer_indices(layers, self.config.depth)
         tokens = {}
@@ -167,5 +168,5 @@ class ResNet(nn.Module):
 def create_resnet(name: str, **overrides: Any) -> ResNet:
     """A ResNet baseline by name (``RESNETS``), e.g. ``create_resnet("resnet20", num_classes=10)``."""
     if name not in RESNETS:
-        raise ValueError(f"unknown ResNet {name!r}; available: {', '.join(RESNETS)}")
+        raise ConfigError(f"unknown ResNet {name!r}; available: {', '.join(RESNETS)}")
     return ResNet(ResNetConfig(arch=name, **overrides))

@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from vitlab.errors import ConfigError
+
 # What the head reads (VisionTransformer.forward_head):
 POOLS = (
     "token",  # the class token (paper Eq. 4)
@@ -48,7 +50,7 @@ def _pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
         return (value, value)
     pair = tuple(int(v) for v in value)
     if len(pair) != 2:
-        raise ValueError(f"expected an int or a (height, width) pair, got {value!r}")
+        raise ConfigError(f"expected an int or a (height, width) pair, got {value!r}")
     return pair  # type: ignore[return-value]
 
 
@@ -115,15 +117,15 @@ class ViTConfig:
         object.__setattr__(self, "no_residual_blocks", tuple(int(i) for i in self.no_residual_blocks))
         for name in ("patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_dim"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+                raise ConfigError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
         for name in ("num_classes", "num_register_tokens"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
+                raise ConfigError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
         if min(self.img_size) < 1:
-            raise ValueError(f"img_size must be positive, got {self.img_size}")
+            raise ConfigError(f"img_size must be positive, got {self.img_size}")
         for i in self.no_residual_blocks:
             if not 0 <= i < self.depth:
-                raise ValueError(f"no_residual_blocks: block {i} does not exist "
+                raise ConfigError(f"no_residual_blocks: block {i} does not exist "
                                  f"(depth={self.depth}: 0..{self.depth - 1})")
         _check_choice("pool", self.pool, POOLS)
         _check_choice("pos_embed", self.pos_embed, POS_EMBEDS)
@@ -132,36 +134,36 @@ class ViTConfig:
         _check_choice("pos_resample", self.pos_resample, POS_RESAMPLES)
         _check_choice("attn_init", self.attn_init, ATTN_INITS)
         if self.embed_dim % self.num_heads:
-            raise ValueError(
+            raise ConfigError(
                 f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}; "
                 "choose a head count that divides the width"
             )
         if self.pool == "token" and not self.class_token:
-            raise ValueError("pool='token' needs class_token=True; use pool='gap' for a model without one")
+            raise ConfigError("pool='token' needs class_token=True; use pool='gap' for a model without one")
         if self.pool == "token_gap" and not self.class_token:
-            raise ValueError("pool='token_gap' needs class_token=True")
+            raise ConfigError("pool='token_gap' needs class_token=True")
         if self.pool == "distill" and not (self.class_token and self.distill_token):
-            raise ValueError("pool='distill' needs class_token=True and distill_token=True")
+            raise ConfigError("pool='distill' needs class_token=True and distill_token=True")
         if self.distill_token and not self.class_token:
-            raise ValueError("distill_token=True needs class_token=True (DeiT's tokens are [class, distillation])")
+            raise ConfigError("distill_token=True needs class_token=True (DeiT's tokens are [class, distillation])")
         if self.fc_norm and self.pool != "gap":
-            raise ValueError("fc_norm=True only applies to pool='gap'")
+            raise ConfigError("fc_norm=True only applies to pool='gap'")
         if self.representation_size and self.pool in ("map", "token_gap", "distill"):
-            raise ValueError(f"representation_size (the pre-logits layer) is not supported with pool={self.pool!r}")
+            raise ConfigError(f"representation_size (the pre-logits layer) is not supported with pool={self.pool!r}")
         if self.pos_embed == "sincos2d" and self.embed_dim % 4:
-            raise ValueError(f"pos_embed='sincos2d' needs embed_dim divisible by 4, got {self.embed_dim}")
+            raise ConfigError(f"pos_embed='sincos2d' needs embed_dim divisible by 4, got {self.embed_dim}")
         if self.stem_depth < 1 or (self.stem_depth > 1 and self.stem != "conv"):
-            raise ValueError(f"stem_depth={self.stem_depth}: convs per stage of the conv stem, >= 1, and only with "
+            raise ConfigError(f"stem_depth={self.stem_depth}: convs per stage of the conv stem, >= 1, and only with "
                              f"stem='conv' (this config has stem={self.stem!r})")
         if self.stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
-            raise ValueError(f"stem='conv' downsamples by stride-2 convs: patch_size must be a power of 2 >= 2, "
+            raise ConfigError(f"stem='conv' downsamples by stride-2 convs: patch_size must be a power of 2 >= 2, "
                              f"got {self.patch_size}")
         for name in ("dropout", "attn_dropout", "drop_path_rate", "patch_drop_rate"):
             if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         h, w = self.img_size
         if h % self.patch_size or w % self.patch_size:
-            raise ValueError(f"img_size={self.img_size} is not divisible by patch_size={self.patch_size}")
+            raise ConfigError(f"img_size={self.img_size} is not divisible by patch_size={self.patch_size}")
 
     @property
     def head_dim(self) -> int:
@@ -233,4 +235,4 @@ class ViTConfig:
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ValueError(f"{name}={value!r} is not one of {', '.join(repr(c) for c in choices)}")
+        raise ConfigError(f"{name}={value!r} is not one of {', '.join(repr(c) for c in choices)}")

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vitlab.errors import UsageError
 from vitlab.inference import prepare_for_inference
 from vitlab.model import VisionTransformer
 
@@ -46,12 +47,12 @@ def class_index_map(model: VisionTransformer, dataset: ImageDataset | StreamingD
     """For each dataset class, the model's output index (by name when the model knows its class names)."""
     names, k = model.class_names, model.config.num_classes
     if len(dataset.class_names) > k:
-        raise ValueError(f"the data set has {len(dataset.class_names)} classes, the model's head only {k}")
+        raise UsageError(f"the data set has {len(dataset.class_names)} classes, the model's head only {k}")
     if not names:
         return torch.arange(len(dataset.class_names))
     missing = [c for c in dataset.class_names if c not in names]
     if missing:
-        raise ValueError(f"the data set's classes {missing[:5]} are not among the model's classes "
+        raise UsageError(f"the data set's classes {missing[:5]} are not among the model's classes "
                          f"({', '.join(names[:10])}{', ...' if len(names) > 10 else ''}); was it trained on this data?")
     return torch.tensor([names.index(c) for c in dataset.class_names])
 
@@ -60,7 +61,7 @@ def count_correct(logits: torch.Tensor, targets: torch.Tensor, k: int = 1) -> in
     """How many of the rows of ``logits`` (B, K) have their target among the top ``k`` classes. ``targets``: class
     indices (B,), or soft targets (B, K) (Mixup, CutMix, label smoothing), which count by their largest class."""
     if targets.shape[0] != logits.shape[0]:
-        raise ValueError(f"{logits.shape[0]} rows of logits and {targets.shape[0]} targets: expected one per row")
+        raise UsageError(f"{logits.shape[0]} rows of logits and {targets.shape[0]} targets: expected one per row")
     if targets.ndim == 2:
         targets = targets.argmax(dim=-1)
     if k == 1:
@@ -74,7 +75,7 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
     """Top-1 of ``model`` (in eval mode; its mode is restored) on images ``x`` (N, C, H, W) already normalised and
     targets ``y`` (N,) or (N, K), in batches of ``batch_size``."""
     if x.shape[0] != y.shape[0]:
-        raise ValueError(f"x and y must hold the same examples: {x.shape[0]} images, {y.shape[0]} targets")
+        raise UsageError(f"x and y must hold the same examples: {x.shape[0]} images, {y.shape[0]} targets")
     was_training = model.training
     model.eval()
     try:
@@ -123,9 +124,9 @@ def pooled_features(model: VisionTransformer, x: torch.Tensor, features: str = "
     "cls", the class token after the final norm; "mean", the mean patch token after it; "cls+mean", the two
     concatenated (DINOv2's linear evaluation, Oquab et al. 2023)."""
     if features not in FEATURES:
-        raise ValueError(f"features={features!r} is not one of {', '.join(FEATURES)}")
+        raise UsageError(f"features={features!r} is not one of {', '.join(FEATURES)}")
     if features in ("cls", "cls+mean") and not model.config.class_token:
-        raise ValueError(f"features={features!r} needs a class token; this model has none (use 'mean' or 'head')")
+        raise UsageError(f"features={features!r} needs a class token; this model has none (use 'mean' or 'head')")
     tokens = model.forward_features(x)  # (B, N, D)
     if features == "head":
         return model.forward_head(tokens, pre_logits=True)
@@ -147,7 +148,7 @@ def extract_features(model: VisionTransformer, dataset: ImageDataset | Streaming
     from vitlab.inference import DTYPES
 
     if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r} is not one of {sorted(DTYPES)}")
+        raise UsageError(f"dtype={dtype!r} is not one of {sorted(DTYPES)}")
     device = torch.device(device)
     model = model.eval().to(device)
     net = model if dtype == "float32" else prepare_for_inference(model, dtype).model  # a cast copy
@@ -168,7 +169,7 @@ def fewshot_indices(train_y: torch.Tensor, shots: int, seed: int) -> torch.Tenso
     for c in range(k):
         members = (train_y == c).nonzero()[:, 0]
         if len(members) < shots:
-            raise ValueError(f"class {c} has {len(members)} training images, fewer than {shots} shots")
+            raise UsageError(f"class {c} has {len(members)} training images, fewer than {shots} shots")
         idx.append(members[torch.randperm(len(members), generator=g)[:shots]])
     return torch.cat(idx)
 
@@ -253,7 +254,7 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
     regression on standardised features, its weight decay chosen among ``l2_grid`` on a held-out ``val_fraction``
     of the training set (seeded), then refitted on all of it and scored top-1 on the test set."""
     if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        raise UsageError(f"val_fraction must be in (0, 1), got {val_fraction}")
     start = time.perf_counter()
     mean, std = train_x.mean(dim=0), train_x.std(dim=0).clamp_min(1e-6)
     x, t = (train_x - mean) / std, (test_x - mean) / std

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from vitlab.config import ViTConfig
+from vitlab.errors import CheckpointError, ExportError, NotFoundError, OutputError, UsageError  # noqa: F401
 from vitlab.model import VisionTransformer
 from vitlab.preprocess import Preprocessing
 
@@ -42,10 +43,6 @@ INPUT_NAME, OUTPUT_NAME = "pixel_values", "logits"
 MIN_OPSET = 18  # ONNX Resize has the `antialias` attribute from opset 18 on; the E_pos resampling needs it
 INSTALL_HINT = 'pip install "vitlab[export]"'
 EXTERNAL_DATA_BYTES = 1536 * 2**20  # as torch.onnx: weights above 1.5 GiB go to `{name}.data` (protobuf caps at 2 GiB)
-
-
-class ExportError(RuntimeError):
-    """The export extra is missing, the exporter failed, or ONNX Runtime disagrees with eager PyTorch."""
 
 
 @dataclass(frozen=True)
@@ -107,12 +104,12 @@ def export_onnx(
         raise TypeError(f"export_onnx takes a vitlab VisionTransformer, got {type(model).__name__}")
     path = Path(path)
     if path.suffix != ".onnx":
-        raise ValueError(f"the output must be a .onnx file, got {path.name!r}")
+        raise UsageError(f"the output must be a .onnx file, got {path.name!r}")
     if opset is not None and opset < MIN_OPSET:
-        raise ValueError(f"opset={opset}: the graph needs opset >= {MIN_OPSET} (antialiased Resize); pass "
+        raise UsageError(f"opset={opset}: the graph needs opset >= {MIN_OPSET} (antialiased Resize); pass "
                          f"{MIN_OPSET} or newer, or leave it unset")
     if batch < 1:
-        raise ValueError(f"batch must be >= 1, got {batch}")
+        raise UsageError(f"batch must be >= 1, got {batch}")
     cfg = model.config
     sizes = _check_sizes(cfg, dynamic, check_sizes)
     meta = _metadata(model, dynamic)  # checks the class names before minutes of exporting
@@ -154,9 +151,9 @@ def _check_sizes(cfg: ViTConfig, dynamic: bool, check_sizes: list[tuple[int, int
     sizes = [(int(h), int(w)) for h, w in check_sizes]
     for h, w in sizes:
         if h <= 0 or w <= 0 or h % P or w % P:
-            raise ValueError(f"check size {h}x{w} is not a positive multiple of the patch size {P}")
+            raise UsageError(f"check size {h}x{w} is not a positive multiple of the patch size {P}")
         if not dynamic and (h, w) != (H, W):
-            raise ValueError(f"check size {h}x{w}: a static export runs only at the model's {H}x{W}; "
+            raise UsageError(f"check size {h}x{w}: a static export runs only at the model's {H}x{W}; "
                              "pass dynamic=True (--dynamic) to export and check other sizes")
     return sizes
 
@@ -166,15 +163,15 @@ def _make_tmp_dir(path: Path) -> Path:
     folder = path.parent
     if not folder.is_dir():
         what = "is not a folder" if folder.exists() else "does not exist"
-        raise FileNotFoundError(f"output folder {folder} {what}; create it or choose another output path")
+        raise NotFoundError(f"output folder {folder} {what}; create it or choose another output path")
     if path.is_dir():
-        raise IsADirectoryError(f"{path} is a folder; give the output a file name such as {path / 'model.onnx'}")
+        raise OutputError(f"{path} is a folder; give the output a file name such as {path / 'model.onnx'}")
     tmp = folder / f".{path.name}.tmp-{os.getpid()}"
     try:
         tmp.mkdir(exist_ok=True)
     except PermissionError as e:
-        raise PermissionError(f"cannot write to the output folder {folder} ({e.strerror}); choose a writable "
-                              "folder for the output") from e
+        raise OutputError(f"cannot write to the output folder {folder} ({e.strerror}); choose a writable "
+                          "folder for the output") from e
     return tmp
 
 
@@ -230,14 +227,14 @@ def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
     (onnx,) = _import("onnx")
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"ONNX file not found: {path}")
+        raise NotFoundError(f"ONNX file not found: {path}")
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf's DecodeError and friends
-        raise ValueError(f"{path} is not a readable ONNX file ({e})") from e
+        raise CheckpointError(f"{path} is not a readable ONNX file ({e})") from e
     meta = {p.key: p.value for p in proto.metadata_props}
     if meta.get("format") != "vitlab":
-        raise ValueError(f"{path} has no vitlab metadata: it was not written by vitlab.export.export_onnx")
+        raise CheckpointError(f"{path} has no vitlab metadata: it was not written by vitlab.export.export_onnx")
     return {
         "vitlab_version": meta["vitlab_version"],
         "config": ViTConfig.from_dict(json.loads(meta["config"])),

@@ -27,6 +27,7 @@ from vitlab import hub
 from vitlab.checkpoint import load_local
 from vitlab.cnn import RESNETS, ResNet, create_resnet
 from vitlab.convert import CHECKPOINT_SUFFIXES
+from vitlab.errors import ConfigError
 from vitlab.model import VisionTransformer
 from vitlab.preprocess import Preprocessing
 from vitlab.registry import DEFAULT_PRETRAINED_TAGS, get_config, is_alias, resolve_name, split_pretrained_tag
@@ -78,10 +79,10 @@ def parse_spec(spec: str | Path) -> ModelSpec:
     if not isinstance(spec, str):
         raise TypeError(f"a model spec is a string or a pathlib.Path, got {type(spec).__name__}")
     if not spec.strip():
-        raise ValueError(f"the model spec is empty; a model is {ACCEPTED}")
+        raise ConfigError(f"the model spec is empty; a model is {ACCEPTED}")
     if spec.startswith(hub.HF_HUB_PREFIX):
         if not spec[len(hub.HF_HUB_PREFIX):]:
-            raise ValueError(f"{spec!r} names no repo: write it as 'hf-hub:org/repo'")
+            raise ConfigError(f"{spec!r} names no repo: write it as 'hf-hub:org/repo'")
         return ModelSpec("hub", spec, hub_id=spec)
     if spec.endswith(CHECKPOINT_SUFFIXES):
         return ModelSpec("path", spec, path=_as_path(spec))
@@ -102,7 +103,7 @@ def parse_spec(spec: str | Path) -> ModelSpec:
             return ModelSpec("hub", spec, hub_id=spec)
         if "/" in spec or "\\" in spec or spec.startswith(("~", ".")):
             return ModelSpec("path", spec, path=path)
-    raise ValueError(f"{spec!r} is neither an existing checkpoint file or folder, nor a hub id, nor a model name. "
+    raise ConfigError(f"{spec!r} is neither an existing checkpoint file or folder, nor a hub id, nor a model name. "
                      f"A model is {ACCEPTED}. {unknown}") from None
 
 
@@ -112,7 +113,7 @@ def _local_weights(spec: ModelSpec) -> Path:
         return spec.path
     if spec.hub_id is not None:
         return hub.download(spec.hub_id)
-    raise ValueError(f"{spec.text!r} is a model name, not a checkpoint: vitlab.create_model({spec.text!r}) builds "
+    raise ConfigError(f"{spec.text!r} is a model name, not a checkpoint: vitlab.create_model({spec.text!r}) builds "
                      "it (pretrained=True: with its default weights)")
 
 
@@ -146,7 +147,7 @@ def _weights_for(spec: ModelSpec, pretrained: bool | str) -> ModelSpec | None:
             return parse_spec(f"{spec.name}.{pretrained}")
         weights = parse_spec(pretrained)
         if weights.weights is None:
-            raise ValueError(f"pretrained={pretrained!r} names no weights: pass a pretrained tag, a checkpoint "
+            raise ConfigError(f"pretrained={pretrained!r} names no weights: pass a pretrained tag, a checkpoint "
                              "path or an 'hf-hub:org/repo' id")
         return weights
     if not isinstance(pretrained, bool):
@@ -157,7 +158,7 @@ def _weights_for(spec: ModelSpec, pretrained: bool | str) -> ModelSpec | None:
         return None
     tag = DEFAULT_PRETRAINED_TAGS.get(spec.name)
     if tag is None:
-        raise ValueError(f"no default pretrained weights are known for {spec.name!r}; pass pretrained='<tag>', "
+        raise ConfigError(f"no default pretrained weights are known for {spec.name!r}; pass pretrained='<tag>', "
                          "an 'hf-hub:org/repo' id or a local checkpoint path")
     return parse_spec(f"{spec.name}.{tag}")
 
@@ -165,7 +166,7 @@ def _weights_for(spec: ModelSpec, pretrained: bool | str) -> ModelSpec | None:
 def _create_resnet(spec: ModelSpec, pretrained: bool | str, num_classes: int | None,
                    img_size: int | tuple[int, int] | None, overrides: dict[str, Any]) -> ResNet:
     if pretrained is not False or spec.tag:
-        raise ValueError(f"{spec.text!r}: vitlab has no pretrained ResNet weights; train one with the recipe "
+        raise ConfigError(f"{spec.text!r}: vitlab has no pretrained ResNet weights; train one with the recipe "
                          "cifar10-resnet20 or load a checkpoint you trained with vitlab.load")
     sizes = {k: v for k, v in (("num_classes", num_classes), ("img_size", img_size)) if v is not None}
     model = create_resnet(spec.name, **sizes, **overrides)

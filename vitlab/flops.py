@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vitlab.config import ViTConfig
+from vitlab.errors import ConfigError
 
 
 def count_flops(config: ViTConfig, img_size: int | tuple[int, int] | None = None) -> int:
@@ -50,7 +51,7 @@ def _image_size(config: ViTConfig, img_size: int | tuple[int, int] | None) -> tu
         return config.img_size
     H, W = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
     if H % config.patch_size or W % config.patch_size:
-        raise ValueError(f"img_size={(H, W)} is not divisible by the patch size {config.patch_size}")
+        raise ConfigError(f"img_size={(H, W)} is not divisible by the patch size {config.patch_size}")
     return H, W
 
 

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vitlab.errors import HubError  # noqa: F401 (re-exported)
+
 HF_HUB_PREFIX = "hf-hub:"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
 OPTIONAL_FILES = ("preprocessor_config.json",)
-
-
-class HubError(RuntimeError):
-    """Weights that could not be fetched from, or found in the cache of, the Hugging Face Hub."""
 
 
 def repo_id_for(source: str) -> str:

@@ -18,6 +18,8 @@ import copy
 import torch
 import torch.nn as nn
 
+from vitlab.errors import UsageError
+
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -53,7 +55,7 @@ def prepare_for_inference(model: nn.Module, dtype: str = "bfloat16", compile: bo
     float16 is for GPUs: most CPUs have no fast fp16 matrix multiply.
     """
     if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r} is not one of {sorted(DTYPES)}")
+        raise UsageError(f"dtype={dtype!r} is not one of {sorted(DTYPES)}")
     fast = InferenceModel(copy.deepcopy(model).to(DTYPES[dtype]), DTYPES[dtype]).eval()
     for p in fast.parameters():
         p.requires_grad_(False)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from vitlab.config import ViTConfig
+from vitlab.errors import UsageError
 from vitlab.pos_embed import resample_pos_embed, sincos_2d
 
 
@@ -259,7 +260,7 @@ class Intermediates:
         x = self.tokens[layer][:, self.num_prefix_tokens:]
         h, w = self.grid_size
         if x.shape[1] != h * w:
-            raise ValueError(f"block {layer} has {x.shape[1]} patch tokens, not the {h}x{w} grid of grid_size "
+            raise UsageError(f"block {layer} has {x.shape[1]} patch tokens, not the {h}x{w} grid of grid_size "
                              "(a ResNet's stages before the last have finer grids)")
         return x.reshape(x.shape[0], h, w, x.shape[-1])
 
@@ -271,12 +272,12 @@ def layer_indices(layers: int | Sequence[int] | None, depth: int) -> set[int]:
         return set(range(depth))
     if isinstance(layers, int):
         if not 0 < layers <= depth:
-            raise ValueError(f"layers={layers}: as an int it means the last n blocks, 1 <= n <= {depth}")
+            raise UsageError(f"layers={layers}: as an int it means the last n blocks, 1 <= n <= {depth}")
         return set(range(depth - layers, depth))
     out = set()
     for i in layers:
         if not -depth <= i < depth:
-            raise ValueError(f"layer index {i} is out of range for a model of {depth} blocks "
+            raise UsageError(f"layer index {i} is out of range for a model of {depth} blocks "
                              f"(valid: {-depth}..{depth - 1})")
         out.add(i % depth)
     return out
@@ -374,14 +375,14 @@ class VisionTransformer(nn.Module):
     def _check_input(self, x: torch.Tensor) -> None:
         cfg = self.config
         if x.ndim != 4:
-            raise ValueError(f"expected images of shape (B, C, H, W), got a tensor of shape {tuple(x.shape)}")
+            raise UsageError(f"expected images of shape (B, C, H, W), got a tensor of shape {tuple(x.shape)}")
         if x.shape[1] != cfg.in_chans:
-            raise ValueError(f"expected {cfg.in_chans} input channels, got {x.shape[1]} (shape {tuple(x.shape)}); "
+            raise UsageError(f"expected {cfg.in_chans} input channels, got {x.shape[1]} (shape {tuple(x.shape)}); "
                              "convert the images (e.g. grayscale/RGBA to RGB) or build the model with in_chans=...")
         H, W = x.shape[-2:]
         if H % cfg.patch_size or W % cfg.patch_size:
             h, w = cfg.img_size
-            raise ValueError(f"image size {H}x{W} is not divisible by the patch size {cfg.patch_size}; "
+            raise UsageError(f"image size {H}x{W} is not divisible by the patch size {cfg.patch_size}; "
                              f"resize or crop to a multiple of {cfg.patch_size} (e.g. {h}x{w})")
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:

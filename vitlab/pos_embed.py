@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from vitlab.errors import ConfigError
+
 
 def resample_pos_embed(
     pos_embed: torch.Tensor,
@@ -29,20 +31,20 @@ def resample_pos_embed(
         bicubic_align_corners  plain bicubic, align_corners=True (torchvision's interpolate_embeddings)
     """
     if method not in _RESAMPLE_KWARGS:
-        raise ValueError(f"method={method!r} is not one of {', '.join(map(repr, _RESAMPLE_KWARGS))}")
+        raise ConfigError(f"method={method!r} is not one of {', '.join(map(repr, _RESAMPLE_KWARGS))}")
     if pos_embed.ndim != 3 or pos_embed.shape[0] != 1:
-        raise ValueError(f"pos_embed must have shape (1, N, D), got {tuple(pos_embed.shape)}")
+        raise ConfigError(f"pos_embed must have shape (1, N, D), got {tuple(pos_embed.shape)}")
     n_grid = pos_embed.shape[1] - num_prefix
     if old_grid is None:
         side = round(n_grid**0.5)
         if side * side != n_grid:
-            raise ValueError(
+            raise ConfigError(
                 f"cannot infer the grid of a position table with {n_grid} patch rows: it is not square; "
                 "pass old_grid=(h, w)"
             )
         old_grid = (side, side)
     if old_grid[0] * old_grid[1] != n_grid:
-        raise ValueError(f"old_grid={old_grid} does not match the {n_grid} patch rows of the table")
+        raise ConfigError(f"old_grid={old_grid} does not match the {n_grid} patch rows of the table")
     if not any(isinstance(s, torch.SymInt) for s in new_grid):  # eager: plain ints
         new_grid = (int(new_grid[0]), int(new_grid[1]))
         if tuple(old_grid) == new_grid:
@@ -104,7 +106,7 @@ def sincos_2d(grid: tuple[int, int], dim: int, temperature: float = 10_000.0) ->
     1 / temperature^(k / (dim/4 - 1)) (the layout of big_vision's ``posemb_sincos_2d``).
     """
     if dim % 4:
-        raise ValueError(f"sincos_2d needs dim divisible by 4, got {dim}")
+        raise ConfigError(f"sincos_2d needs dim divisible by 4, got {dim}")
     h, w = grid
     y, x = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
                           indexing="ij")

@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps
+
+from vitlab.errors import DataError, NotFoundError, UndecodableImage
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -60,11 +62,11 @@ class Preprocessing:
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
         if len(self.mean) != len(self.std) or min(self.std, default=0) <= 0:
-            raise ValueError(f"mean and std need one value per channel each (std > 0), got {self.mean} and {self.std}")
+            raise DataError(f"mean and std need one value per channel each (std > 0), got {self.mean} and {self.std}")
         if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(f"interpolation={self.interpolation!r} is not one of {INTERPOLATIONS}")
+            raise DataError(f"interpolation={self.interpolation!r} is not one of {INTERPOLATIONS}")
         if not 0 < self.crop_pct <= 1:
-            raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
+            raise DataError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
 
     @classmethod
     def default_for(cls, config) -> Preprocessing:
@@ -78,7 +80,7 @@ class Preprocessing:
     def for_family(cls, family: str, img_size: tuple[int, int]) -> Preprocessing:
         """The preprocessing a family's weights were published with (``FAMILY_PREPROCESSING``), at ``img_size``."""
         if family not in FAMILY_PREPROCESSING:
-            raise ValueError(f"unknown family {family!r}; known: {', '.join(FAMILY_PREPROCESSING)}")
+            raise DataError(f"unknown family {family!r}; known: {', '.join(FAMILY_PREPROCESSING)}")
         mean, std, crop_pct, interpolation = FAMILY_PREPROCESSING[family]
         return cls(img_size=img_size, mean=mean, std=std, crop_pct=crop_pct, interpolation=interpolation)
 
@@ -113,7 +115,7 @@ class Preprocessing:
             raise TypeError(f"expected float images scaled to [0, 1], got dtype {x.dtype}; convert uint8 images "
                             "with x.float() / 255")
         if x.ndim < 3 or x.shape[-3] != len(self.mean):
-            raise ValueError(f"expected images (..., {len(self.mean)}, H, W) for the {len(self.mean)} channel(s) of "
+            raise DataError(f"expected images (..., {len(self.mean)}, H, W) for the {len(self.mean)} channel(s) of "
                              f"mean {self.mean} and std {self.std}, got shape {tuple(x.shape)}")
         return _stats_tensors(self.mean, self.std, x.device, x.dtype)
 
@@ -180,33 +182,48 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """Decode an image file as RGB (grayscale, 16-bit grayscale, palette, RGBA and CMYK are converted, see
-    :func:`to_rgb`).
+    """Decode an image file as upright RGB: the EXIF orientation a phone camera writes is applied (as a photo
+    viewer shows it), and grayscale, 16-bit grayscale, palette, RGBA and CMYK are converted (see :func:`to_rgb`).
 
-    Raises FileNotFoundError for a missing file, and ValueError naming the file when it is not an image
-    PIL can decode (not an image, truncated, corrupt) or when its header claims more pixels than PIL's
-    decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``) allows.
+    Raises :class:`~vitlab.errors.NotFoundError` for a missing file, and
+    :class:`~vitlab.errors.UndecodableImage` naming the file for anything PIL cannot decode (not an image,
+    truncated, corrupt, an unsupported variant of a format, a header claiming more pixels than PIL's
+    decompression-bomb limit ``PIL.Image.MAX_IMAGE_PIXELS``).
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
-    return _decode(path, str(path))
+        raise NotFoundError(f"image file not found: {path}" if not path.exists() else f"{path} is not a file")
+    return open_image(path, path)
 
 
 def decode_image(data: bytes, name: str = "the image") -> Image.Image:
-    """:func:`load_image` for bytes in memory (an upload): RGB, or a ValueError naming ``name``."""
-    return _decode(io.BytesIO(data), name)
+    """:func:`load_image` for bytes in memory (an upload): upright RGB, or an UndecodableImage naming ``name``."""
+    return open_image(io.BytesIO(data), name)
 
 
-def _decode(source: Any, name: str) -> Image.Image:
+def open_image(source: Any, name: str | Path) -> Image.Image:
+    """Open, decode and orient ``source``. Any exception of the decoder is this file's problem, never the caller's:
+    PIL raises OSError, SyntaxError and ValueError for most bad files, but also TypeError, struct.error,
+    NotImplementedError, IndexError... for some (the image fuzz of tests/test_fuzz_images.py finds them)."""
     try:
         with Image.open(source) as img:
             img.load()
-            return to_rgb(img)
+            return to_rgb(ImageOps.exif_transpose(img))
     except Image.DecompressionBombError as e:
-        raise ValueError(f"{name} claims a size too large to decode safely ({e}); if the image is genuine, "
-                         "raise PIL.Image.MAX_IMAGE_PIXELS") from e
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        detail = str(e).replace(str(source), "the data")  # PIL names a BytesIO by its repr
-        raise ValueError(f"{name} is not an image that can be decoded ({detail}); pass a JPEG, PNG, WebP, BMP "
-                         "or other PIL-readable file") from e
+        raise DataError(f"{name} claims a size too large to decode safely ({e}); if the image is genuine, raise "
+                        "PIL.Image.MAX_IMAGE_PIXELS") from e
+    except MemoryError as e:
+        raise UndecodableImage(name, e, then="the decoded image does not fit in memory") from e
+    except Exception as e:  # noqa: BLE001 - see the docstring
+        reason = f"{type(e).__name__}: {str(e).replace(repr(source), 'the data')}"  # PIL names a BytesIO by its repr
+        raise UndecodableImage(name, reason, then="pass a JPEG, PNG, WebP, BMP or other PIL-readable file") from e
+
+
+def image_size_of(path: Path) -> tuple[int, int]:
+    """(width, height) from an image file's header, without decoding the pixels; UndecodableImage if the header
+    does not read."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except Exception as e:  # noqa: BLE001 - as _decode
+        raise UndecodableImage(path, e) from e

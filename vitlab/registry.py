@@ -14,6 +14,7 @@ import re
 from typing import Any
 
 from vitlab.config import ViTConfig
+from vitlab.errors import ConfigError
 
 # name: (D, depth, heads, MLP size)  -- ViT Table 1 (base/large/huge), DeiT Table 1 (tiny/small)
 SIZES: dict[str, tuple[int, int, int, int]] = {
@@ -89,7 +90,7 @@ def resolve_name(name: str) -> str:
         res = int(res) if res else (32 if patch in (2, 4) else 224)
         name = f"vit_{size}_patch{patch}_{res}"
     if name not in MODELS:
-        raise ValueError(
+        raise ConfigError(
             f"unknown model {name!r}. Valid names: {', '.join(list_models())}; "
             "aliases: Ti|S|B|L|H/<patch>[@<img_size>], e.g. 'B/16', 'B/16@384', 'Ti/4@32'"
         )

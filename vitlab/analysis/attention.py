@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vitlab.errors import UsageError
 from vitlab.model import Intermediates, VisionTransformer
 from vitlab.plots.attention import plot_attention_figure
 from vitlab.preprocess import Preprocessing
@@ -49,7 +50,7 @@ def methods_for(model: VisionTransformer) -> tuple[str, ...]:
 
 def _check(name: str, value: str, valid: tuple[str, ...]) -> None:
     if value not in valid:
-        raise ValueError(f"{name}={value!r} is not one of {', '.join(valid)}")
+        raise UsageError(f"{name}={value!r} is not one of {', '.join(valid)}")
 
 
 def fuse_heads(probs: torch.Tensor, how: str = "mean") -> torch.Tensor:
@@ -113,9 +114,9 @@ def rollout(attentions: list[torch.Tensor], head_fusion: str = "mean", discard_r
     ``head_fusion`` unused). Row i of the result: how much token i at the output draws on each input token.
     """
     if not attentions:
-        raise ValueError("rollout needs the attention of at least one block")
+        raise UsageError("rollout needs the attention of at least one block")
     if not 0.0 <= discard_ratio < 1.0:
-        raise ValueError(f"discard_ratio must be in [0, 1), got {discard_ratio}")
+        raise UsageError(f"discard_ratio must be in [0, 1), got {discard_ratio}")
     b, _, n, _ = attentions[0].shape
     eye = torch.eye(n, device=attentions[0].device, dtype=attentions[0].dtype)
     joint = eye.expand(b, n, n)
@@ -188,23 +189,23 @@ def attention_maps(model: VisionTransformer, x: torch.Tensor, method: str = "raw
     cfg = model.config
     _check("method", method, METHODS + (POOL_METHOD,))
     if method == POOL_METHOD and cfg.pool != "map":
-        raise ValueError(f"method='pool' shows an attention pool's map; this model pools with {cfg.pool!r}, not "
+        raise UsageError(f"method='pool' shows an attention pool's map; this model pools with {cfg.pool!r}, not "
                          "'map' (use raw, rollout or grad-rollout)")
     depth = cfg.depth
     if not -depth <= layer < depth:
-        raise ValueError(f"layer={layer} is out of range for a model of {depth} blocks (valid: {-depth}..{depth - 1})")
+        raise UsageError(f"layer={layer} is out of range for a model of {depth} blocks (valid: {-depth}..{depth - 1})")
     last = layer % depth
     if not 0 <= first_layer <= last:
-        raise ValueError(f"first_layer={first_layer} must be in 0..{last} (the last block rolled out)")
+        raise UsageError(f"first_layer={first_layer} must be in 0..{last} (the last block rolled out)")
     if isinstance(head, int) and not 0 <= head < cfg.num_heads:
-        raise ValueError(f"head={head} is out of range: the model has {cfg.num_heads} heads (0..{cfg.num_heads - 1})")
+        raise UsageError(f"head={head} is out of range: the model has {cfg.num_heads} heads (0..{cfg.num_heads - 1})")
     if isinstance(head, int) and method not in ("raw", POOL_METHOD):
-        raise ValueError(f"head={head}: one head can only be shown with method='raw' or 'pool'; {method} fuses the "
+        raise UsageError(f"head={head}: one head can only be shown with method='raw' or 'pool'; {method} fuses the "
                          "heads")
     if isinstance(head, str):
         _check("head", head, HEAD_FUSIONS)
     if method == "grad-rollout" and cfg.num_classes == 0:
-        raise ValueError("grad-rollout needs a classifier head: the model has num_classes=0")
+        raise UsageError("grad-rollout needs a classifier head: the model has num_classes=0")
     was_training = model.training
     model.eval()
     try:
@@ -274,7 +275,7 @@ def attention_figure(model: VisionTransformer, x: torch.Tensor, path: str | Path
     preprocessing: the image, titled ``title`` and the prediction; its map by ``method``; the per-head maps of
     ``layer`` (see :func:`attention_maps` for the arguments). ``class_names``: the model's own by default."""
     if x.ndim != 4 or x.shape[0] != 1:
-        raise ValueError(f"attention_figure draws one image: expected x of shape (1, C, H, W), got {tuple(x.shape)}")
+        raise UsageError(f"attention_figure draws one image: expected x of shape (1, C, H, W), got {tuple(x.shape)}")
     names = list(model.class_names or []) if class_names is None else list(class_names)
     result = attention_maps(model, x, method, layer, head, discard_ratio, target, first_layer)
     heads = result.head_maps if result.head_maps is not None else attention_maps(model, x, "raw", layer).head_maps

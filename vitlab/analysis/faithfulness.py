@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from vitlab.errors import UsageError
+
 
 def _patch_mask(order: torch.Tensor, k: int, grid: tuple[int, int], patch: int) -> torch.Tensor:
     """(B, h*w) patch order -> (B, 1, H, W) bool, True on the first ``k`` patches of each image's order."""
@@ -42,7 +44,7 @@ def deletion_insertion_curves(model: torch.nn.Module, x: torch.Tensor, maps: tor
     grid = (height // patch_size, width // patch_size)
     n = grid[0] * grid[1]
     if maps.shape != (b, *grid) and order is None:
-        raise ValueError(f"maps must be (B, h, w) = {(b, *grid)} for images {tuple(x.shape)} and patch size "
+        raise UsageError(f"maps must be (B, h, w) = {(b, *grid)} for images {tuple(x.shape)} and patch size "
                          f"{patch_size}, got {tuple(maps.shape)}")
     if order is None:
         order = maps.reshape(b, n).argsort(dim=1, descending=True)
@@ -111,7 +113,7 @@ def pointing_game(maps: torch.Tensor, masks: torch.Tensor) -> tuple[float, float
     """
     b, h, w = maps.shape
     if masks.shape[0] != b or masks.shape[1] % h or masks.shape[2] % w:
-        raise ValueError(f"masks {tuple(masks.shape)} do not tile the maps' grid {(h, w)} for {b} images")
+        raise UsageError(f"masks {tuple(masks.shape)} do not tile the maps' grid {(h, w)} for {b} images")
     ph, pw = masks.shape[1] // h, masks.shape[2] // w
     cover = masks.float().reshape(b, h, ph, w, pw).mean(dim=(2, 4))  # (B, h, w): fraction of each patch on it
     on = (cover >= 0.5).reshape(b, h * w)

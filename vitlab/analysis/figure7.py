@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from vitlab.errors import UsageError
 from vitlab.model import VisionTransformer
 
 
@@ -19,7 +20,7 @@ def patch_embedding_components(model: VisionTransformer, k: int = 28) -> tuple[t
     """The top ``k`` principal components of the D patch-embedding filters, as images (k, C, P, P), and the
     fraction of the variance each explains (k,). The paper's Figure 7 (left) shows the first 28 of ViT-L/32."""
     if model.config.stem != "patch":
-        raise ValueError("the conv stem has no linear patch embedding to decompose (stem='conv'); "
+        raise UsageError("the conv stem has no linear patch embedding to decompose (stem='conv'); "
                          "use a model with stem='patch'")
     weight = model.patch_embed.proj.weight.detach().float()  # (D, C, P, P)
     d = weight.shape[0]
@@ -41,7 +42,7 @@ def position_similarity(pos_embed: torch.Tensor, grid: tuple[int, int], num_pref
     if pos.shape[0] == num_prefix + h * w:
         pos = pos[num_prefix:]
     if pos.shape[0] != h * w:
-        raise ValueError(f"the position table has {pos.shape[0]} rows; expected {h * w} for a {h}x{w} grid "
+        raise UsageError(f"the position table has {pos.shape[0]} rows; expected {h * w} for a {h}x{w} grid "
                          f"(plus {num_prefix} prefix rows)")
     pos = torch.nn.functional.normalize(pos, dim=-1)
     return (pos @ pos.T).reshape(h, w, h, w)
@@ -50,7 +51,7 @@ def position_similarity(pos_embed: torch.Tensor, grid: tuple[int, int], num_pref
 def model_position_similarity(model: VisionTransformer) -> torch.Tensor:
     """:func:`position_similarity` of a model's learned table, (h, w, h, w)."""
     if model.pos_embed is None:
-        raise ValueError(f"the model has no learned position table (pos_embed={model.config.pos_embed!r})")
+        raise UsageError(f"the model has no learned position table (pos_embed={model.config.pos_embed!r})")
     return position_similarity(model.pos_embed, model.config.grid_size, model.config.num_pos_prefix)
 
 
@@ -67,7 +68,7 @@ def mean_attention_distance(attn: torch.Tensor, grid: tuple[int, int], patch_siz
     """Mean attention distance in pixels per head, (Nh,), of attention probabilities (B, Nh, N, N)."""
     n_patch = grid[0] * grid[1]
     if attn.shape[-1] != num_prefix + n_patch:
-        raise ValueError(f"attention over {attn.shape[-1]} tokens does not match {num_prefix} prefix tokens + a "
+        raise UsageError(f"attention over {attn.shape[-1]} tokens does not match {num_prefix} prefix tokens + a "
                          f"{grid[0]}x{grid[1]} grid")
     a = attn[:, :, num_prefix:, num_prefix:].float()  # (B, Nh, h*w, h*w): patch queries to patch keys
     a = a / a.sum(dim=-1, keepdim=True).clamp_min(1e-12)

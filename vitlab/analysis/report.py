@@ -34,6 +34,7 @@ from vitlab.cnn import ResNet
 from vitlab.data import ImageDataset
 from vitlab.data.datasets import generator
 from vitlab.data.folder import UndecodableImage
+from vitlab.errors import UsageError
 from vitlab.evaluate import accuracy, class_index_map
 from vitlab.model import VisionTransformer
 from vitlab.plots.analysis import (
@@ -85,7 +86,7 @@ def _decodable(dataset: Any, idx: torch.Tensor) -> list[tuple[Any, int]]:
         warnings.warn(f"analysis: skipped {len(skipped)} of {len(idx)} sampled files that do not decode: "
                       f"{', '.join(skipped[:3])}{' ...' if len(skipped) > 3 else ''}", stacklevel=3)
     if not loaded:
-        raise ValueError(f"none of the {len(idx)} sampled files of the data set decodes")
+        raise UsageError(f"none of the {len(idx)} sampled files of the data set decodes")
     return loaded
 
 

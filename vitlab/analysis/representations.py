@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from vitlab.errors import UsageError
 from vitlab.evaluate import accuracy, ridge_probe_accuracy
 
 
@@ -22,7 +23,7 @@ def hsic_unbiased(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:  # noqa: E7
     """Unbiased HSIC of two (n, n) Gram matrices, n >= 4 (Song et al. 2012, Eq. 5)."""
     n = k.shape[0]
     if n < 4:
-        raise ValueError(f"the unbiased HSIC needs at least 4 examples per minibatch, got {n}")
+        raise UsageError(f"the unbiased HSIC needs at least 4 examples per minibatch, got {n}")
     k = k.clone().fill_diagonal_(0)
     l = l.clone().fill_diagonal_(0)  # noqa: E741
     kl = k @ l
@@ -57,7 +58,7 @@ class MinibatchCKA:
 
     def value(self) -> torch.Tensor:
         if self.kl is None:
-            raise ValueError("no minibatch seen yet: call update() first")
+            raise UsageError("no minibatch seen yet: call update() first")
         return self.kl / (self.kk[:, None] * self.ll[None, :]).clamp_min(1e-30).sqrt()
 
 
@@ -80,7 +81,7 @@ def cka(x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None) -> floa
     """Linear CKA of two representations (N, ...) of the same N examples, over minibatches of ``batch_size``
     (default: one batch of all N)."""
     if x.shape[0] != y.shape[0]:
-        raise ValueError(f"x and y must hold the same examples: {x.shape[0]} vs {y.shape[0]} rows")
+        raise UsageError(f"x and y must hold the same examples: {x.shape[0]} vs {y.shape[0]} rows")
     return _minibatch_cka([x], [y], batch_size or x.shape[0])[0, 0].item()
 
 
@@ -91,7 +92,7 @@ def soft_nearest_neighbor_loss(x: torch.Tensor, labels: torch.Tensor, temperatur
     -1/N sum_i log( sum_{j != i, y_j = y_i} exp(-d_ij / T) / sum_{k != i} exp(-d_ik / T) ).
     """
     if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+        raise UsageError(f"temperature must be > 0, got {temperature}")
     x = x.reshape(x.shape[0], -1).double()
     d = torch.cdist(x, x).square()
     logits = -d / temperature
@@ -99,7 +100,7 @@ def soft_nearest_neighbor_loss(x: torch.Tensor, labels: torch.Tensor, temperatur
     logits = logits.masked_fill(eye, float("-inf"))
     same = (labels[:, None] == labels[None, :]) & ~eye
     if not same.any(dim=1).all():
-        raise ValueError("every example needs another example of its class")
+        raise UsageError("every example needs another example of its class")
     num = torch.logsumexp(logits.masked_fill(~same, float("-inf")), dim=1)
     den = torch.logsumexp(logits, dim=1)
     return (den - num).mean().item()

@@ -9,8 +9,10 @@ options declared beside it in the module of its group:
     explore.py   vitlab explore                        the attention explorer in the browser
 
 ``main`` parses the command line, calls the subcommand with the parsed options as keyword arguments, and
-turns a user error (a bad checkpoint, an unknown model name, a missing file) into one line on stderr,
-``vitlab: error: <message>``, and exit status 2.
+turns a user error (a :class:`vitlab.errors.VitlabError`: a bad checkpoint, an unknown model name, a missing
+file; or an operating-system error on a file the user named: permission denied, a full disk) into one line on
+stderr, ``vitlab: error: <message>``, and exit status 2. Any other exception is a bug in vitlab: one line saying
+so, then the traceback, and exit status 3. Ctrl-C exits 130.
 """
 
 from __future__ import annotations
@@ -18,11 +20,22 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 
 import vitlab
 from vitlab.cli import analyze, convert, explore, models, predict, train
-from vitlab.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, USER_ERRORS, error
+from vitlab.cli.common import (
+    EXIT_FAILED,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    error,
+    one_line,
+    os_error_message,
+)
+from vitlab.errors import VitlabError
 
 SUBCOMMANDS = (models.add_models, models.add_info, models.add_complexity, convert.add_convert, convert.add_export,
                predict.add_predict, predict.add_attention, train.add_train, train.add_eval, train.add_fewshot,
@@ -32,7 +45,9 @@ SUBCOMMANDS = (models.add_models, models.add_info, models.add_complexity, conver
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vitlab", description="Build, load, convert and run Vision Transformers.",
-        epilog="Exit status: 0 success, 1 some images of `predict` failed, 2 a usage, file or checkpoint error.",
+        epilog="Exit status: 0 success; 1 some inputs (images of predict, attention) failed and the others ran; "
+               "2 a usage, file, data or checkpoint error (one 'vitlab: error:' line); 3 an internal error (a bug: "
+               "please report it with the traceback printed); 130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {vitlab.__version__}",
                         help="print vitlab's version and exit")
@@ -58,9 +73,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ValueError):
             pass
         return EXIT_FAILED
-    except USER_ERRORS as e:
-        error(str(e))
+    except VitlabError as e:
+        error(one_line(str(e)))
         return EXIT_USAGE
+    except OSError as e:
+        message = os_error_message(e)
+        if message is None:  # not about a file: not the user's input
+            return internal_error(e)
+        error(message)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("\nvitlab: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:  # noqa: BLE001 - every other exception is a bug, reported as one
+        return internal_error(e)
+
+
+def internal_error(e: BaseException) -> int:
+    """A bug in vitlab: one line that says so, then the traceback to report."""
+    print(f"vitlab: internal error: {type(e).__name__}: {one_line(str(e))}. This is a bug in vitlab; please report "
+          f"it with the command and the traceback below.", file=sys.stderr)
+    traceback.print_exception(e, file=sys.stderr)
+    return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -15,14 +15,12 @@ from typing import Any
 import torch
 
 import vitlab
-from vitlab.export import ExportError
+from vitlab.errors import UsageError
 from vitlab.factory import model_from_spec, parse_spec
-from vitlab.hub import HubError
-from vitlab.train.config import TrainingError
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2  # 1: some images of `predict` failed; 2: user error (as argparse)
-# CheckpointError and ConfigError are ValueErrors, FileNotFoundError an OSError.
-USER_ERRORS = (ValueError, HubError, OSError, TrainingError, ExportError)
+# 1: some inputs failed (images of predict/attention) and the others ran; 2: a user error (as argparse's);
+# 3: an internal error (a bug in vitlab); 130: interrupted (Ctrl-C).
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 MODEL_HELP = ("a checkpoint path, an hf-hub:org/repo id, a name with a pretrained tag "
               "(vit_base_patch16_224.augreg2_in21k_ft_in1k), or a registered name or alias "
               "(random weights unless --pretrained)")
@@ -33,7 +31,22 @@ def error(message: str) -> None:
 
 
 def warn(message: str) -> None:
-    print(f"vitlab: warning: {message}", file=sys.stderr)
+    print(f"vitlab: warning: {one_line(message)}", file=sys.stderr)
+
+
+def one_line(message: str) -> str:
+    """A message on one line (a library's multi-line text joined), without characters that move the terminal."""
+    text = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def os_error_message(e: OSError) -> str | None:
+    """An operating-system error on a file as one line naming the file (``cannot write /x/y: Permission denied``),
+    or None when it names no file (then it is not about the user's input)."""
+    if e.filename is None:
+        return None
+    names = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 is not None else "")
+    return f"{names}: {e.strerror or e}"
 
 
 def with_warnings(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -135,18 +148,18 @@ def parse_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as e:
-        raise ValueError(f"--device {name!r} is not a device name (cpu, cuda, cuda:1, mps): {e}") from e
+        raise UsageError(f"--device {name!r} is not a device name (cpu, cuda, cuda:1, mps): {e}") from e
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+        raise UsageError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device {name}: MPS is not available on this machine; use --device cpu")
+        raise UsageError(f"--device {name}: MPS is not available on this machine; use --device cpu")
     return device
 
 
 def require_vit(model: Any, spec: str, what: str) -> None:
     """The commands that look at patches, tokens or attention take ViTs; the ResNet baseline gets a clear error."""
     if not isinstance(model, vitlab.VisionTransformer):
-        raise ValueError(f"{spec} is a {type(model).__name__} (vitlab's CNN baseline): {what}")
+        raise UsageError(f"{spec} is a {type(model).__name__} (vitlab's CNN baseline): {what}")
 
 
 def load_model_spec(spec: str, pretrained: bool = False) -> tuple[vitlab.VisionTransformer, bool]:
@@ -155,5 +168,5 @@ def load_model_spec(spec: str, pretrained: bool = False) -> tuple[vitlab.VisionT
     try:
         parse_spec(spec)
     except ValueError as e:
-        raise ValueError(f"--model {e}") from e
+        raise UsageError(f"--model {e}") from e
     return tuple(with_warnings(model_from_spec, spec, pretrained=pretrained))

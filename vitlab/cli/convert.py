@@ -21,6 +21,7 @@ from vitlab.cli.common import (
     require_vit,
     with_warnings,
 )
+from vitlab.errors import UsageError
 
 SUFFIX_FORMATS = {".safetensors": "vitlab", ".npz": "npz", ".pth": "timm", ".pt": "timm", ".bin": "timm"}
 
@@ -52,15 +53,15 @@ def convert(src: str, dst: str, to: str | None = None, img_size: int | tuple[int
     timm, print the class and the non-default arguments that build the model the state dict is for."""
     dst_path = Path(dst)
     if num_classes is not None and num_classes < 0:
-        raise ValueError(f"--num-classes must be >= 0 (0: no head), got {num_classes}")
+        raise UsageError(f"--num-classes must be >= 0 (0: no head), got {num_classes}")
     if to is None:
         to = SUFFIX_FORMATS.get(dst_path.suffix)
         if to is None:
-            raise ValueError(f"cannot tell the output format from {dst_path.name!r}: pass --to vitlab|timm|npz "
+            raise UsageError(f"cannot tell the output format from {dst_path.name!r}: pass --to vitlab|timm|npz "
                              f"or use one of the suffixes {', '.join(SUFFIX_FORMATS)}")
     writers = {"vitlab": vitlab.save, "timm": vitlab.export_timm, "npz": vitlab.export_npz}
     if to not in writers:  # argparse restricts the choices; this is for callers of the function
-        raise ValueError(f"--to must be one of {', '.join(writers)}, got {to!r}")
+        raise UsageError(f"--to must be one of {', '.join(writers)}, got {to!r}")
     model = with_warnings(vitlab.load, src, img_size=img_size, num_classes=num_classes, **dict(settings))
     writers[to](model, dst_path)
     n_params = sum(p.numel() for p in model.parameters())
@@ -115,7 +116,7 @@ def export(model: str, out: str, format: str = "onnx", dynamic: bool = False,
     from vitlab.export import export_onnx
 
     if format != "onnx":
-        raise ValueError(f"--format {format!r}: vitlab exports onnx")
+        raise UsageError(f"--format {format!r}: vitlab exports onnx")
     net, trained = load_model_spec(model, pretrained)
     require_vit(net, model, "vitlab export writes ViTs")
     if not trained:

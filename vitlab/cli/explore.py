@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Sequence
 
 from vitlab.cli.common import EXIT_OK, MODEL_HELP, add_device, add_pretrained, load_model_spec, parse_device, warn
+from vitlab.errors import UsageError
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")  # addresses only this machine reaches
 
@@ -39,7 +40,7 @@ def explore(model: str, images: str | None = None, shapes: int = 6, host: str = 
     from vitlab.explore import Explorer, export_page
 
     if export_images and not export:
-        raise ValueError("image files on the command line are for --export PAGE.html; to browse a folder of images "
+        raise UsageError("image files on the command line are for --export PAGE.html; to browse a folder of images "
                          "pass --images DIR")
     dev = parse_device(device)
     net, trained = load_model_spec(model, pretrained)
@@ -54,7 +55,7 @@ def explore(model: str, images: str | None = None, shapes: int = 6, host: str = 
     try:
         from vitlab.explore.server import serve
     except ImportError as e:
-        raise ValueError(f"vitlab explore needs its web server ({e.name} is missing): pip install 'vitlab[explore]'"
+        raise UsageError(f"vitlab explore needs its web server ({e.name} is missing): pip install 'vitlab[explore]'"
                          ) from e
     if host not in LOCAL_HOSTS:
         warn(f"--host {host}: the explorer is reachable from other machines, with no login; anyone who can reach "

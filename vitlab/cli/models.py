@@ -16,6 +16,7 @@ from vitlab.cli.common import (
     require_vit,
     with_warnings,
 )
+from vitlab.errors import UsageError
 from vitlab.factory import parse_spec
 from vitlab.flops import COST_PARTS, cost_at, count_flops, count_params
 from vitlab.registry import DEFAULT_PRETRAINED_TAGS, get_config, resolve_name
@@ -41,7 +42,7 @@ def models(pattern: str | None = None) -> int:
         except ValueError:
             names = []
     if not names:
-        raise ValueError(f"no registered model matches {pattern!r}; `vitlab models` lists them all")
+        raise UsageError(f"no registered model matches {pattern!r}; `vitlab models` lists them all")
     header = ("name", "params", "GFLOPs", "image", "patch", "tokens", "default weights")
     rows = []
     for name in names:

@@ -23,6 +23,7 @@ from vitlab.cli.common import (
     require_vit,
     warn,
 )
+from vitlab.errors import UsageError
 from vitlab.inference import class_names_for, prepare_for_inference
 
 
@@ -67,7 +68,7 @@ def predict(images: Sequence[str], model: str, topk: int = 5, device: str = "cpu
     dev = parse_device(device)
     net, trained = load_model_spec(model, pretrained)
     if not net.config.num_classes:
-        raise ValueError(f"--model {model!r} has no classification head (num_classes=0): nothing to predict")
+        raise UsageError(f"--model {model!r} has no classification head (num_classes=0): nothing to predict")
     if not trained:
         warn(f"{model!r} has random weights (its head is zero-initialised): the predictions below are "
              "meaningless. Pass --pretrained, a name with a pretrained tag, or a checkpoint file")
@@ -141,7 +142,7 @@ def attention(images: Sequence[str], model: str, method: str = "raw", layer: int
              "with a pretrained tag, or a checkpoint file")
     names = class_names_for(net) if net.config.num_classes else []
     if target is not None and not 0 <= target < len(names):
-        raise ValueError(f"--target {target}: the model has {len(names)} classes (0..{len(names) - 1})")
+        raise UsageError(f"--target {target}: the model has {len(names)} classes (0..{len(names) - 1})")
     pre = net.preprocessing
     transform = pre.transform_whole(net.config.patch_size) if whole else pre.transform()
     net = net.eval().to(dev)

@@ -22,6 +22,7 @@ from vitlab.cli.common import (
     positive,
     with_warnings,
 )
+from vitlab.errors import UsageError
 from vitlab.evaluate import FEATURES
 
 DATA_HELP = "shapes, cifar10, cifar100 or folder:PATH"
@@ -54,7 +55,7 @@ def train(recipe: str | None = None, config: str | None = None, overrides: Seque
 
     if resume:
         if recipe or config or overrides:
-            raise ValueError("--resume continues a run with the config it was started with; drop --recipe, "
+            raise UsageError("--resume continues a run with the config it was started with; drop --recipe, "
                              "--config and --set")
         cfg, run_dir = load_resume_config(resume), Path(resume)
     else:
@@ -182,7 +183,7 @@ def fewshot(checkpoint: str, data: str, shots: str = "1,5,10,25", seeds: int = 5
     try:
         counts = sorted({int(n) for n in shots.split(",")})
     except ValueError as e:
-        raise ValueError(f"--shots {shots!r}: expected comma-separated integers such as 1,5,10,25") from e
+        raise UsageError(f"--shots {shots!r}: expected comma-separated integers such as 1,5,10,25") from e
     model = with_warnings(vitlab.load, checkpoint, img_size=img_size)
     train_set, test_set = load_dataset(data, "train", data_dir=data_dir), load_dataset(data, "test", data_dir=data_dir)
     dev = parse_device(device)
@@ -191,7 +192,7 @@ def fewshot(checkpoint: str, data: str, shots: str = "1,5,10,25", seeds: int = 5
     some_x, some_y = extract_features(model, train_set.subset(drawn), batch_size=batch_size, device=dev,
                                       features=features, dtype=dtype)
     if len(some_y) != len(drawn):
-        raise ValueError(f"{len(drawn) - len(some_y)} of the drawn training images did not decode; fix or remove them")
+        raise UsageError(f"{len(drawn) - len(some_y)} of the drawn training images did not decode; fix or remove them")
     train_x = some_x.new_zeros(len(train_set.labels), some_x.shape[1])  # only the drawn rows are read
     train_x[drawn] = some_x
     seconds = time.perf_counter() - start

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from vitlab.config import ViTConfig
+from vitlab.errors import CheckpointError  # noqa: F401 (re-exported)
 from vitlab.preprocess import Preprocessing
 from vitlab.registry import SIZES
 
@@ -32,10 +33,6 @@ HEADS_BY_WIDTH = {width: heads for width, _, heads, _ in SIZES.values()}
 FORMAT = "vitlab"  # vitlab's .safetensors: the model's metadata (model_metadata) beside its weights
 FORMAT_VERSION = 1
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz", ".ckpt")  # what a model spec reads as a file
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read, or does not fit the model asked for. The message is one line."""
 
 
 class AssumedSettingsNotice(UserWarning):

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from vitlab.data.autoaugment import apply_ops, check_policy, sample_ops
+from vitlab.errors import DataError
 from vitlab.preprocess import Preprocessing
 
 ERASE_SCALE = (0.02, 0.33)  # torchvision RandomErasing defaults: area fraction and aspect ratio ranges
@@ -46,15 +47,15 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         check_policy(self.auto_augment)
         if self.crop_padding < 0 or self.randaugment_n < 0:
-            raise ValueError(f"crop_padding and randaugment_n must be >= 0, got {self.crop_padding}, "
+            raise DataError(f"crop_padding and randaugment_n must be >= 0, got {self.crop_padding}, "
                              f"{self.randaugment_n}")
         if not 0 <= self.randaugment_m <= 30:
-            raise ValueError(f"randaugment_m must be in [0, 30] (31 magnitude bins), got {self.randaugment_m}")
+            raise DataError(f"randaugment_m must be in [0, 30] (31 magnitude bins), got {self.randaugment_m}")
         for name in ("random_erasing", "mix_prob", "label_smoothing"):
             if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+                raise DataError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.mixup_alpha < 0 or self.cutmix_alpha < 0:
-            raise ValueError(f"mixup_alpha and cutmix_alpha must be >= 0, got {self.mixup_alpha}, {self.cutmix_alpha}")
+            raise DataError(f"mixup_alpha and cutmix_alpha must be >= 0, got {self.mixup_alpha}, {self.cutmix_alpha}")
 
     @property
     def mixes(self) -> bool:
@@ -130,7 +131,7 @@ def crop_flip(x: torch.Tensor, crop: torch.Tensor, flip: torch.Tensor, padding: 
     """
     n, c, h, w = x.shape
     if padding >= min(h, w):
-        raise ValueError(f"crop_padding={padding} must be smaller than the image side {min(h, w)}")
+        raise DataError(f"crop_padding={padding} must be smaller than the image side {min(h, w)}")
     crop, flip = crop.to(x.device), flip.to(x.device)
     rows = crop[:, :1] - padding + torch.arange(h, device=x.device)  # (n, H) source rows in the padded frame
     cols = crop[:, 1:] - padding + torch.arange(w, device=x.device)  # (n, W)

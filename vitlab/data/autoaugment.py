@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
+from vitlab.errors import DataError
+
 OPS = ("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color", "Contrast",
        "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize")
 SIGNED = torch.tensor([op in ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color",
@@ -30,7 +32,7 @@ def magnitude_table(policy: str, height: int, width: int) -> torch.Tensor:
         shear, tx, ty = lin(0.3), lin(150.0 / 331.0 * width), lin(150.0 / 331.0 * height)
         rot, enh, post_bits = lin(30.0), lin(0.9), 4
     else:
-        raise ValueError(f"auto_augment policy {policy!r} is not one of 'trivial', 'randaugment'")
+        raise DataError(f"auto_augment policy {policy!r} is not one of 'trivial', 'randaugment'")
     posterize = (8 - (torch.arange(NUM_BINS) / ((NUM_BINS - 1) / post_bits))).round()
     table = torch.zeros(len(OPS), NUM_BINS, dtype=torch.float64)
     for name, values in (("ShearX", shear), ("ShearY", shear), ("TranslateX", tx), ("TranslateY", ty),
@@ -143,7 +145,7 @@ def apply_op(x: torch.Tensor, op: str, m: torch.Tensor) -> torch.Tensor:
         return TF.autocontrast(x)
     if op == "Equalize":
         return TF.equalize(x)
-    raise ValueError(f"unknown op {op!r}; ops are {OPS}")
+    raise DataError(f"unknown op {op!r}; ops are {OPS}")
 
 
 def apply_ops(x: torch.Tensor, ops: torch.Tensor, mags: torch.Tensor) -> torch.Tensor:
@@ -165,7 +167,7 @@ def apply_ops(x: torch.Tensor, ops: torch.Tensor, mags: torch.Tensor) -> torch.T
 
 def check_policy(name: str) -> None:
     if name not in ("none", "trivial", "randaugment"):
-        raise ValueError(f"auto_augment={name!r} is not one of 'none', 'trivial', 'randaugment'")
+        raise DataError(f"auto_augment={name!r} is not one of 'none', 'trivial', 'randaugment'")
 
 
 __all__ = ["NUM_BINS", "OPS", "apply_op", "apply_ops", "check_policy", "magnitude_table", "sample_ops"]

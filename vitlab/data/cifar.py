@@ -33,10 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vitlab.data.datasets import ImageDataset, default_cache_dir
-
-
-class DownloadError(OSError):
-    """A download that failed, was cut short, or does not match its published checksum."""
+from vitlab.errors import DataError, DownloadError, NotFoundError  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)
@@ -84,7 +81,7 @@ _FROMBUFFER = _numpy_attr("numpy._core.numeric:_frombuffer", "numpy.core.numeric
 def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
     """``_codecs.encode`` as protocol-2 pickles written by Python 3 use it for bytes, for latin-1 only."""
     if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
-        raise ValueError(f"refusing _codecs.encode with encoding {encoding!r}")
+        raise DataError(f"refusing _codecs.encode with encoding {encoding!r}")
     return text.encode("latin1")
 
 
@@ -110,7 +107,7 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
         try:
             return _ALLOWED[(module, name)]
         except KeyError:
-            raise ValueError(f"{self.name}: refusing to unpickle {module}.{name}; a CIFAR batch holds only numpy "
+            raise DataError(f"{self.name}: refusing to unpickle {module}.{name}; a CIFAR batch holds only numpy "
                              "arrays, lists and dicts, so this file is not an official CIFAR batch") from None
 
 
@@ -120,7 +117,7 @@ def load_batch(path: Path) -> dict:
         try:
             return NumpyOnlyUnpickler(f, name=str(path)).load()
         except (pickle.UnpicklingError, EOFError) as e:
-            raise ValueError(f"{path} is not a readable CIFAR batch ({e}); delete the folder to download it "
+            raise DataError(f"{path} is not a readable CIFAR batch ({e}); delete the folder to download it "
                              "again") from e
 
 
@@ -194,7 +191,7 @@ def find_copy(archive: CifarArchive, root: Path) -> Path | None:
         if (cand / archive.meta).is_file():
             missing = [f for f in (*archive.train, *archive.test) if not (cand / f).is_file()]
             if missing:
-                raise FileNotFoundError(f"{cand} is an incomplete {archive.folder} copy: {', '.join(missing)} "
+                raise NotFoundError(f"{cand} is an incomplete {archive.folder} copy: {', '.join(missing)} "
                                         "missing; delete the folder to download it again")
             return cand
     return None
@@ -208,7 +205,7 @@ def ensure_cifar(name: str, data_dir: str | Path | None = None, download_missing
     if found is not None:
         return found
     if not download_missing:
-        raise FileNotFoundError(f"no {name} copy in {root} (looked for {root / archive.folder}/{archive.meta}); "
+        raise NotFoundError(f"no {name} copy in {root} (looked for {root / archive.folder}/{archive.meta}); "
                                 "pass download=True, or data_dir= the folder holding the extracted archive")
     root.mkdir(parents=True, exist_ok=True)
     tar_path = root / archive.url.rsplit("/", 1)[-1]
@@ -231,7 +228,7 @@ def load_cifar(name: str, split: str, *, data_dir: str | Path | None = None, dow
         x = np.asarray(_get(batch, b"data", folder / fname), dtype=np.uint8)
         y = np.asarray(_get(batch, archive.label_key, folder / fname), dtype=np.int64)
         if x.ndim != 2 or x.shape[1] != 3 * 32 * 32 or len(y) != len(x):
-            raise ValueError(f"{folder / fname}: expected data (N, 3072) and N labels, got {x.shape} and {len(y)}")
+            raise DataError(f"{folder / fname}: expected data (N, 3072) and N labels, got {x.shape} and {len(y)}")
         data.append(x)
         labels.append(y)
     images = torch.from_numpy(np.concatenate(data)).reshape(-1, 3, 32, 32)  # rows are R(1024) G(1024) B(1024)
@@ -243,5 +240,5 @@ def _get(d: dict, key: bytes, where: Path):
         return d[key]
     if key.decode() in d:  # a copy re-pickled by Python 3 has str keys
         return d[key.decode()]
-    raise ValueError(f"{where}: no {key.decode()!r} entry; keys are {sorted(map(str, d))}")
+    raise DataError(f"{where}: no {key.decode()!r} entry; keys are {sorted(map(str, d))}")
 

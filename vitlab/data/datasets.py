@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from vitlab.errors import DataError
+
 if TYPE_CHECKING:
     from vitlab.data.folder import StreamingDataset
 
@@ -67,15 +69,15 @@ class ImageDataset:
     def __post_init__(self) -> None:
         im, lb = self.images, self.labels
         if im.dtype != torch.uint8 or im.ndim != 4 or im.shape[1] != 3:
-            raise ValueError(f"images must be a uint8 (N, 3, H, W) tensor, got {im.dtype} {tuple(im.shape)}")
+            raise DataError(f"images must be a uint8 (N, 3, H, W) tensor, got {im.dtype} {tuple(im.shape)}")
         if lb.dtype != torch.int64 or lb.shape != (im.shape[0],):
-            raise ValueError(f"labels must be an int64 ({im.shape[0]},) tensor, got {lb.dtype} {tuple(lb.shape)}")
+            raise DataError(f"labels must be an int64 ({im.shape[0]},) tensor, got {lb.dtype} {tuple(lb.shape)}")
         if len(lb) and not 0 <= int(lb.min()) <= int(lb.max()) < len(self.class_names):
-            raise ValueError(f"labels must lie in [0, {len(self.class_names)}), got [{int(lb.min())}, "
+            raise DataError(f"labels must lie in [0, {len(self.class_names)}), got [{int(lb.min())}, "
                              f"{int(lb.max())}]")
         if self.masks is not None and (self.masks.dtype != torch.bool
                                        or self.masks.shape != (im.shape[0], *im.shape[2:])):
-            raise ValueError(f"masks must be a bool {(im.shape[0], *im.shape[2:])} tensor, got {self.masks.dtype} "
+            raise DataError(f"masks must be a bool {(im.shape[0], *im.shape[2:])} tensor, got {self.masks.dtype} "
                              f"{tuple(self.masks.shape)}")
         self.class_names = list(self.class_names)
 
@@ -118,7 +120,7 @@ def resize_images(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.T
 
 def _check_split(split: str) -> None:
     if split not in SPLITS:
-        raise ValueError(f"split={split!r} is not one of {SPLITS}")
+        raise DataError(f"split={split!r} is not one of {SPLITS}")
 
 
 def load_dataset(name: str, split: str, *, data_dir: str | Path | None = None, download: bool = True,
@@ -142,7 +144,7 @@ def load_dataset(name: str, split: str, *, data_dir: str | Path | None = None, d
     """
     _check_split(split)
     if img_size is not None and (not isinstance(img_size, int) or img_size < 8):
-        raise ValueError(f"img_size must be an int >= 8 or None, got {img_size!r}")
+        raise DataError(f"img_size must be an int >= 8 or None, got {img_size!r}")
     if name in ("cifar10", "cifar100"):
         from vitlab.data.cifar import load_cifar
 
@@ -159,7 +161,7 @@ def load_dataset(name: str, split: str, *, data_dir: str | Path | None = None, d
 
         path = name[len("folder:"):]
         if not path:
-            raise ValueError("folder: needs a path, e.g. 'folder:/data/pets'")
+            raise DataError("folder: needs a path, e.g. 'folder:/data/pets'")
         return load_folder(Path(path).expanduser(), split, val_fraction=val_fraction, seed=seed, strict=strict,
                            img_size=img_size)
-    raise ValueError(f"unknown data set {name!r}; valid names: {', '.join(NAMES)}")
+    raise DataError(f"unknown data set {name!r}; valid names: {', '.join(NAMES)}")

@@ -33,38 +33,36 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from vitlab.data.datasets import SMALL_IMAGE_MAX, ImageDataset, generator
-from vitlab.preprocess import to_rgb
+from vitlab.errors import DataError, NotFoundError, UndecodableImage  # noqa: F401 (re-exported)
+from vitlab.preprocess import image_size_of, open_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
-DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, RuntimeError, Image.DecompressionBombError)
 
 
 def decode_rgb(path: Path) -> np.ndarray:
-    """Decode one image file into a uint8 (H, W, 3) RGB array; raises one of :data:`DECODE_ERRORS`.
+    """Decode one image file into an upright uint8 (H, W, 3) RGB array (:func:`vitlab.load_image`); raises
+    :class:`UndecodableImage` naming the file, whatever the decoder raised.
 
     PIL, not torchvision.io (whose decoders torchvision 0.29 deprecates): 8,000 32 px JPEGs/s on one core.
     """
-    with Image.open(path) as img:
-        img.load()  # decode now: a truncated file raises here
-        return np.asarray(to_rgb(img))  # 16-bit grayscale keeps its top 8 bits (see to_rgb)
+    return np.asarray(open_image(path, path))  # 16-bit grayscale keeps its top 8 bits (see to_rgb)
 
 
 def decode_image_file(path: Path) -> torch.Tensor:
-    """Decode one image file into a uint8 (3, H, W) RGB tensor; raises one of :data:`DECODE_ERRORS`."""
+    """Decode one image file into an upright uint8 (3, H, W) RGB tensor; raises :class:`UndecodableImage`."""
     return torch.from_numpy(decode_rgb(path).copy()).permute(2, 0, 1)
 
 
 def _class_folders(folder: Path) -> list[str]:
     if not folder.is_dir():
-        raise ValueError(f"{folder} is not a folder")
+        raise DataError(f"{folder} is not a folder")
     names = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not names:
-        raise ValueError(f"{folder} has no class sub-folders; expected {folder}/<class>/<image files>")
+        raise DataError(f"{folder} has no class sub-folders; expected {folder}/<class>/<image files>")
     return names
 
 
@@ -75,7 +73,7 @@ def _image_files(class_dir: Path) -> list[Path]:
         files += [Path(dirpath) / f for f in sorted(filenames)
                   if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")]
     if not files:
-        raise ValueError(f"class folder {class_dir} holds no image files ({', '.join(IMAGE_EXTENSIONS)}); "
+        raise DataError(f"class folder {class_dir} holds no image files ({', '.join(IMAGE_EXTENSIONS)}); "
                          "remove it or add images")
     return files
 
@@ -84,7 +82,7 @@ def _samples(folder: Path, class_names: list[str]) -> list[tuple[Path, int]]:
     present = _class_folders(folder)
     extra = sorted(set(present) - set(class_names))
     if extra:
-        raise ValueError(f"{folder} has class folders the training folder lacks: {', '.join(extra[:5])}")
+        raise DataError(f"{folder} has class folders the training folder lacks: {', '.join(extra[:5])}")
     return [(f, class_names.index(c)) for c in present for f in _image_files(folder / c)]
 
 
@@ -92,20 +90,20 @@ def folder_samples(root: Path, split: str, val_fraction: float = 0.1, seed: int 
                    ) -> tuple[list[tuple[Path, int]], list[str], Path]:
     """The (file, label) pairs of ``split``, the class names, and the folder they come from."""
     if not root.is_dir():
-        raise FileNotFoundError(f"data folder not found: {root}")
+        raise NotFoundError(f"data folder not found: {root}")
     evals = [root / s for s in (("val", "test") if split != "test" else ("test", "val")) if (root / s).is_dir()]
     base = root / "train" if (root / "train").is_dir() else root
     if base == root and evals:
-        raise ValueError(f"{root} has {evals[0].name}/ but no train/ folder; expected {root}/train/<class>/...")
+        raise DataError(f"{root} has {evals[0].name}/ but no train/ folder; expected {root}/train/<class>/...")
     class_names = _class_folders(base)
     if len(class_names) < 2:
-        raise ValueError(f"{base} has {len(class_names)} class folder ({', '.join(class_names)}); a classifier needs "
+        raise DataError(f"{base} has {len(class_names)} class folder ({', '.join(class_names)}); a classifier needs "
                          f"at least two: add a folder per class, {base}/<class>/<image files>")
     if base != root and evals:  # explicit splits
         folder = base if split == "train" else evals[0]
         return _samples(folder, class_names), class_names, folder
     if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1) to hold out a validation split of {base}, "
+        raise DataError(f"val_fraction must be in (0, 1) to hold out a validation split of {base}, "
                          f"got {val_fraction}")
     picked = []
     for label, name in enumerate(class_names):
@@ -115,7 +113,7 @@ def folder_samples(root: Path, split: str, val_fraction: float = 0.1, seed: int 
         chosen = perm[:n_val] if split != "train" else perm[n_val:]
         picked += [(files[i], label) for i in sorted(chosen)]
     if not picked:
-        raise ValueError(f"the {split!r} split of {base} is empty (val_fraction={val_fraction})")
+        raise DataError(f"the {split!r} split of {base} is empty (val_fraction={val_fraction})")
     return picked, class_names, base
 
 
@@ -133,20 +131,6 @@ def _relative(path: Path, where: Path | None) -> str:
     return str(path.relative_to(where)) if where is not None and path.is_relative_to(where) else str(path)
 
 
-class UndecodableImage(ValueError):
-    """A file of a :class:`StreamingDataset` that does not decode; ``path`` names it, ``reason`` says why."""
-
-    def __init__(self, path: Path, e: BaseException) -> None:
-        self.path, self.reason = Path(path), f"{type(e).__name__}: {e}"
-        super().__init__(f"{path} does not decode as an image ({self.reason}); remove the file, or load without "
-                         "strict to skip it")
-
-
-def _decode_error(path: Path, e: BaseException) -> ValueError:
-    return ValueError(f"{path} does not decode as an image ({type(e).__name__}: {e}); remove the file, or "
-                      "load without strict to skip it")
-
-
 def load_in_memory(samples: list[tuple[Path, int]], class_names: list[str], where: Path,
                    size: tuple[int, int] | None, strict: bool = False) -> ImageDataset:
     """Decode every file into one uint8 (N, 3, H, W) tensor, resized to ``size`` (default: the first image's)."""
@@ -156,10 +140,10 @@ def load_in_memory(samples: list[tuple[Path, int]], class_names: list[str], wher
     for i, (path, _) in enumerate(tqdm(samples, desc=f"decoding {where.name}", unit="img", disable=None)):
         try:
             arr = decode_rgb(path)
-        except DECODE_ERRORS as e:
+        except UndecodableImage as e:
             if strict:
-                raise _decode_error(path, e) from e
-            bad.append((path, f"{type(e).__name__}: {e}"))
+                raise
+            bad.append((path, e.reason))
             continue
         if images is None:
             size = size or arr.shape[:2]
@@ -172,7 +156,7 @@ def load_in_memory(samples: list[tuple[Path, int]], class_names: list[str], wher
         keep[i] = True
     report_bad(bad, len(samples), where)
     if images is None:
-        raise ValueError(f"{where}: none of the {len(samples)} image files decodes")
+        raise DataError(f"{where}: none of the {len(samples)} image files decodes")
     labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
     return ImageDataset(torch.from_numpy(images).permute(0, 3, 1, 2)[keep].contiguous(), labels[keep], class_names)
 
@@ -192,7 +176,7 @@ class StreamingDataset(Dataset):
                  img_size: int | None = None, strict: bool = False,
                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         if not samples:
-            raise ValueError(f"{root or 'StreamingDataset'}: no images")
+            raise DataError(f"{root or 'StreamingDataset'}: no images")
         self.samples = list(samples)
         self.class_names = list(class_names)
         self.root = root
@@ -218,10 +202,7 @@ class StreamingDataset(Dataset):
         """The decoded uint8 (3, H, W) image ``i`` and its label, without the transform; raises
         :class:`UndecodableImage` naming the file when it does not decode."""
         path, label = self.samples[i]
-        try:
-            return decode_image_file(path), label
-        except DECODE_ERRORS as e:
-            raise UndecodableImage(path, e) from e
+        return decode_image_file(path), label
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         img, label = self.load(i)
@@ -232,16 +213,15 @@ def _readable_headers(samples: list[tuple[Path, int]], where: Path, strict: bool
     kept, bad = [], []
     for path, label in tqdm(samples, desc=f"checking {where.name}", unit="img", disable=None):
         try:
-            with Image.open(path) as img:
-                img.size  # noqa: B018 - reading the header is the check
+            image_size_of(path)  # reading the header is the check
             kept.append((path, label))
-        except DECODE_ERRORS as e:
+        except UndecodableImage as e:
             if strict:
-                raise _decode_error(path, e) from e
-            bad.append((path, f"{type(e).__name__}: {e}"))
+                raise
+            bad.append((path, e.reason))
     report_bad(bad, len(samples), where)
     if not kept:
-        raise ValueError(f"{where}: none of the {len(samples)} image files decodes")
+        raise DataError(f"{where}: none of the {len(samples)} image files decodes")
     return kept
 
 
@@ -255,10 +235,9 @@ def load_folder(root: Path, split: str, *, val_fraction: float = 0.1, seed: int 
     small_source = False
     for path, _ in samples[:16]:  # the first image that opens decides
         try:
-            with Image.open(path) as img:
-                small_source = max(img.size) <= SMALL_IMAGE_MAX
+            small_source = max(image_size_of(path)) <= SMALL_IMAGE_MAX
             break
-        except DECODE_ERRORS:
+        except UndecodableImage:
             continue
     small = small_source
     if img_size is not None:  # upsampled small images stay in memory while they fit

@@ -30,6 +30,7 @@ from torch.utils.data import default_collate
 from vitlab.data.augment import AugmentConfig, augment_rows, mix, sample_params, smooth_one_hot
 from vitlab.data.datasets import ImageDataset, derive_seed, generator
 from vitlab.data.folder import StreamingDataset, UndecodableImage, report_bad
+from vitlab.errors import DataError
 from vitlab.preprocess import Preprocessing
 
 
@@ -40,11 +41,11 @@ def _rank_rows(n: int, batch_size: int, rank: int) -> tuple[int, int]:
 def _check_common(batch_size: int, rank: int, world_size: int, mean: Sequence[float], std: Sequence[float],
                   channels: int) -> None:
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise DataError(f"batch_size must be >= 1, got {batch_size}")
     if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        raise DataError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
     if len(mean) != channels or len(std) != channels or min(std) <= 0:
-        raise ValueError(f"mean and std need {channels} values each, one per image channel (std > 0), got "
+        raise DataError(f"mean and std need {channels} values each, one per image channel (std > 0), got "
                          f"{tuple(mean)} and {tuple(std)}")
 
 
@@ -72,7 +73,7 @@ class BatchLoader:
                             "stream larger images with make_stream_loader")
         _check_common(batch_size, rank, world_size, mean, std, channels=dataset.images.shape[1])
         if len(dataset) and int(dataset.labels.max()) >= num_classes:
-            raise ValueError(f"num_classes={num_classes} but the data set has label {int(dataset.labels.max())}")
+            raise DataError(f"num_classes={num_classes} but the data set has label {int(dataset.labels.max())}")
         self.device = torch.device(device)
         self.images = dataset.images.to(self.device)
         self.labels = dataset.labels.to(self.device)
@@ -85,7 +86,7 @@ class BatchLoader:
         same = eval_resize is None or tuple(eval_resize.img_size) == tuple(dataset.images.shape[2:])
         self.eval_resize = None if train or same else eval_resize
         if len(self) == 0:
-            raise ValueError(f"the data set ({len(dataset)} images) is smaller than one global batch of "
+            raise DataError(f"the data set ({len(dataset)} images) is smaller than one global batch of "
                              f"{batch_size} x {world_size} process(es) and drop_last is set")
 
     @property
@@ -108,7 +109,7 @@ class BatchLoader:
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The batches of ``epoch`` from step ``start_step`` on (see the class docstring)."""
         if not 0 <= start_step <= len(self):
-            raise ValueError(f"start_step must be in [0, {len(self)}], got {start_step}")
+            raise DataError(f"start_step must be in [0, {len(self)}], got {start_step}")
         order = self.order(epoch)
         gb = self.global_batch_size
         for step in range(start_step, len(self)):
@@ -207,7 +208,7 @@ class _Seeded(torch.utils.data.Dataset):
             img, label = self.dataset.load(i)
         except UndecodableImage as e:
             if self.dataset.strict:  # a plain ValueError: a worker's exception is rebuilt from its message
-                raise ValueError(str(e)) from e
+                raise DataError(str(e)) from e
             return _Skipped(str(e.path), e.reason)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed("stream", self.seed, self.epoch, i))

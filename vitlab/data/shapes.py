@@ -23,6 +23,7 @@ import math
 import torch
 
 from vitlab.data.datasets import ImageDataset, generator
+from vitlab.errors import DataError
 
 CLASS_NAMES = ["circle", "square", "triangle", "star", "cross", "ring"]
 SPLIT_SIZES = {"train": 10_000, "val": 2_000, "test": 2_000}
@@ -136,10 +137,10 @@ def make_shapes(split: str, *, seed: int = 0, img_size: int = 32, size: int | No
     Labels are balanced (each class ``size // 6`` or one more) and in random order.
     """
     if split not in SPLIT_SIZES:
-        raise ValueError(f"split={split!r} is not one of {tuple(SPLIT_SIZES)}")
+        raise DataError(f"split={split!r} is not one of {tuple(SPLIT_SIZES)}")
     n = SPLIT_SIZES[split] if size is None else int(size)
     if n < 1:
-        raise ValueError(f"size must be >= 1, got {size}")
+        raise DataError(f"size must be >= 1, got {size}")
     g = generator("shapes", seed, split, img_size)
     k = len(CLASS_NAMES)
     labels = (torch.arange(n) % k)[torch.randperm(n, generator=g)]

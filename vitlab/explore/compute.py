@@ -47,6 +47,7 @@ from vitlab.analysis.figure7 import (
     uniform_attention_distance,
 )
 from vitlab.data.folder import IMAGE_EXTENSIONS
+from vitlab.errors import ExploreError, NotFoundError  # noqa: F401 (re-exported)
 from vitlab.inference import class_names_for
 from vitlab.model import VisionTransformer
 from vitlab.pos_embed import resample_pos_embed, sincos_2d
@@ -61,15 +62,6 @@ ROWS_INLINE_BYTES = 4 << 20  # a block's hover rows (variants x h*w x h*w bytes)
 CACHE_BYTES = 2 << 30  # the attention of the images analysed last, kept for rollouts and hover rows
 NUM_FILTERS = 28  # patch-embedding components shown (the paper's Figure 7, left)
 FAITHFULNESS_STEPS = 16
-
-
-class ExploreError(ValueError):
-    """A request the explorer cannot serve (unknown image, bad parameter, not an image): ``status`` is the HTTP
-    status it maps to."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
 
 
 def b64(array: np.ndarray | torch.Tensor) -> str:
@@ -162,7 +154,7 @@ class Explorer:
 
     def _add_folder(self, root: Path) -> None:
         if not root.is_dir():
-            raise FileNotFoundError(f"--images {root}: not a folder")
+            raise NotFoundError(f"--images {root}: not a folder")
         self.root = root.resolve()
         files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
                        and not any(part.startswith(".") for part in p.relative_to(self.root).parts))

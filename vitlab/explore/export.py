@@ -19,6 +19,7 @@ from typing import Any
 
 from vitlab.analysis.attention import HEAD_FUSIONS
 from vitlab.checkpoint import atomic_write
+from vitlab.errors import UsageError
 from vitlab.explore.compute import Explorer, MapParams
 from vitlab.preprocess import load_image
 
@@ -56,7 +57,7 @@ def export_page(explorer: Explorer, images: Sequence[str | Path], out: str | Pat
     """Write the self-contained page of ``images`` (files) to ``out``, atomically; return its path. ``log``: called
     with a line per image (the command line prints them: B/16 takes about a minute per image on 2 CPU cores)."""
     if not images:
-        raise ValueError("--export needs at least one image file: vitlab explore --model M --export page.html a.jpg")
+        raise UsageError("--export needs at least one image file: vitlab explore --model M --export page.html a.jpg")
     info = explorer.model_info()
     data: dict[str, Any] = {"model": info, "images": [], "rows": {}, "maps": {}, "faithfulness": {},
                             "options": {"discard": list(DISCARD_RATIOS),

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vitlab.cnn import RESNETS, ResNetConfig
+from vitlab.errors import ConfigError, TrainingError  # noqa: F401 (re-exported)
 from vitlab.registry import get_config
 
 if sys.version_info >= (3, 11):
@@ -159,14 +160,6 @@ class TrainConfig:
         _check(self, "", positive=("epochs", "eval_every_epochs", "ckpt_every_steps", "keep_last", "log_every_steps"),
                at_least_0=("max_steps", "budget_minutes", "seed"), fractions=("ema_decay",))
         _check_choice("amp", self.amp, ("none", "bf16"))
-
-
-class ConfigError(ValueError):
-    """A configuration key or value that is not valid."""
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot go on (non-finite loss, bad setup); the last good checkpoint is intact."""
 
 
 def _check(cfg: Any, section: str, positive: tuple[str, ...] = (), at_least_0: tuple[str, ...] = (),

@@ -18,6 +18,7 @@ import math
 
 import torch
 
+from vitlab.errors import ConfigError
 from vitlab.model import VisionTransformer
 from vitlab.train.config import OptimConfig
 
@@ -38,10 +39,12 @@ def freeze_early_layers(model: torch.nn.Module, num_blocks: int) -> int:
     backward pass stops at the first trained block, so a step costs the frozen blocks' forward only. Returns the
     number of frozen parameters."""
     if not isinstance(model, VisionTransformer):
-        raise ValueError(f"model.freeze_blocks={num_blocks}: freezing blocks is for ViTs, not a {type(model).__name__}")
+        raise ConfigError(f"model.freeze_blocks={num_blocks}: freezing blocks is for ViTs, not a "
+                          f"{type(model).__name__}")
     depth = model.config.depth
     if not 0 <= num_blocks <= depth:
-        raise ValueError(f"model.freeze_blocks={num_blocks} is out of range: the model has {depth} blocks (0..{depth})")
+        raise ConfigError(f"model.freeze_blocks={num_blocks} is out of range: the model has {depth} blocks "
+                          f"(0..{depth})")
     frozen = 0
     for name, p in model.named_parameters():
         if layer_id(name, depth) <= num_blocks:
@@ -52,7 +55,7 @@ def freeze_early_layers(model: torch.nn.Module, num_blocks: int) -> int:
 
 def param_groups(model: torch.nn.Module, weight_decay: float, layer_decay: float = 1.0) -> list[dict]:
     if layer_decay != 1.0 and not isinstance(model, VisionTransformer):
-        raise ValueError(f"optim.layer_decay={layer_decay}: layer-wise lr decay is for ViTs; "
+        raise ConfigError(f"optim.layer_decay={layer_decay}: layer-wise lr decay is for ViTs; "
                          f"set it to 1.0 for a {type(model).__name__}")
     depth = model.config.depth
     groups: dict[tuple[int, bool], dict] = {}
@@ -78,7 +81,7 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Opt
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-    raise ValueError(f"optim.optimizer={cfg.optimizer!r} is not one of 'adamw', 'sgd'")
+    raise ConfigError(f"optim.optimizer={cfg.optimizer!r} is not one of 'adamw', 'sgd'")
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.0,
