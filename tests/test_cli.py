@@ -228,7 +228,7 @@ def test_convert_errors(capsys, tmp_path, tiny_ckpt):
     code, _, err = run(capsys, "convert", tiny_ckpt, tmp_path / "out.pth", "--to", "vitlab")
     assert code == 2 and "vitlab checkpoints are .safetensors files" in err
     code, _, err = run(capsys, "convert", tiny_ckpt, tmp_path / "out.pth", "--img-size", "big")
-    assert code == 2 and "expected a size like 384 or 384x512" in err
+    assert code == 2 and "expected an image size like 384 or 384x512" in err
     assert not (tmp_path / "out.pth").exists()
 
 
@@ -318,7 +318,8 @@ def test_predict_missing_checkpoint(capsys, tmp_path, png):
 
 def test_predict_bad_device(capsys, png, tiny_ckpt):
     code, _, err = run(capsys, "predict", png, "-m", tiny_ckpt, "--device", "toaster")
-    assert code == 2 and err.startswith("vitlab: error: --device 'toaster' is not a device name")
+    assert code == 2 and err.startswith("vitlab: error: predict: argument --device:")
+    assert "got 'toaster' (not a device name)" in err
     if not torch.cuda.is_available():
         code, _, err = run(capsys, "predict", png, "-m", tiny_ckpt, "--device", "cuda")
         assert code == 2 and "CUDA is not available" in err

@@ -40,7 +40,7 @@ def test_fewshot_on_separable_features_is_perfect_and_on_noise_near_chance():
 
 def test_fewshot_needs_enough_images_per_class():
     x, y = _separable(n_per_class=3)
-    with pytest.raises(ValueError, match="fewer than 5 shots"):
+    with pytest.raises(ValueError, match="5-shot needs 5 training image"):
         fewshot_accuracy(x, y, x, y, shots=5, seed=0)
 
 

@@ -7,7 +7,9 @@ accuracy count (:func:`count_correct`, :func:`accuracy`) and the one closed-form
 from __future__ import annotations
 
 import json
+import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vitlab.errors import UsageError
+from vitlab.errors import DataError, UsageError
 from vitlab.inference import prepare_for_inference
 from vitlab.model import VisionTransformer
 
@@ -161,26 +163,42 @@ def extract_features(model: VisionTransformer, dataset: ImageDataset | Streaming
     return torch.cat(out), torch.cat(labels)
 
 
-def fewshot_indices(train_y: torch.Tensor, shots: int, seed: int) -> torch.Tensor:
-    """The training examples of one few-shot subset: ``shots`` per class, drawn with ``seed``."""
-    k = int(train_y.max()) + 1
+def check_class_counts(train_y: torch.Tensor, class_names: Sequence[str], need: int, what: str) -> None:
+    """A DataError naming every class of ``class_names`` with fewer than ``need`` training examples in ``train_y``
+    (labels 0..K-1): a probe fit without a class could never predict it, and its test images would count as
+    wrong without a word."""
+    counts = torch.bincount(train_y, minlength=len(class_names)).tolist()
+    short = [f"{class_names[c]!r} has {n}" for c, n in enumerate(counts) if n < need]
+    if short:
+        raise DataError(f"{what} needs {need} training image(s) per class that decode(s); " + ", ".join(short[:5])
+                        + (f" and {len(short) - 5} more classes" if len(short) > 5 else "")
+                        + ": add images to those classes, or fix or remove the files that do not decode")
+
+
+def fewshot_indices(train_y: torch.Tensor, shots: int, seed: int, class_names: Sequence[str] | None = None
+                    ) -> torch.Tensor:
+    """The training examples of one few-shot subset: ``shots`` per class, drawn with ``seed``. ``class_names``
+    (default: ``class 0`` ... up to the largest label) are the data set's classes: each needs ``shots`` images."""
+    if shots < 1:
+        raise UsageError(f"shots must be >= 1 image per class, got {shots}")
+    names = list(class_names) if class_names is not None else [f"class {c}" for c in range(int(train_y.max()) + 1)]
+    check_class_counts(train_y, names, shots, f"{shots}-shot")
     g = torch.Generator().manual_seed(seed)
     idx = []
-    for c in range(k):
+    for c in range(len(names)):
         members = (train_y == c).nonzero()[:, 0]
-        if len(members) < shots:
-            raise UsageError(f"class {c} has {len(members)} training images, fewer than {shots} shots")
         idx.append(members[torch.randperm(len(members), generator=g)[:shots]])
     return torch.cat(idx)
 
 
 def fewshot_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-                     shots: int, seed: int, l2_reg: float = 1.0) -> float:
+                     shots: int, seed: int, l2_reg: float = 1.0, class_names: Sequence[str] | None = None) -> float:
     """The ViT paper's linear few-shot evaluation (Sec. 4.1): :func:`ridge_probe_accuracy` from frozen features of
     ``shots`` images per class (the subset :func:`fewshot_indices` draws) to targets in {-1, 1}^K, then top-1 on the
-    test set. Only the rows of ``train_x`` in the subset are read."""
-    idx = fewshot_indices(train_y, shots, seed)
-    k = int(train_y.max()) + 1
+    test set. Only the rows of ``train_x`` in the subset are read. ``class_names``: the data set's K classes
+    (default: up to the largest training label)."""
+    idx = fewshot_indices(train_y, shots, seed, class_names)
+    k = len(class_names) if class_names is not None else int(train_y.max()) + 1
     return ridge_probe_accuracy(train_x[idx], train_y[idx], test_x, test_y, l2_reg, num_classes=k)
 
 
@@ -193,6 +211,8 @@ def ridge_probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: t
     W = (X^T X + l2_reg I)^-1 X^T Y (primal), computed as X^T (X X^T + l2_reg I)^-1 Y (dual) when there are
     fewer examples than features: the same W, from the smaller system.
     """
+    if not (math.isfinite(l2_reg) and l2_reg > 0):  # 0 makes the system singular, < 0 or NaN meaningless
+        raise UsageError(f"l2_reg must be a finite number > 0, got {l2_reg}")
     x = F.normalize(train_x.reshape(train_x.shape[0], -1).double(), dim=-1)
     mean = x.mean(dim=0, keepdim=True)
     x = x - mean  # (n, D)
@@ -209,11 +229,15 @@ def ridge_probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: t
 
 
 def fewshot(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-            shots: list[int], seeds: int = 5, l2_reg: float = 1.0) -> dict[int, tuple[float, float]]:
-    """{shots: (mean, std) of top-1 over ``seeds`` random subsets}."""
+            shots: list[int], seeds: int = 5, l2_reg: float = 1.0, class_names: Sequence[str] | None = None
+            ) -> dict[int, tuple[float, float]]:
+    """{shots: (mean, std) of top-1 over ``seeds`` random subsets}; ``class_names`` as :func:`fewshot_accuracy`."""
+    if seeds < 1:
+        raise UsageError(f"seeds must be >= 1, got {seeds}")
     out = {}
     for n in shots:
-        accs = torch.tensor([fewshot_accuracy(train_x, train_y, test_x, test_y, n, s, l2_reg) for s in range(seeds)])
+        accs = torch.tensor([fewshot_accuracy(train_x, train_y, test_x, test_y, n, s, l2_reg, class_names)
+                             for s in range(seeds)])
         out[n] = (accs.mean().item(), accs.std(unbiased=False).item())
     return out
 
@@ -249,16 +273,22 @@ def _fit_logistic(x: torch.Tensor, y: torch.Tensor, k: int, l2: float, max_iter:
 
 def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, *,
                  l2_grid: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3), val_fraction: float = 0.1, seed: int = 0,
-                 max_iter: int = 500) -> ProbeResult:
+                 max_iter: int = 500, class_names: Sequence[str] | None = None) -> ProbeResult:
     """A linear probe of frozen features, as the DINOv2 paper evaluates them, simplified: multinomial logistic
     regression on standardised features, its weight decay chosen among ``l2_grid`` on a held-out ``val_fraction``
-    of the training set (seeded), then refitted on all of it and scored top-1 on the test set."""
+    of the training set (seeded), then refitted on all of it and scored top-1 on the test set. ``class_names``: the
+    data set's classes, each of which needs a training example (default: up to the largest training label)."""
     if not 0 < val_fraction < 1:
         raise UsageError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if len(train_y) < 2:
+        raise DataError(f"a linear probe needs at least 2 training images (one held out to choose the weight "
+                        f"decay), got {len(train_y)}")
+    if class_names is not None:
+        check_class_counts(train_y, class_names, 1, "a linear probe")
     start = time.perf_counter()
     mean, std = train_x.mean(dim=0), train_x.std(dim=0).clamp_min(1e-6)
     x, t = (train_x - mean) / std, (test_x - mean) / std
-    k = int(train_y.max()) + 1
+    k = len(class_names) if class_names is not None else int(train_y.max()) + 1
     order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(seed))
     n_val = max(1, round(val_fraction * len(train_y)))
     val, fit = order[:n_val], order[n_val:]

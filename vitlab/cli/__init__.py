@@ -21,6 +21,7 @@ import argparse
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 
 import vitlab
@@ -31,9 +32,11 @@ from vitlab.cli.common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
+    Parser,
     error,
     one_line,
     os_error_message,
+    warn,
 )
 from vitlab.errors import VitlabError
 
@@ -43,7 +46,7 @@ SUBCOMMANDS = (models.add_models, models.add_info, models.add_complexity, conver
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="vitlab", description="Build, load, convert and run Vision Transformers.",
         epilog="Exit status: 0 success; 1 some inputs (images of predict, attention) failed and the others ran; "
                "2 a usage, file, data or checkpoint error (one 'vitlab: error:' line); 3 an internal error (a bug: "
@@ -66,7 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK if e.code is None else e.code if isinstance(e.code, int) else EXIT_USAGE
     options = {k: v for k, v in vars(args).items() if k not in ("command", "func")}
     try:
-        return args.func(**options)
+        with warnings.catch_warnings():  # a Python warning raised while the command runs is one line on stderr
+            warnings.simplefilter("default")
+            warnings.showwarning = show_warning
+            return args.func(**options)
     except BrokenPipeError:  # `vitlab models | head`: the reader left; stop quietly, as Unix tools do
         try:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
@@ -87,6 +93,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001 - every other exception is a bug, reported as one
         return internal_error(e)
+
+
+def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file=None,
+                 line: str | None = None) -> None:
+    """warnings.showwarning for the command line: ``vitlab: warning: <message>``, without the source line."""
+    warn(str(message))
 
 
 def internal_error(e: BaseException) -> int:

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 import vitlab
-from vitlab.cli.common import EXIT_OK, beside, positive, require_vit, short_name, with_warnings
+from vitlab.cli.common import EXIT_OK, beside, require_vit, short_name, with_warnings
+from vitlab.cli.domains import DATA, INPUT_FOLDER, MODEL, OUTPUT_FOLDER, integer
 from vitlab.cli.train import DATA_HELP
 
 
@@ -16,15 +17,18 @@ def add_analyze(sub: argparse._SubParsersAction) -> None:
                                    "gradient rollout with their deletion/insertion AUC (and the pointing game on "
                                    "data with masks), the paper's Figure 7, and per-block linear probes, CKA, soft "
                                    "nearest-neighbour loss and residual ablation; --compare adds CKA across models.")
-    p.add_argument("--checkpoint", required=True, metavar="CHECKPOINT", help="a checkpoint of any supported format")
-    p.add_argument("--data", required=True, metavar="DATASET", help=DATA_HELP)
-    p.add_argument("--compare", metavar="CHECKPOINT", help="a second checkpoint: CKA between the two models' blocks")
+    p.add_argument("--checkpoint", required=True, type=MODEL, metavar="CHECKPOINT",
+                   help="a checkpoint of any supported format")
+    p.add_argument("--data", required=True, type=DATA, metavar="DATASET", help=DATA_HELP)
+    p.add_argument("--compare", type=MODEL, metavar="CHECKPOINT",
+                   help="a second checkpoint: CKA between the two models' blocks")
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="analysed split (default: test)")
-    p.add_argument("--data-dir", metavar="DIR", help="an existing copy of the data set")
-    p.add_argument("--images", type=positive, default=512, metavar="N", help="images analysed (default: 512)")
-    p.add_argument("--probe-images", type=positive, default=2000, metavar="N",
+    p.add_argument("--data-dir", type=INPUT_FOLDER, metavar="DIR", help="an existing copy of the data set")
+    p.add_argument("--images", type=integer(1, 10**6), default=512, metavar="N", help="images analysed (default: 512)")
+    p.add_argument("--probe-images", type=integer(2, 10**7), default=2000, metavar="N",
                    help="training images for the linear probes (default: 2000)")
-    p.add_argument("--out", metavar="DIR", help="output folder (default: analysis/ beside the checkpoint)")
+    p.add_argument("--out", type=OUTPUT_FOLDER, metavar="DIR",
+                   help="output folder (default: analysis/ beside the checkpoint)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=analyze)
 

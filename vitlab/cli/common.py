@@ -4,8 +4,6 @@ and the model a ``--model`` argument names."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -15,6 +13,7 @@ from typing import Any
 import torch
 
 import vitlab
+from vitlab.cli.domains import DEVICE
 from vitlab.errors import UsageError
 from vitlab.factory import model_from_spec, parse_spec
 
@@ -59,54 +58,23 @@ def with_warnings(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return out
 
 
-# ---------------------------------------------------------------------------------------- argument types
+# ---------------------------------------------------------------------------------------- arguments
 
 
-def config_setting(text: str) -> tuple[str, Any]:
-    """argparse type for ``--set FIELD=VALUE``: a ViTConfig field the checkpoint cannot state (``mlp_act=quick_gelu``,
-    ``num_heads=16``, ``pos_resample=bicubic``). VALUE is read as JSON when it parses (numbers, true/false, lists),
-    else as a string."""
-    from vitlab.config import ViTConfig
+class Parser(argparse.ArgumentParser):
+    """argparse's parser whose usage errors are one line, as every other error: ``vitlab: error: predict: argument
+    --topk: expected a positive integer, got '0' (see `vitlab predict --help`)``, exit status 2."""
 
-    field, sep, value = text.partition("=")
-    fields = [f.name for f in dataclasses.fields(ViTConfig)]
-    if not sep or field not in fields:
-        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE with FIELD a ViTConfig field ({', '.join(fields)}), "
-                                         f"got {text!r}")
-    try:
-        return field, json.loads(value)
-    except json.JSONDecodeError:
-        return field, value
-
-
-def image_size(text: str) -> int | tuple[int, int]:
-    """argparse type for an image size: ``384`` or ``384x512`` (height x width)."""
-    try:
-        parts = [int(p) for p in text.lower().split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) not in (1, 2) or min(parts) <= 0:
-        raise argparse.ArgumentTypeError(f"expected a size like 384 or 384x512, got {text!r}")
-    return parts[0] if len(parts) == 1 else (parts[0], parts[1])
-
-
-def image_sizes(text: str) -> list[int | tuple[int, int]]:
-    """argparse type for comma-separated image sizes: ``224,384x512``."""
-    return [image_size(t) for t in text.split(",") if t.strip()]
-
-
-def positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+    def error(self, message: str) -> None:  # type: ignore[override]
+        command = self.prog.removeprefix("vitlab").strip()
+        where = f"{command}: " if command else ""
+        print(f"vitlab: error: {where}{one_line(message)} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
 
 
 def add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="cpu", help="torch device to run on: cpu, cuda, cuda:1, mps (default: cpu)")
+    p.add_argument("--device", type=DEVICE, default="cpu",
+                   help="torch device to run on: cpu, cuda, cuda:1, mps (default: cpu)")
 
 
 def add_pretrained(p: argparse.ArgumentParser) -> None:

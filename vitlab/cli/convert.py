@@ -12,14 +12,20 @@ from vitlab.cli.common import (
     EXIT_OK,
     MODEL_HELP,
     add_pretrained,
-    config_setting,
-    image_size,
-    image_sizes,
     load_model_spec,
     millions,
-    positive,
     require_vit,
     with_warnings,
+)
+from vitlab.cli.domains import (
+    CONFIG_SETTING,
+    IMAGE_SIZE,
+    IMAGE_SIZES,
+    MODEL,
+    OPSET,
+    OUTPUT_FILE,
+    POSITIVE_REAL,
+    integer,
 )
 from vitlab.errors import UsageError
 
@@ -31,16 +37,17 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
                        description="Load any supported checkpoint and write it in vitlab's format (.safetensors "
                                    "with config, preprocessing and class names), as a timm state dict or as "
                                    "Google's .npz.")
-    p.add_argument("src", metavar="SRC", help="the checkpoint to read (file, folder, pretrained name or hf-hub id)")
-    p.add_argument("dst", metavar="DST", help="the file to write")
+    p.add_argument("src", type=MODEL, metavar="SRC",
+                   help="the checkpoint to read (file, folder, pretrained name or hf-hub id)")
+    p.add_argument("dst", type=OUTPUT_FILE, metavar="DST", help="the file to write")
     p.add_argument("--to", choices=("vitlab", "timm", "npz"),
                    help="output format; default from DST's suffix: .safetensors -> vitlab, .npz -> npz, "
                         ".pth/.pt/.bin -> timm")
-    p.add_argument("--img-size", type=image_size, metavar="N",
+    p.add_argument("--img-size", type=IMAGE_SIZE, metavar="N",
                    help="resample the position embedding for this input size (N or HxW)")
-    p.add_argument("--num-classes", type=int, metavar="N",
+    p.add_argument("--num-classes", type=integer(0, 10**6), metavar="N",
                    help="replace the head by a fresh zero-initialised one with N classes (0: no head)")
-    p.add_argument("--set", dest="settings", type=config_setting, action="append", default=[], metavar="FIELD=VALUE",
+    p.add_argument("--set", dest="settings", type=CONFIG_SETTING, action="append", default=[], metavar="FIELD=VALUE",
                    help="a config field the checkpoint does not state, as vitlab.load(..., FIELD=VALUE) takes it "
                         "(repeatable): e.g. mlp_act=quick_gelu for OpenAI CLIP weights in a bare state dict, "
                         "num_heads=16, pos_resample=bicubic")
@@ -50,10 +57,26 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
 def convert(src: str, dst: str, to: str | None = None, img_size: int | tuple[int, int] | None = None,
             num_classes: int | None = None, settings: Sequence[tuple[str, object]] = ()) -> int:
     """Load any supported checkpoint and write it as vitlab, timm or npz (by ``to``, else by dst's suffix). For
-    timm, print the class and the non-default arguments that build the model the state dict is for."""
+    timm, print the class and the non-default arguments that build the model the state dict is for. A setting
+    (``--set``) of img_size or num_classes is --img-size or --num-classes; one of a field the file states is an
+    error."""
+    import json
+    import warnings
+
+    from vitlab.config import check_field
+    from vitlab.convert import SETTABLE_FIELDS, OverriddenSetting
+    from vitlab.errors import CheckpointError, check_writable
+
     dst_path = Path(dst)
     if num_classes is not None and num_classes < 0:
         raise UsageError(f"--num-classes must be >= 0 (0: no head), got {num_classes}")
+    settings, sizes = dict(settings), {"img_size": img_size, "num_classes": num_classes}
+    for name, flag in (("img_size", "--img-size"), ("num_classes", "--num-classes")):
+        if name in settings:  # what the flag does: resample the position table, or a fresh head
+            value = check_field(name, settings.pop(name))  # a ConfigError for a value no config takes
+            if sizes[name] is not None and check_field(name, sizes[name]) != value:
+                raise UsageError(f"{flag} {sizes[name]} and --set {name}={json.dumps(value)} disagree; give one")
+            sizes[name] = value
     if to is None:
         to = SUFFIX_FORMATS.get(dst_path.suffix)
         if to is None:
@@ -62,7 +85,26 @@ def convert(src: str, dst: str, to: str | None = None, img_size: int | tuple[int
     writers = {"vitlab": vitlab.save, "timm": vitlab.export_timm, "npz": vitlab.export_npz}
     if to not in writers:  # argparse restricts the choices; this is for callers of the function
         raise UsageError(f"--to must be one of {', '.join(writers)}, got {to!r}")
-    model = with_warnings(vitlab.load, src, img_size=img_size, num_classes=num_classes, **dict(settings))
+    needs = {"vitlab": ".safetensors", "npz": ".npz"}.get(to)
+    if (needs and dst_path.suffix != needs) or (to == "timm" and dst_path.suffix == ".npz"):
+        raise UsageError(f"--to {to} into {dst_path.name!r}: vitlab.load reads that suffix as another format; name "
+                         f"the file with {needs or '.pth, .pt, .bin or .safetensors'}")
+    check_writable(dst_path, "DST")  # before the work of loading
+
+    def load() -> vitlab.VisionTransformer:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", OverriddenSetting)  # --set is for what the file does not state
+            return vitlab.load(src, **sizes, **settings)
+
+    try:
+        model = with_warnings(load)
+    except OverriddenSetting as w:
+        def text(v: object) -> str:
+            return v if isinstance(v, str) else json.dumps(v)
+
+        raise CheckpointError(f"{w.source} states {w.field}={text(w.stated)}; --set {w.field}={text(w.given)} "
+                              "contradicts it (drop --set: it is for fields a bare state dict cannot state, and "
+                              f"for {', '.join(SETTABLE_FIELDS)})") from None
     writers[to](model, dst_path)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"wrote {dst_path} ({to}; from {getattr(model, 'source_format', '?')}; {millions(n_params)} params, "
@@ -91,21 +133,22 @@ def add_export(sub: argparse._SubParsersAction) -> None:
                                    "metadata. Before the file is written, ONNX Runtime runs it beside PyTorch on "
                                    "random images (at two sizes with --dynamic); a max |logit difference| above "
                                    "--atol is an error and leaves no file. Needs: pip install \"vitlab[export]\"")
-    p.add_argument("--model", "-m", required=True, metavar="NAME_OR_CHECKPOINT", help=MODEL_HELP)
+    p.add_argument("--model", "-m", required=True, type=MODEL, metavar="NAME_OR_CHECKPOINT", help=MODEL_HELP)
     add_pretrained(p)
     p.add_argument("--format", default="onnx", choices=("onnx",), help="export format (default: onnx)")
     p.add_argument("--dynamic", action="store_true",
                    help="dynamic batch, height and width (any multiple of the patch size; the position table is "
                         "resampled inside the graph); default: the model's own size and --batch only")
-    p.add_argument("--out", "-o", required=True, metavar="FILE.onnx", help="the file to write")
-    p.add_argument("--check-size", dest="check_sizes", type=image_sizes, default=[], metavar="S[,S...]",
+    p.add_argument("--out", "-o", required=True, type=OUTPUT_FILE, metavar="FILE.onnx", help="the file to write")
+    p.add_argument("--check-size", dest="check_sizes", type=IMAGE_SIZES, default=[], metavar="S[,S...]",
                    help="sizes of the parity check, each 224 or 256x192 (default: the model's own and, with "
                         "--dynamic, a non-square one)")
-    p.add_argument("--batch", type=positive, default=2, metavar="N",
+    p.add_argument("--batch", type=integer(1, 4096), default=2, metavar="N",
                    help="images per parity check; the fixed batch size without --dynamic (default: 2)")
-    p.add_argument("--opset", type=int, default=None, metavar="N",
+    p.add_argument("--opset", type=OPSET, default=None, metavar="N",
                    help="ONNX opset, >= 18 (default: torch.onnx's own, at least 18)")
-    p.add_argument("--atol", type=float, default=1e-4, help="largest |logit difference| accepted (default: 1e-4)")
+    p.add_argument("--atol", type=POSITIVE_REAL, default=1e-4,
+                   help="largest |logit difference| accepted (default: 1e-4)")
     p.set_defaults(func=export)
 
 

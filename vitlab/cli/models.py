@@ -8,14 +8,13 @@ from collections.abc import Sequence
 import vitlab
 from vitlab.cli.common import (
     EXIT_OK,
-    image_sizes,
     load_model_spec,
     millions,
-    positive,
     print_table,
     require_vit,
     with_warnings,
 )
+from vitlab.cli.domains import IMAGE_SIZES, MODEL, OUTPUT_FILE, TEXT, integer
 from vitlab.errors import UsageError
 from vitlab.factory import parse_spec
 from vitlab.flops import COST_PARTS, cost_at, count_flops, count_params
@@ -28,7 +27,7 @@ def add_models(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list the registered models with their size and cost",
                        description="List the registered models: parameters, GFLOPs per image, image size, "
                                    "patch size, tokens and the default pretrained weights. " + ALIAS_HELP + ".")
-    p.add_argument("pattern", nargs="?", metavar="PATTERN",
+    p.add_argument("pattern", nargs="?", type=TEXT, metavar="PATTERN",
                    help="show only names matching this glob ('vit_base*') or substring ('patch16'), or an alias")
     p.set_defaults(func=models)
 
@@ -67,7 +66,7 @@ def add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="describe a checkpoint: format, config, params, preprocessing, classes",
                        description="Load a checkpoint of any supported format (missing or unexpected keys are "
                                    "warnings here) and print what it holds.")
-    p.add_argument("checkpoint", metavar="CHECKPOINT",
+    p.add_argument("checkpoint", type=MODEL, metavar="CHECKPOINT",
                    help="a checkpoint file or folder, a pretrained name (vit_base_patch16_224.augreg2_in21k_ft_in1k) "
                         "or an hf-hub:org/repo id")
     p.set_defaults(func=info)
@@ -107,12 +106,13 @@ def add_complexity(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("complexity", help="parameters, FLOPs by part and attention cost against resolution",
                        description="Parameters and FLOPs broken down by part at each image size, the attention "
                                    "matrix's memory, and global self-attention against Swin's windowed W-MSA.")
-    p.add_argument("--model", "-m", required=True, metavar="NAME_OR_CHECKPOINT",
+    p.add_argument("--model", "-m", required=True, type=MODEL, metavar="NAME_OR_CHECKPOINT",
                    help="a registered name or alias, or a checkpoint file")
-    p.add_argument("--img-size", dest="img_sizes", type=image_sizes, default=[], metavar="S[,S...]",
+    p.add_argument("--img-size", dest="img_sizes", type=IMAGE_SIZES, default=[], metavar="S[,S...]",
                    help="image sizes, comma-separated, each 384 or 384x512 (default: the model's own)")
-    p.add_argument("--window", type=positive, default=7, help="W-MSA window size M in patches (default: 7)")
-    p.add_argument("--plot", default=None, metavar="FILE.png", help="also plot attention cost against resolution")
+    p.add_argument("--window", type=integer(1, 1024), default=7, help="W-MSA window size M in patches (default: 7)")
+    p.add_argument("--plot", type=OUTPUT_FILE, default=None, metavar="FILE.png",
+                   help="also plot attention cost against resolution")
     p.set_defaults(func=complexity)
 
 

@@ -19,10 +19,10 @@ from vitlab.cli.common import (
     error,
     load_model_spec,
     parse_device,
-    positive,
     require_vit,
     warn,
 )
+from vitlab.cli.domains import FRACTION, HEAD, IMAGE_FILE, LAYER, MODEL, NON_NEGATIVE, POSITIVE, TEXT, integer
 from vitlab.errors import UsageError
 from vitlab.inference import class_names_for, prepare_for_inference
 
@@ -48,10 +48,10 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="classify images and print the top-k classes",
                        description="Classify images with a registered model or a checkpoint, using the "
                                    "preprocessing that belongs to its weights.")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, WebP, ...)")
-    p.add_argument("--model", "-m", required=True, metavar="NAME_OR_CHECKPOINT", help=MODEL_HELP)
+    p.add_argument("images", nargs="+", type=IMAGE_FILE, metavar="IMAGE", help="image files (JPEG, PNG, WebP, ...)")
+    p.add_argument("--model", "-m", required=True, type=MODEL, metavar="NAME_OR_CHECKPOINT", help=MODEL_HELP)
     add_pretrained(p)
-    p.add_argument("--topk", "-k", type=positive, default=5, metavar="K",
+    p.add_argument("--topk", "-k", type=POSITIVE, default=5, metavar="K",
                    help="how many classes to print per image (default: 5)")
     add_device(p)
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
@@ -99,35 +99,35 @@ def add_attention(sub: argparse._SubParsersAction) -> None:
                                    "attention rollout over the blocks up to --layer (Abnar & Zuidema 2020), or "
                                    "gradient rollout for a class; with the per-head maps of --layer and the "
                                    "predicted class. Fused attention stays on for every block not needed.")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, WebP, ...)")
-    p.add_argument("--model", "-m", required=True, metavar="NAME_OR_CHECKPOINT", help=MODEL_HELP)
+    p.add_argument("images", nargs="+", type=IMAGE_FILE, metavar="IMAGE", help="image files (JPEG, PNG, WebP, ...)")
+    p.add_argument("--model", "-m", required=True, type=MODEL, metavar="NAME_OR_CHECKPOINT", help=MODEL_HELP)
     add_pretrained(p)
     p.add_argument("--method", choices=("raw", "rollout", "grad-rollout", "pool"), default="raw",
                    help="raw: one block's attention; rollout: attention rollout; grad-rollout: rollout weighted by "
                         "the gradient of a class's logit; pool: an attention-pooled model's (SigLIP's) pool "
                         "attention. raw and rollout read the tokens the head reads (default: raw)")
-    p.add_argument("--layer", type=int, default=-1,
+    p.add_argument("--layer", type=LAYER, default=-1,
                    help="the block (raw), or the last block rolled out; negative counts from the end (default: -1)")
-    p.add_argument("--head", default="mean", metavar="H|mean|max|min",
+    p.add_argument("--head", type=HEAD, default="mean", metavar="H|mean|max|min",
                    help="one head (raw and pool only) or how heads are fused (default: mean)")
-    p.add_argument("--first-layer", type=int, default=0, metavar="L",
+    p.add_argument("--first-layer", type=integer(0, 999), default=0, metavar="L",
                    help="rollout: the first block multiplied (default: 0); a later start leaves out an early block "
                         "that piles its attention onto one patch (see the README's DINOv2 figures)")
-    p.add_argument("--discard-ratio", type=float, default=0.0,
+    p.add_argument("--discard-ratio", type=FRACTION, default=0.0,
                    help="rollout: zero this fraction of the weakest attention weights per block first (default: 0)")
-    p.add_argument("--target", type=int, default=None, metavar="CLASS",
+    p.add_argument("--target", type=NON_NEGATIVE, default=None, metavar="CLASS",
                    help="grad-rollout: the class index to explain (default: the predicted class)")
     p.add_argument("--whole", action="store_true",
                    help="use the whole image at its aspect ratio (shorter side = the model's input size) instead "
                         "of the weights' resize + centre crop")
-    p.add_argument("--out", "-o", default=None, metavar="PATH",
+    p.add_argument("--out", "-o", type=TEXT, default=None, metavar="PATH",
                    help="the figure (one image; default attention-<image>.png) or a folder (several images; "
                         "default attention/)")
     add_device(p)
     p.set_defaults(func=attention)
 
 
-def attention(images: Sequence[str], model: str, method: str = "raw", layer: int = -1, head: str = "mean",
+def attention(images: Sequence[str], model: str, method: str = "raw", layer: int = -1, head: int | str = "mean",
               discard_ratio: float = 0.0, target: int | None = None, out: str | None = None, whole: bool = False,
               device: str = "cpu", pretrained: bool = False, first_layer: int = 0) -> int:
     """Write, per image, a figure of the image, its saliency map by ``method`` and the per-head maps of ``layer``,
@@ -154,7 +154,7 @@ def attention(images: Sequence[str], model: str, method: str = "raw", layer: int
             continue
         path = folder / f"{Path(image).stem}.png" if folder else Path(out or f"attention-{Path(image).stem}.png")
         fig = attention_figure(net, transform(img).unsqueeze(0).to(dev), path, method=method, layer=layer,
-                               head=int(head) if head.isdigit() else head, discard_ratio=discard_ratio,
+                               head=int(head) if str(head).isdigit() else head, discard_ratio=discard_ratio,
                                target=target, title=Path(image).name, class_names=names, first_layer=first_layer)
         print(f"{image}: {'predicted: ' + fig.prediction if fig.prediction else 'no head'} -> {fig.path}")
     return _finish(failed, len(images))

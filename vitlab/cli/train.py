@@ -17,12 +17,25 @@ from vitlab.cli.common import (
     EXIT_OK,
     add_device,
     beside,
-    image_size,
     parse_device,
-    positive,
     with_warnings,
 )
-from vitlab.errors import UsageError
+from vitlab.cli.domains import (
+    DATA,
+    IMAGE_SIZE,
+    INPUT_FILE,
+    INPUT_FOLDER,
+    MODEL,
+    OUTPUT_FILE,
+    OUTPUT_FOLDER,
+    OVERRIDE,
+    POSITIVE_REAL,
+    RUN_NAME,
+    SHOT_COUNTS,
+    TEXT,
+    integer,
+)
+from vitlab.errors import DataError, UsageError
 from vitlab.evaluate import FEATURES
 
 DATA_HELP = "shapes, cifar10, cifar100 or folder:PATH"
@@ -35,13 +48,15 @@ def add_train(sub: argparse._SubParsersAction) -> None:
                                    "--set overrides. Checkpoints are written atomically; Ctrl-C or SIGTERM "
                                    "writes one and stops; --resume RUN_DIR continues exactly.")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--recipe", "-r", metavar="NAME", help="a built-in recipe: demo, finetune, ...")
-    src.add_argument("--config", "-c", metavar="FILE", help="a TOML config file (a recipe's format)")
-    p.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+    src.add_argument("--recipe", "-r", type=TEXT, metavar="NAME", help="a built-in recipe: demo, finetune, ...")
+    src.add_argument("--config", "-c", type=INPUT_FILE, metavar="FILE", help="a TOML config file (a recipe's format)")
+    p.add_argument("--set", "-s", dest="overrides", action="append", type=OVERRIDE, default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set optim.lr=3e-4 --set data.dataset=cifar10 (repeatable)")
-    p.add_argument("--out", metavar="DIR", help="parent folder of run folders (default: the config's out_dir)")
-    p.add_argument("--name", metavar="NAME", help="run folder name (default: <recipe>-<timestamp>)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest checkpoint")
+    p.add_argument("--out", type=OUTPUT_FOLDER, metavar="DIR",
+                   help="parent folder of run folders (default: the config's out_dir)")
+    p.add_argument("--name", type=RUN_NAME, metavar="NAME", help="run folder name (default: <recipe>-<timestamp>)")
+    p.add_argument("--resume", type=INPUT_FOLDER, metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its newest checkpoint")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=train)
 
@@ -74,7 +89,8 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
                        description="Train the `demo` recipe on the synthetic shapes data set (no download), "
                                    "evaluate it, and leave a run folder with the model, curves, confusion matrix "
                                    "and attention overlays.")
-    p.add_argument("--out", default="runs", metavar="DIR", help="parent folder of the run folder (default: runs)")
+    p.add_argument("--out", type=OUTPUT_FOLDER, default="runs", metavar="DIR",
+                   help="parent folder of the run folder (default: runs)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=demo)
 
@@ -118,13 +134,15 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="accuracy of a checkpoint on a data set (top-1/5, per class, confusion)",
                        description="Evaluate a checkpoint on a data set: top-1, top-5 and per-class accuracy, "
                                    "written with the confusion matrix to eval.json and confusion.png.")
-    p.add_argument("--checkpoint", required=True, metavar="CHECKPOINT", help="a checkpoint of any supported format")
-    p.add_argument("--data", required=True, metavar="DATASET", help=DATA_HELP)
+    p.add_argument("--checkpoint", required=True, type=MODEL, metavar="CHECKPOINT",
+                   help="a checkpoint of any supported format")
+    p.add_argument("--data", required=True, type=DATA, metavar="DATASET", help=DATA_HELP)
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="which split (default: test)")
-    p.add_argument("--data-dir", metavar="DIR", help="an existing copy of the data set")
-    p.add_argument("--out", metavar="DIR", help="where to write eval.json and confusion.png "
+    p.add_argument("--data-dir", type=INPUT_FOLDER, metavar="DIR", help="an existing copy of the data set")
+    p.add_argument("--out", type=OUTPUT_FOLDER, metavar="DIR", help="where to write eval.json and confusion.png "
                                                  "(default: eval-<data>-<split> beside the checkpoint)")
-    p.add_argument("--batch-size", type=positive, default=256, metavar="N", help="images per batch (default: 256)")
+    p.add_argument("--batch-size", type=integer(1, 65536), default=256, metavar="N",
+                   help="images per batch (default: 256)")
     add_device(p)
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                    help="bfloat16: the fast inference path, to measure its accuracy cost (default: float32)")
@@ -159,19 +177,23 @@ def add_fewshot(sub: argparse._SubParsersAction) -> None:
                        description="Closed-form regularised least squares from the frozen pooled features of "
                                    "N images per class to {-1, 1} targets, evaluated on the test split; mean and "
                                    "std over several random subsets.")
-    p.add_argument("--checkpoint", required=True, metavar="CHECKPOINT", help="a checkpoint of any supported format")
-    p.add_argument("--data", required=True, metavar="DATASET", help=DATA_HELP)
-    p.add_argument("--shots", default="1,5,10,25", metavar="N,N,...", help="images per class (default: 1,5,10,25)")
-    p.add_argument("--seeds", type=positive, default=5, metavar="S", help="random subsets per shot count (default 5)")
-    p.add_argument("--l2-reg", type=float, default=1.0, metavar="L", help="ridge regularisation (default: 1.0)")
-    p.add_argument("--data-dir", metavar="DIR", help="an existing copy of the data set")
-    p.add_argument("--batch-size", type=positive, default=256, metavar="N", help="images per batch (default: 256)")
+    p.add_argument("--checkpoint", required=True, type=MODEL, metavar="CHECKPOINT",
+                   help="a checkpoint of any supported format")
+    p.add_argument("--data", required=True, type=DATA, metavar="DATASET", help=DATA_HELP)
+    p.add_argument("--shots", type=SHOT_COUNTS, default="1,5,10,25", metavar="N,N,...",
+                   help="images per class (default: 1,5,10,25)")
+    p.add_argument("--seeds", type=integer(1, 1000), default=5, metavar="S",
+                   help="random subsets per shot count (default 5)")
+    p.add_argument("--l2-reg", type=POSITIVE_REAL, default=1.0, metavar="L", help="ridge regularisation (default: 1.0)")
+    p.add_argument("--data-dir", type=INPUT_FOLDER, metavar="DIR", help="an existing copy of the data set")
+    p.add_argument("--batch-size", type=integer(1, 65536), default=256, metavar="N",
+                   help="images per batch (default: 256)")
     add_feature_options(p)
     add_device(p)
     p.set_defaults(func=fewshot)
 
 
-def fewshot(checkpoint: str, data: str, shots: str = "1,5,10,25", seeds: int = 5, l2_reg: float = 1.0,
+def fewshot(checkpoint: str, data: str, shots: Sequence[int] = (1, 5, 10, 25), seeds: int = 5, l2_reg: float = 1.0,
             data_dir: str | None = None, batch_size: int = 256, device: str = "cpu", img_size: int | None = None,
             features: str = "head", dtype: str = "float32") -> int:
     """Linear few-shot accuracy of a checkpoint's frozen features (the ViT paper's evaluation). Only the training
@@ -180,25 +202,26 @@ def fewshot(checkpoint: str, data: str, shots: str = "1,5,10,25", seeds: int = 5
     from vitlab.evaluate import extract_features, fewshot_indices
     from vitlab.evaluate import fewshot as run_fewshot
 
-    try:
-        counts = sorted({int(n) for n in shots.split(",")})
-    except ValueError as e:
-        raise UsageError(f"--shots {shots!r}: expected comma-separated integers such as 1,5,10,25") from e
+    counts = sorted(set(shots))
     model = with_warnings(vitlab.load, checkpoint, img_size=img_size)
     train_set, test_set = load_dataset(data, "train", data_dir=data_dir), load_dataset(data, "test", data_dir=data_dir)
     dev = parse_device(device)
     start = time.perf_counter()
-    drawn = torch.cat([fewshot_indices(train_set.labels, n, s) for n in counts for s in range(seeds)]).unique()
+    names = train_set.class_names
+    drawn = torch.cat([fewshot_indices(train_set.labels, n, s, names) for n in counts for s in range(seeds)]).unique()
     some_x, some_y = extract_features(model, train_set.subset(drawn), batch_size=batch_size, device=dev,
                                       features=features, dtype=dtype)
-    if len(some_y) != len(drawn):
-        raise UsageError(f"{len(drawn) - len(some_y)} of the drawn training images did not decode; fix or remove them")
+    if len(some_y) != len(drawn):  # a streamed file that failed while decoding (its name was in a warning above)
+        raise DataError(f"{len(drawn) - len(some_y)} of the {len(drawn)} drawn training images did not decode (see "
+                        "the warning above); fix or remove them, and run again")
     train_x = some_x.new_zeros(len(train_set.labels), some_x.shape[1])  # only the drawn rows are read
     train_x[drawn] = some_x
     seconds = time.perf_counter() - start
     test_x, test_y = extract_features(model, test_set, batch_size=batch_size, device=dev, features=features,
                                       dtype=dtype)
-    results = run_fewshot(train_x, train_set.labels, test_x, test_y, counts, seeds, l2_reg)
+    if not len(test_y):
+        raise DataError(f"no test image of {data} decodes: nothing to score")
+    results = run_fewshot(train_x, train_set.labels, test_x, test_y, counts, seeds, l2_reg, names)
     size = model.config.img_size
     print(f"{checkpoint} on {data}: linear few-shot top-1 ({seeds} seeds, l2_reg {l2_reg}, {features} features at "
           f"{size[0]}x{size[1]} in {dtype}, {len(test_y)} test images, chance {1 / len(train_set.class_names):.3f})")
@@ -214,21 +237,23 @@ def add_probe(sub: argparse._SubParsersAction) -> None:
                                    "mean patch token, both, or the head's input), fit a multinomial logistic "
                                    "regression on the training features (weight decay chosen on a held-out 10%%), "
                                    "and report test top-1 with the time each stage took.")
-    p.add_argument("--checkpoint", required=True, metavar="CHECKPOINT", help="a checkpoint of any supported format")
-    p.add_argument("--data", required=True, metavar="DATASET", help=DATA_HELP)
+    p.add_argument("--checkpoint", required=True, type=MODEL, metavar="CHECKPOINT",
+                   help="a checkpoint of any supported format")
+    p.add_argument("--data", required=True, type=DATA, metavar="DATASET", help=DATA_HELP)
     add_feature_options(p)
-    p.add_argument("--train-images", type=positive, default=None, metavar="N",
+    p.add_argument("--train-images", type=integer(2, 10**9), default=None, metavar="N",
                    help="probe on a seeded random N of the training images (default: all)")
-    p.add_argument("--data-dir", metavar="DIR", help="an existing copy of the data set")
-    p.add_argument("--batch-size", type=positive, default=256, metavar="N", help="images per batch (default: 256)")
-    p.add_argument("--out", metavar="FILE.json", help="also write the figures as JSON")
+    p.add_argument("--data-dir", type=INPUT_FOLDER, metavar="DIR", help="an existing copy of the data set")
+    p.add_argument("--batch-size", type=integer(1, 65536), default=256, metavar="N",
+                   help="images per batch (default: 256)")
+    p.add_argument("--out", type=OUTPUT_FILE, metavar="FILE.json", help="also write the figures as JSON")
     add_device(p)
     p.set_defaults(func=probe)
 
 
 def add_feature_options(p: argparse.ArgumentParser) -> None:
     """--img-size, --features and --dtype: how frozen features are taken (fewshot, probe)."""
-    p.add_argument("--img-size", type=image_size, default=None, metavar="N",
+    p.add_argument("--img-size", type=IMAGE_SIZE, default=None, metavar="N",
                    help="run the model at this input size (the position table resampled as its source does; "
                         "default: the checkpoint's)")
     p.add_argument("--features", choices=FEATURES, default="head",
@@ -260,7 +285,9 @@ def probe(checkpoint: str, data: str, img_size: int | tuple[int, int] | None = N
     test_x, test_y = extract_features(model, test_set, batch_size=batch_size, device=dev, features=features,
                                       dtype=dtype)
     test_seconds = time.perf_counter() - start
-    result = linear_probe(train_x, train_y, test_x, test_y)
+    if not len(test_y):
+        raise DataError(f"no test image of {data} decodes: nothing to score")
+    result = linear_probe(train_x, train_y, test_x, test_y, class_names=train_set.class_names)
     size = model.config.img_size
     print(f"{checkpoint} on {data}: linear probe top-1 {result.top1:.4f} ({features} features at {size[0]}x{size[1]} "
           f"in {dtype}; {len(train_y)} training, {len(test_y)} test images; weight decay {result.l2:g} chosen on a "
@@ -268,10 +295,13 @@ def probe(checkpoint: str, data: str, img_size: int | tuple[int, int] | None = N
     print(f"seconds: training features {train_seconds:.1f} + fit {result.fit_seconds:.1f} = "
           f"{train_seconds + result.fit_seconds:.1f} (the budget); test features {test_seconds:.1f}")
     if out:
-        Path(out).write_text(json.dumps({
+        from vitlab.checkpoint import atomic_write
+
+        figures = json.dumps({
             "checkpoint": checkpoint, "data": data, "features": features, "img_size": list(size), "dtype": dtype,
             "train_images": len(train_y), "test_images": len(test_y), "top1": result.top1, "l2": result.l2,
             "val_top1": {str(k): v for k, v in result.val_top1.items()}, "train_feature_seconds": train_seconds,
-            "fit_seconds": result.fit_seconds, "test_feature_seconds": test_seconds}, indent=1))
+            "fit_seconds": result.fit_seconds, "test_feature_seconds": test_seconds}, indent=1)
+        atomic_write(Path(out), lambda tmp: tmp.write_text(figures))
         print(f"wrote {out}")
     return EXIT_OK
