@@ -25,8 +25,10 @@ Data: ``--data DIR`` (``DIR/train/<class>/*.jpg`` and ``DIR/test/<class>/*.jpg``
 shared copy ``../shared/data/cifar10-jpeg.zip`` beside the repository) unpacked once into ``--cache``. The images
 are read through the ``folder:`` loader, as a user's own data set would be.
 
-Prints one row per recipe (test accuracy, steps, epochs, images/s) and each recipe's difference from the
-reference, and appends the rows, with the command, hardware and date, to ``<out>/results.jsonl``.
+Prints one row per recipe (the precision it ran in, test accuracy, steps, epochs, images/s) and each recipe's
+difference from the reference, and appends the rows, with the command, hardware and date, to ``<out>/results.jsonl``.
+The precision is what the run's ``amp`` resolved to on this machine (``amp = "auto"``: bf16 only where the hardware
+runs it natively; see vitlab.precision), read from the run folder's ``environment.json``, with the reason.
 """
 
 from __future__ import annotations
@@ -115,7 +117,11 @@ def run_recipe(spec: str, data: Path, n_train: int, minutes: float, out: Path, e
                          f"of the recipes before it are in {out / 'results.jsonl'}")
     metrics = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     rates = [m["img_per_s"] for m in metrics if "img_per_s" in m]
-    return {"recipe": name, "test_acc": result.val_acc, "steps": result.step,
+    env = result.run_dir / "environment.json"
+    precision = json.loads(env.read_text()).get("precision") if env.is_file() else None
+    return {"recipe": name, "precision": precision["dtype"] if precision else "unknown",
+            "precision_reason": precision["reason"] if precision else "", "test_acc": result.val_acc,
+            "steps": result.step,
             "epochs": result.step * cfg.data.batch_size / n_train, "train_minutes": result.train_seconds / 60,
             "img_per_s": sorted(rates)[len(rates) // 2],  # the trainer logs img/s at least at the last step
             "params": sum(p.numel() for p in vitlab.load(result.run_dir / "model.safetensors").parameters()),
@@ -176,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
         row.update(command=command, hardware=hw, date=when, minutes=minutes, overrides=args.set, **fields)
         rows.append(row)
         print(f"    test accuracy {row['test_acc']:.4f} after {row['steps']} steps ({row['epochs']:.1f} epochs, "
-              f"{row['img_per_s']:.0f} img/s)", flush=True)
+              f"{row['img_per_s']:.0f} img/s) in {row['precision']} ({row['precision_reason']})", flush=True)
         args.out.mkdir(parents=True, exist_ok=True)
         with (args.out / "results.jsonl").open("a") as f:
             f.write(json.dumps(row) + "\n")
@@ -194,14 +200,14 @@ def main(argv: list[str] | None = None) -> None:
             teacher=spec, teacher_minutes=teacher_minutes)
 
     ref = next((r for r in rows if r["recipe"] == REFERENCE), None)
-    print(f"\n| recipe | params | budget | steps | epochs | img/s | test acc | vs {REFERENCE} |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"\n| recipe | params | budget | precision | steps | epochs | img/s | test acc | vs {REFERENCE} |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         diff = f"{100 * (r['test_acc'] - ref['test_acc']):+.2f} pts" if ref else "n/a"
         name, budget = r.get("role", r["recipe"]), f"{r['minutes']:g} min"
         if "teacher_minutes" in r:  # a student: its teacher's minutes, then its own
             budget = f"{r['teacher_minutes']:g} + {r['minutes']:g} min"
-        print(f"| {name} | {r['params'] / 1e6:.2f}M | {budget} | {r['steps']} | {r['epochs']:.1f} | "
+        print(f"| {name} | {r['params'] / 1e6:.2f}M | {budget} | {r['precision']} | {r['steps']} | {r['epochs']:.1f} | "
               f"{r['img_per_s']:.0f} | {100 * r['test_acc']:.2f}% | {diff} |")
 
 

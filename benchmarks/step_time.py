@@ -8,8 +8,10 @@ left out (on CIFAR-10 they are a small share; ``benchmarks/data_throughput.py`` 
 
     python benchmarks/step_time.py --recipes cifar10-resnet20,cifar10-hybrid --modes fp32,bf16,compile
 
-Modes: ``fp32``; ``bf16`` (autocast, as ``amp = "bf16"``); ``channels-last`` (model and input in NHWC);
-``compile`` and ``compile-bf16`` (``torch.compile``; the first step, which compiles, is reported apart).
+Modes: ``fp32``; ``bf16`` (autocast, as ``amp = "bf16"``); ``auto`` (as ``amp = "auto"``: bf16 where the CPU runs it
+natively, else fp32; the table says which, and the first line why, see vitlab.precision); ``channels-last`` (model
+and input in NHWC); ``compile`` and ``compile-bf16`` (``torch.compile``; the first step, which compiles, is reported
+apart).
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ import torch
 import torch.nn.functional as F
 
 import vitlab
+from vitlab.precision import resolve_precision
 from vitlab.train.config import load_config
 from vitlab.train.optim import build_optimizer
 
-MODES = ("fp32", "bf16", "channels-last", "compile", "compile-bf16")
+MODES = ("fp32", "bf16", "auto", "channels-last", "compile", "compile-bf16")
 
 
 def time_steps(recipe: str, mode: str, steps: int, warmup: int, img_size: int = 32) -> dict:
@@ -40,11 +43,13 @@ def time_steps(recipe: str, mode: str, steps: int, warmup: int, img_size: int = 
     if mode == "channels-last":
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     net = torch.compile(model) if mode.startswith("compile") else model
+    bf16 = mode.endswith("bf16") or (mode == "auto" and resolve_precision("auto", "cpu").autocast)
+    label = f"auto ({'bf16' if bf16 else 'fp32'})" if mode == "auto" else mode
     parts: dict[str, list[float]] = {"forward": [], "backward": [], "optimizer": []}
     first = 0.0
     for i in range(warmup + steps):
         t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode.endswith("bf16")):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = net(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.data.label_smoothing)
         t1 = time.perf_counter()
@@ -61,7 +66,7 @@ def time_steps(recipe: str, mode: str, steps: int, warmup: int, img_size: int = 
             for name, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2), strict=True):
                 parts[name].append(dt)
     step = [sum(ts) for ts in zip(*parts.values(), strict=True)]
-    return {"recipe": Path(recipe).stem, "mode": mode, "batch": cfg.data.batch_size, "first_step_s": first,
+    return {"recipe": Path(recipe).stem, "mode": label, "batch": cfg.data.batch_size, "first_step_s": first,
             "step_ms": 1e3 * statistics.median(step), "img_per_s": cfg.data.batch_size / statistics.median(step),
             **{f"{name}_ms": 1e3 * statistics.median(ts) for name, ts in parts.items()}}
 
@@ -79,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
         if m not in MODES:
             p.error(f"unknown mode {m!r}; modes: {', '.join(MODES)}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; median of {args.steps} steps after "
-          f"{args.warmup}\n")
+          f"{args.warmup}")
+    print(f"amp {resolve_precision('auto', 'cpu').describe()}\n")
     print("| recipe | mode | batch | forward + loss | backward | clip + optimizer | step | img/s | first step |")
     print("|---|---|---|---|---|---|---|---|---|")
     for recipe in (r.strip() for r in args.recipes.split(",")):
@@ -87,9 +93,10 @@ def main(argv: list[str] | None = None) -> None:
         for mode in modes:
             r = time_steps(recipe, mode, args.steps, args.warmup)
             base = base or r["step_ms"]
-            print(f"| {r['recipe']} | {mode} | {r['batch']} | {r['forward_ms']:.1f} ms | {r['backward_ms']:.1f} ms | "
-                  f"{r['optimizer_ms']:.1f} ms | {r['step_ms']:.1f} ms ({base / r['step_ms']:.2f}x) | "
-                  f"{r['img_per_s']:,.0f} | {r['first_step_s']:.2f} s |", flush=True)
+            print(f"| {r['recipe']} | {r['mode']} | {r['batch']} | {r['forward_ms']:.1f} ms | "
+                  f"{r['backward_ms']:.1f} ms | {r['optimizer_ms']:.1f} ms | "
+                  f"{r['step_ms']:.1f} ms ({base / r['step_ms']:.2f}x) | {r['img_per_s']:,.0f} | "
+                  f"{r['first_step_s']:.2f} s |", flush=True)
 
 
 if __name__ == "__main__":

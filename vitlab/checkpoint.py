@@ -46,6 +46,7 @@ from vitlab.convert import (
     CheckpointError,
     Converted,
     canonical_pos_embed,
+    check_overrides,
     config_of,
     first_line,
     metadata_fields,
@@ -59,7 +60,7 @@ from vitlab.convert import timm as timm_convert
 from vitlab.convert import torchvision as tv_convert
 from vitlab.convert import train as train_convert
 from vitlab.convert.fit import check_fits, first_mismatch
-from vitlab.errors import DiskFullError, NotFoundError  # noqa: F401 (re-exported)
+from vitlab.errors import DiskFullError, NotFoundError, OutputError  # noqa: F401 (re-exported)
 from vitlab.model import VisionTransformer
 from vitlab.pos_embed import resample_pos_embed
 from vitlab.preprocess import Preprocessing
@@ -164,6 +165,7 @@ def _read_folder(path: Path) -> Converted:
             raise CheckpointError(f"{cfg_path}: a field has an unexpected value ({first_line(e)})") from e
         conv.hints.update(hints)
         conv.stated_by = "config.json"
+        conv.stated = frozenset(hints) - timm_convert.hub_config_leaves_open(hub_cfg, hints)
     return conv
 
 
@@ -235,6 +237,7 @@ def _keys(keys: list[str]) -> str:
 
 def _load_vit(conv: Converted, path: Path, num_classes: int | None, img_size: Any, strict: bool,
               overrides: dict[str, Any]) -> VisionTransformer:
+    check_overrides(conv, overrides, str(path))  # a value no config takes, or one the file states otherwise
     cfg = config_of(conv, overrides)
     check_fits(conv.state_dict, cfg, conv.stated_by, overrides)  # one line for a config the weights contradict
     class_names = _class_names(conv, cfg.num_classes) if conv.complete else conv.class_names
@@ -322,12 +325,27 @@ def _is_disk_full(e: BaseException) -> bool:
 
 
 def atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: a crash or a full disk leaves the
-    previous file intact and no partial file behind. A full disk raises ``DiskFullError`` (an OSError)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """Write through a temporary file in the same folder, ``.<name>.tmp-<pid>``, then rename: a crash or a full disk
+    leaves the previous file intact and no partial file behind. A process killed outright leaves its temporary
+    file; the next write to the same path removes it once that process is gone. The file keeps the mode of the one
+    it replaces; a new one gets the mode a plain ``open()`` gives (0666 less the umask). A full disk raises
+    ``DiskFullError``, a path that cannot be written (a folder, no permission) ``OutputError``: both OSErrors."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"cannot write {path}: it is a folder; give a file name")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot make the folder of {path}: {e.strerror or e}; choose another path") from e
+    remove_stale_temporaries(path)
+    tmp = temporary_name(path, os.getpid())
+    try:
+        # Made as open() makes a file, for its mode; the writer writes into it (or makes its own, as safetensors
+        # does with 0600), so the mode is set again below.
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666))
+        mode = (path if path.is_file() else tmp).stat().st_mode & 0o777
         write(tmp)
+        os.chmod(tmp, mode)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -335,9 +353,47 @@ def atomic_write(path: Path, write) -> None:
         if _is_disk_full(e):
             tmp.unlink(missing_ok=True)  # its space first: the message reports what is free without it
             raise DiskFullError(path) from e
+        if isinstance(e, OSError) and e.errno in _UNWRITABLE:
+            raise OutputError(f"cannot write {path}: {e.strerror}; choose another path") from e
         raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+_UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENOTDIR)
+
+
+def temporary_name(path: Path, pid: int) -> Path:
+    """The temporary file process ``pid`` writes ``path`` through (``atomic_write``)."""
+    return path.with_name(f".{path.name}.tmp-{pid}")
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Delete the temporary files of ``path`` that processes no longer alive left (killed mid-write); the ones of a
+    live process, this one included, may be writes in progress and stay. Returns what was removed."""
+    prefix = temporary_name(path, 0).name[:-1]  # ".<name>.tmp-"
+    try:
+        names = [n for n in os.listdir(path.parent) if n.startswith(prefix) and n[len(prefix):].isdigit()]
+    except OSError:
+        return []
+    stale = [path.parent / n for n in names if not _alive(int(n[len(prefix):]))]
+    for tmp in stale:
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+    return stale
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (pid 0 and this process's own count as alive)."""
+    if pid <= 0 or pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: no signal, only the check that the process exists
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):  # PermissionError: it exists, another user's
+        return True
+    return True
 
 
 def _plain_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -359,6 +415,19 @@ def model_metadata(model: VisionTransformer | ResNet, preprocessing: Preprocessi
     return meta
 
 
+def suffix_problem(fmt: str, path: Path) -> str | None:
+    """Why ``load`` would not read back a file of format ``fmt`` ("vitlab", "timm", "npz") named ``path``, or None:
+    it reads a .safetensors file as vitlab's format or a state dict, a .npz file as Google's, any other with
+    torch.load."""
+    if fmt == "vitlab" and path.suffix != ".safetensors":
+        return f"vitlab checkpoints are .safetensors files, got {path.name!r}"
+    if fmt == "npz" and path.suffix != ".npz":
+        return f"Google's checkpoints are .npz files, got {path.name!r}"
+    if fmt == "timm" and path.suffix == ".npz":
+        return f"a timm state dict is a .safetensors, .pth, .pt or .bin file, got {path.name!r}"
+    return None
+
+
 def save(
     model: VisionTransformer | ResNet,
     path: str | Path,
@@ -370,8 +439,8 @@ def save(
     """Save weights as .safetensors with the config, preprocessing and class names in its metadata (a ViT, or a
     ResNet baseline from vitlab.cnn: ``load`` tells them apart by the config's ``arch``)."""
     path = Path(path)
-    if path.suffix != ".safetensors":
-        raise CheckpointError(f"vitlab checkpoints are .safetensors files, got {path.name!r}")
+    if problem := suffix_problem("vitlab", path):
+        raise CheckpointError(problem)
     meta = {**model_metadata(model, preprocessing, class_names), **(extra_metadata or {})}
     sd = _plain_state_dict(model)
     atomic_write(path, lambda tmp: save_file(sd, str(tmp), metadata=meta))
@@ -385,6 +454,8 @@ def export_timm(model: VisionTransformer, path: str | Path) -> Path:
     A model timm has no counterpart for (pool "token_gap", norm_pre with a patch bias, ...) is a CheckpointError;
     timm resamples position tables with antialiased bicubic whatever the model's ``pos_resample``."""
     path = Path(path)
+    if problem := suffix_problem("timm", path):
+        raise CheckpointError(problem)
     sd = timm_convert.to_timm(_plain_state_dict(model), model.config)
     if path.suffix == ".safetensors":
         atomic_write(path, lambda tmp: save_file(sd, str(tmp)))
@@ -396,6 +467,8 @@ def export_timm(model: VisionTransformer, path: str | Path) -> Path:
 def export_npz(model: VisionTransformer, path: str | Path) -> Path:
     """Save Google's .npz layout (vision_transformer), readable by the official JAX code and timm."""
     path = Path(path)
+    if problem := suffix_problem("npz", path):
+        raise CheckpointError(problem)
     arrays = npz_convert.to_npz(_plain_state_dict(model), model.config)
 
     def write(tmp: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,13 +46,91 @@ ATTN_INITS = (
 )
 
 
-def _pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
-    if isinstance(value, int):
-        return (value, value)
-    pair = tuple(int(v) for v in value)
-    if len(pair) != 2:
-        raise ConfigError(f"expected an int or a (height, width) pair, got {value!r}")
-    return pair  # type: ignore[return-value]
+def _integer(value: Any, low: int) -> int | None:
+    """``value`` as an int when it is an integer (not a bool) >= low, else None."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        return None
+    return int(value)
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a float when it is a finite real number (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _img_size(value: Any) -> tuple[int, int] | None:
+    if isinstance(value, (list, tuple)):
+        pair = tuple(_integer(v, 1) for v in value)
+        return pair if len(pair) == 2 and None not in pair else None  # type: ignore[return-value]
+    side = _integer(value, 1)
+    return None if side is None else (side, side)
+
+
+def _blocks(value: Any) -> tuple[int, ...] | None:
+    if not isinstance(value, (list, tuple)):
+        return None
+    blocks = tuple(_integer(v, 0) for v in value)
+    return None if None in blocks else blocks  # type: ignore[return-value]
+
+
+def _positive(value: Any) -> float | None:
+    number = _number(value)
+    return number if number is not None and number > 0 else None
+
+
+def _rate(value: Any) -> float | None:
+    number = _number(value)
+    return number if number is not None and 0.0 <= number < 1.0 else None
+
+
+def _bool(value: Any) -> bool | None:
+    return value if isinstance(value, bool) else None
+
+
+# What each field takes: (a function that returns the value normalised, or None when it is not valid; what it
+# expects, for the message). The fields of a choice (pool, mlp_act, ...) are checked against their table above;
+# the optional ones also take None (off).
+_FIELDS: dict[str, tuple[Any, str]] = {
+    "img_size": (_img_size, "an integer >= 1 or a (height, width) pair of them"),
+    **{name: (lambda v: _integer(v, 1), "an integer >= 1")
+       for name in ("patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_dim")},
+    "stem_depth": (lambda v: _integer(v, 0), "an integer >= 1"),  # 0 gets the conv stem's own message below
+    **{name: (lambda v: _integer(v, 0), "an integer >= 0")
+       for name in ("num_classes", "num_register_tokens", "stem_width")},
+    **{name: (_bool, "true or false")
+       for name in ("qkv_bias", "qk_norm", "patch_bias", "norm_pre", "class_token", "distill_token",
+                    "no_embed_class", "fc_norm")},
+    "layer_scale_init": (_positive, "a positive number, or None (no LayerScale)"),
+    "norm_eps": (_positive, "a positive number"),
+    "representation_size": (lambda v: _integer(v, 1), "an integer >= 1, or None (no pre-logits layer)"),
+    **{name: (_rate, "a number in [0, 1)") for name in ("dropout", "attn_dropout", "drop_path_rate",
+                                                        "patch_drop_rate")},
+    "no_residual_blocks": (_blocks, "a list of block indices (integers >= 0)"),
+}
+_OPTIONAL = ("layer_scale_init", "representation_size")
+_CHOICES = {"pool": POOLS, "pos_embed": POS_EMBEDS, "stem": STEMS, "mlp_act": MLP_ACTS, "pos_resample": POS_RESAMPLES,
+            "attn_init": ATTN_INITS}
+
+
+def check_field(name: str, value: Any) -> Any:
+    """One ViTConfig field on its own: its value normalised (img_size a pair, a number of a float field a float),
+    or a one-line ConfigError naming the field, the value and what it takes. An unknown name is a ConfigError
+    that lists the fields. What depends on other fields (heads dividing the width, ...) is checked by ViTConfig."""
+    if name in _CHOICES:
+        _check_choice(name, value, _CHOICES[name])
+        return value
+    if name not in _FIELDS:
+        valid = ", ".join(f.name for f in dataclasses.fields(ViTConfig))
+        raise ConfigError(f"{name!r} is not a ViTConfig field; the fields are {valid}")
+    if value is None and name in _OPTIONAL:
+        return None
+    read, expected = _FIELDS[name]
+    normalised = read(value)
+    if normalised is None:
+        raise ConfigError(f"{name} must be {expected}, got {value!r}")
+    return normalised
 
 
 @dataclass(frozen=True)
@@ -113,26 +192,12 @@ class ViTConfig:
     no_residual_blocks: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "img_size", _pair(self.img_size))
-        object.__setattr__(self, "no_residual_blocks", tuple(int(i) for i in self.no_residual_blocks))
-        for name in ("patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_dim"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
-        for name in ("num_classes", "num_register_tokens"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
-        if min(self.img_size) < 1:
-            raise ConfigError(f"img_size must be positive, got {self.img_size}")
+        for f in dataclasses.fields(self):  # each field's type and range, then how they fit together
+            object.__setattr__(self, f.name, check_field(f.name, getattr(self, f.name)))
         for i in self.no_residual_blocks:
             if not 0 <= i < self.depth:
                 raise ConfigError(f"no_residual_blocks: block {i} does not exist "
                                  f"(depth={self.depth}: 0..{self.depth - 1})")
-        _check_choice("pool", self.pool, POOLS)
-        _check_choice("pos_embed", self.pos_embed, POS_EMBEDS)
-        _check_choice("stem", self.stem, STEMS)
-        _check_choice("mlp_act", self.mlp_act, MLP_ACTS)
-        _check_choice("pos_resample", self.pos_resample, POS_RESAMPLES)
-        _check_choice("attn_init", self.attn_init, ATTN_INITS)
         if self.embed_dim % self.num_heads:
             raise ConfigError(
                 f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}; "
@@ -158,9 +223,6 @@ class ViTConfig:
         if self.stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
             raise ConfigError(f"stem='conv' downsamples by stride-2 convs: patch_size must be a power of 2 >= 2, "
                              f"got {self.patch_size}")
-        for name in ("dropout", "attn_dropout", "drop_path_rate", "patch_drop_rate"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         h, w = self.img_size
         if h % self.patch_size or w % self.patch_size:
             raise ConfigError(f"img_size={self.img_size} is not divisible by patch_size={self.patch_size}")

@@ -15,6 +15,7 @@ works::
     ├── CheckpointError      a checkpoint that cannot be read or does not fit (ValueError)
     ├── DataError            a data set or image (ValueError)
     │   └── UndecodableImage   one image file that does not decode; ``path`` names it
+    │       └── ImageTooLarge    its header claims more pixels than PIL's decompression-bomb limit
     ├── NotFoundError        a checkpoint, image or data folder that does not exist (FileNotFoundError)
     ├── DownloadError        a download that failed or does not match its checksum (OSError)
     ├── DiskFullError        the disk filled up while writing; the previous file is intact (OSError)
@@ -66,6 +67,18 @@ class UndecodableImage(DataError):
 
 class NotFoundError(VitlabError, FileNotFoundError):
     """A file or folder the user named that does not exist (a checkpoint, an image, a data folder)."""
+
+
+class ImageTooLarge(UndecodableImage):
+    """An image whose header claims more pixels than PIL's decompression-bomb limit: not decoded."""
+
+    def __init__(self, path: str | Path, e: BaseException) -> None:
+        super().__init__(path, e)
+        self.args = (f"{path} claims a size too large to decode safely ({e}); if the image is genuine, raise "
+                     "PIL.Image.MAX_IMAGE_PIXELS",)
+
+    def __str__(self) -> str:
+        return self.args[0]
 
 
 class DownloadError(VitlabError, OSError):
@@ -125,17 +138,30 @@ class ExploreError(VitlabError, ValueError):
 
 
 def check_writable(path: str | Path, what: str = "output") -> Path:
-    """Raise :class:`OutputError` now, before any work, when ``path`` (a file to be written) cannot be: its folder
-    cannot be made or written to, or ``path`` is a folder. Makes the missing parent folders."""
+    """Raise :class:`OutputError` now, before any work, when ``path`` (a file to be written) cannot be: it is a
+    folder, or the nearest folder that exists above it is a file, or takes no new file. It finds out by making and
+    deleting a temporary file in that folder (permission bits say nothing to root, nor about a read-only file
+    system); it makes nothing else (the writer makes the missing folders)."""
     import os
+    import tempfile
 
     path = Path(path)
-    if path.is_dir():
-        raise OutputError(f"{what} {path} is a folder; give a file name")
+    folder = path.parent
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            raise OutputError(f"{what} {path} is a folder; give a file name")
+        while not folder.exists() and folder != folder.parent:  # a path through a file does not exist either
+            folder = folder.parent
+        if not folder.is_dir():
+            raise OutputError(f"cannot write {what} {path}: {folder} is a file, not a folder; choose another path")
+        fd, probe = tempfile.mkstemp(prefix=".vitlab-check-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as e:
-        raise OutputError(f"cannot make the folder of {what} {path}: {e.strerror or e}") from e
-    if not os.access(path.parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        if isinstance(e, OutputError):
+            raise
+        raise OutputError(f"cannot write {what} {path}: no new file can be made in {folder} "
+                          f"({e.strerror or e}); choose another path") from e
+    if path.is_file() and not os.access(path, os.W_OK):  # written in place by some writers
         raise OutputError(f"cannot write {what} {path}: permission denied; choose another path")
     return path

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from vitlab.errors import DataError, NotFoundError, UndecodableImage
+from vitlab.errors import DataError, ImageTooLarge, NotFoundError, UndecodableImage
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -210,8 +210,7 @@ def open_image(source: Any, name: str | Path) -> Image.Image:
             img.load()
             return to_rgb(ImageOps.exif_transpose(img))
     except Image.DecompressionBombError as e:
-        raise DataError(f"{name} claims a size too large to decode safely ({e}); if the image is genuine, raise "
-                        "PIL.Image.MAX_IMAGE_PIXELS") from e
+        raise ImageTooLarge(name, e) from e
     except MemoryError as e:
         raise UndecodableImage(name, e, then="the decoded image does not fit in memory") from e
     except Exception as e:  # noqa: BLE001 - see the docstring
@@ -225,5 +224,7 @@ def image_size_of(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as img:
             return img.size
-    except Exception as e:  # noqa: BLE001 - as _decode
+    except Image.DecompressionBombError as e:
+        raise ImageTooLarge(path, e) from e
+    except Exception as e:  # noqa: BLE001 - as open_image
         raise UndecodableImage(path, e) from e

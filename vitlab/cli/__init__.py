@@ -71,6 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():  # a Python warning raised while the command runs is one line on stderr
             warnings.simplefilter("default")
+            # PIL's notes on a damaged file's metadata ("Tag data larger than file"): the file decodes, or its own
+            # error says what is wrong; the decompression-bomb warning is a RuntimeWarning and still shows
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
             warnings.showwarning = show_warning
             return args.func(**options)
     except BrokenPipeError:  # `vitlab models | head`: the reader left; stop quietly, as Unix tools do

@@ -63,6 +63,7 @@ def convert(src: str, dst: str, to: str | None = None, img_size: int | tuple[int
     import json
     import warnings
 
+    from vitlab.checkpoint import suffix_problem
     from vitlab.config import check_field
     from vitlab.convert import SETTABLE_FIELDS, OverriddenSetting
     from vitlab.errors import CheckpointError, check_writable
@@ -70,6 +71,7 @@ def convert(src: str, dst: str, to: str | None = None, img_size: int | tuple[int
     dst_path = Path(dst)
     if num_classes is not None and num_classes < 0:
         raise UsageError(f"--num-classes must be >= 0 (0: no head), got {num_classes}")
+    check_writable(dst_path, "DST")  # before the work of loading
     settings, sizes = dict(settings), {"img_size": img_size, "num_classes": num_classes}
     for name, flag in (("img_size", "--img-size"), ("num_classes", "--num-classes")):
         if name in settings:  # what the flag does: resample the position table, or a fresh head
@@ -85,11 +87,8 @@ def convert(src: str, dst: str, to: str | None = None, img_size: int | tuple[int
     writers = {"vitlab": vitlab.save, "timm": vitlab.export_timm, "npz": vitlab.export_npz}
     if to not in writers:  # argparse restricts the choices; this is for callers of the function
         raise UsageError(f"--to must be one of {', '.join(writers)}, got {to!r}")
-    needs = {"vitlab": ".safetensors", "npz": ".npz"}.get(to)
-    if (needs and dst_path.suffix != needs) or (to == "timm" and dst_path.suffix == ".npz"):
-        raise UsageError(f"--to {to} into {dst_path.name!r}: vitlab.load reads that suffix as another format; name "
-                         f"the file with {needs or '.pth, .pt, .bin or .safetensors'}")
-    check_writable(dst_path, "DST")  # before the work of loading
+    if problem := suffix_problem(to, dst_path):  # a file vitlab.load would read as another format
+        raise UsageError(f"--to {to}: {problem}")
 
     def load() -> vitlab.VisionTransformer:
         with warnings.catch_warnings():

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import socket
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,7 +135,7 @@ def _empty() -> Any:
 def _text(text: str) -> str:
     if not text.strip():
         raise ValueError("empty")
-    if any(not c.isprintable() for c in text):
+    if any(unicodedata.category(c) == "Cc" for c in text):  # NUL, newline, escape...: no name has them
         raise ValueError("it holds control characters")
     return text
 
@@ -275,3 +276,19 @@ def _output_folder(text: str) -> str:
 
 OUTPUT_FILE = Domain("a file path that can be written", _output_file, ())
 OUTPUT_FOLDER = Domain("a folder that can be made or written to", _output_folder, ())
+
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".eps")  # matplotlib writes
+
+
+def _figure_file(text: str) -> str:
+    if Path(text).suffix.lower() not in FIGURE_SUFFIXES:
+        raise ValueError(f"a figure's suffix is one of {', '.join(FIGURE_SUFFIXES)}")
+    return _output_file(text)
+
+
+def _figure_path(text: str) -> str:
+    return _figure_file(text) if Path(text).suffix else _output_folder(text)
+
+
+FIGURE_FILE = Domain("a figure file to write (.png, .pdf, .svg, ...)", _figure_file, ())
+FIGURE_PATH = Domain("a figure file to write (.png, .pdf, .svg, ...) or a folder for several", _figure_path, ())

@@ -68,7 +68,7 @@ def explore(model: str, images: str | None = None, shapes: int = 6, host: str = 
     if host not in LOCAL_HOSTS:
         warn(f"--host {host}: the explorer is reachable from other machines, with no login; anyone who can reach "
              "it can run the model and upload images")
-    sock = listen(host, port)  # bound before the address is announced: a port in use is one error line
-    print(f"vitlab explore: {model} at {url_of(sock)} (Ctrl-C stops)", flush=True)
-    serve(explorer, sock=sock)
+    with listen(host, port) as sock:  # bound before the address is announced: a port in use is one error line
+        print(f"vitlab explore: {model} at {url_of(sock)} (Ctrl-C stops)", flush=True)
+        serve(explorer, sock=sock)
     return EXIT_OK

@@ -14,7 +14,7 @@ from vitlab.cli.common import (
     require_vit,
     with_warnings,
 )
-from vitlab.cli.domains import IMAGE_SIZES, MODEL, OUTPUT_FILE, TEXT, integer
+from vitlab.cli.domains import FIGURE_FILE, IMAGE_SIZES, MODEL, TEXT, integer
 from vitlab.errors import UsageError
 from vitlab.factory import parse_spec
 from vitlab.flops import COST_PARTS, cost_at, count_flops, count_params
@@ -111,7 +111,7 @@ def add_complexity(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--img-size", dest="img_sizes", type=IMAGE_SIZES, default=[], metavar="S[,S...]",
                    help="image sizes, comma-separated, each 384 or 384x512 (default: the model's own)")
     p.add_argument("--window", type=integer(1, 1024), default=7, help="W-MSA window size M in patches (default: 7)")
-    p.add_argument("--plot", type=OUTPUT_FILE, default=None, metavar="FILE.png",
+    p.add_argument("--plot", type=FIGURE_FILE, default=None, metavar="FILE.png",
                    help="also plot attention cost against resolution")
     p.set_defaults(func=complexity)
 

@@ -22,7 +22,7 @@ from vitlab.cli.common import (
     require_vit,
     warn,
 )
-from vitlab.cli.domains import FRACTION, HEAD, IMAGE_FILE, LAYER, MODEL, NON_NEGATIVE, POSITIVE, TEXT, integer
+from vitlab.cli.domains import FIGURE_PATH, FRACTION, HEAD, IMAGE_FILE, LAYER, MODEL, NON_NEGATIVE, POSITIVE, integer
 from vitlab.errors import UsageError
 from vitlab.inference import class_names_for, prepare_for_inference
 
@@ -120,9 +120,9 @@ def add_attention(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--whole", action="store_true",
                    help="use the whole image at its aspect ratio (shorter side = the model's input size) instead "
                         "of the weights' resize + centre crop")
-    p.add_argument("--out", "-o", type=TEXT, default=None, metavar="PATH",
-                   help="the figure (one image; default attention-<image>.png) or a folder (several images; "
-                        "default attention/)")
+    p.add_argument("--out", "-o", type=FIGURE_PATH, default=None, metavar="PATH",
+                   help="the figure (one image; default attention-<image>.png), or a folder (a path without a suffix, "
+                        "or several images; default attention/)")
     add_device(p)
     p.set_defaults(func=attention)
 
@@ -146,7 +146,8 @@ def attention(images: Sequence[str], model: str, method: str = "raw", layer: int
     pre = net.preprocessing
     transform = pre.transform_whole(net.config.patch_size) if whole else pre.transform()
     net = net.eval().to(dev)
-    folder = Path(out or "attention") if len(images) > 1 else None
+    # several images, or an --out without a suffix: a folder of figures, one per image
+    folder = Path(out or "attention") if len(images) > 1 or (out and not Path(out).suffix) else None
     failed = 0
     for image, img in _read_images(images):
         if img is None:

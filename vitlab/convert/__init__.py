@@ -13,16 +13,18 @@ Errors are :class:`CheckpointError`, one line each (``first_line`` keeps a libra
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from vitlab.config import ViTConfig
-from vitlab.errors import CheckpointError  # noqa: F401 (re-exported)
+from vitlab.config import ViTConfig, check_field
+from vitlab.errors import CheckpointError, ConfigError  # noqa: F401 (re-exported)
 from vitlab.preprocess import Preprocessing
 from vitlab.registry import SIZES
 
@@ -33,6 +35,9 @@ HEADS_BY_WIDTH = {width: heads for width, _, heads, _ in SIZES.values()}
 FORMAT = "vitlab"  # vitlab's .safetensors: the model's metadata (model_metadata) beside its weights
 FORMAT_VERSION = 1
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz", ".ckpt")  # what a model spec reads as a file
+# Fields an argument may set whatever the checkpoint states: they do not change what the weights compute at the
+# stored size (training-only regularisation, the initialisation, how the position table is resampled for another).
+SETTABLE_FIELDS = ("dropout", "attn_dropout", "drop_path_rate", "patch_drop_rate", "attn_init", "pos_resample")
 
 
 class AssumedSettingsNotice(UserWarning):
@@ -51,6 +56,27 @@ class Converted:
     class_names: list[str] | None = None
     complete: bool = False  # hints are the whole config (a ViTConfig, or a ResNetConfig with its "arch")
     stated_by: str = "the architecture read from the checkpoint"  # hints' source in messages: "the metadata", ...
+    # the hints the source states outright (a config.json's), as opposed to assumed for a bare state dict; a
+    # complete config states every field
+    stated: frozenset[str] = frozenset()
+
+    def stated_fields(self) -> dict[str, Any]:
+        """The ViTConfig fields this checkpoint states, with their values (less :data:`SETTABLE_FIELDS`)."""
+        if self.complete:  # a field an older vitlab did not write is its default
+            values = {f.name: self.hints.get(f.name, f.default) for f in dataclasses.fields(ViTConfig)}
+        else:
+            values = {k: v for k, v in self.hints.items() if k in self.stated}
+        return {k: v for k, v in values.items() if k not in SETTABLE_FIELDS}
+
+
+class OverriddenSetting(UserWarning):
+    """An argument to ``vitlab.load`` that changes a field the checkpoint states (its metadata, a config.json): the
+    model built is not the one the file describes. ``vitlab convert --set`` refuses it as an error."""
+
+    def __init__(self, source: str, field: str, stated: Any, given: Any):
+        self.source, self.field, self.stated, self.given = source, field, stated, given
+        super().__init__(f"{source} states {field}={stated!r}; the argument {field}={given!r} overrides it, so the "
+                         "model is not the one the file describes")
 
 
 def first_line(e: BaseException) -> str:
@@ -165,9 +191,28 @@ def infer_config(sd: dict[str, torch.Tensor], hints: dict[str, Any]) -> ViTConfi
         raise CheckpointError(f"the checkpoint's architecture is not a valid ViTConfig ({first_line(e)})") from e
 
 
+def check_overrides(conv: Converted, overrides: dict[str, Any], source: str) -> None:
+    """Each override on its own: a value no ViTConfig takes is a ConfigError naming the field; one that changes a
+    field the checkpoint states (``source`` names it) is an :class:`OverriddenSetting` warning."""
+    stated = conv.stated_fields()
+    for name, value in overrides.items():
+        given = check_field(name, value)
+        if name not in stated:
+            continue
+        try:
+            said = check_field(name, stated[name])
+        except ConfigError:  # the file's own value is not valid: config_of says so
+            continue
+        if said != given:
+            warnings.warn(OverriddenSetting(f"{source} ({conv.stated_by})", name, said, given), stacklevel=5)
+
+
 def config_of(conv: Converted, overrides: dict[str, Any]) -> ViTConfig:
     """The ViTConfig of a converted checkpoint with ``overrides`` applied: the config it states whole (vitlab's own
-    formats), else the one :func:`infer_config` reads off its shapes and hints."""
+    formats), else the one :func:`infer_config` reads off its shapes and hints. An override no ViTConfig takes is a
+    ConfigError naming it."""
+    for name, value in overrides.items():
+        check_field(name, value)
     if not conv.complete:
         return infer_config(conv.state_dict, {**conv.hints, **overrides})
     try:

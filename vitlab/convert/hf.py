@@ -316,7 +316,7 @@ def read_folder(path: str | Path, hub_cfg: dict[str, Any]) -> Converted:
                       "pre-logits layer is Linear + tanh (the pooled output is the class token)", stacklevel=3)
         sd = {k: v for k, v in sd.items() if not k.startswith("pre_logits.")}
     hints["pool"] = _pool(family.name, sd)
-    conv = Converted(sd, "hf", hints=hints, stated_by="config.json")
+    conv = Converted(sd, "hf", hints=hints, stated_by="config.json", stated=frozenset(hints))
     if "head.weight" in sd and family.name != "clip":  # CLIP's head is its projection: no classes to name
         conv.class_names = _class_names(hub_cfg, sd["head.weight"].shape[0])
     pre_path = path / "preprocessor_config.json"

@@ -229,13 +229,22 @@ def hints_from_hub_config(hub_cfg: dict[str, Any]) -> tuple[dict[str, Any], Prep
                             interpolation=pcfg.get("interpolation", "bicubic"), crop_pct=pcfg.get("crop_pct", 0.9))
     if "input_size" in pcfg and "img_size" not in args and pcfg.get("fixed_input_size", True):
         hints["img_size"] = tuple(pcfg["input_size"][-2:])  # timm builds a fixed-size model at its pretrained size
-    notes = " ".join(str(n) for n in pcfg.get("notes") or ())
-    if "quickgelu" in notes.lower().replace(" ", "") and hints.get("mlp_act") != "quick_gelu":
+    if "mlp_act" in hub_config_leaves_open(hub_cfg, hints):
+        notes = " ".join(str(n) for n in pcfg.get("notes") or ())
         warnings.warn(f"timm's notes on these weights say {notes!r}; its architecture {arch} runs them with GELU and "
                       "so does vitlab (timm's outputs); pass mlp_act='quick_gelu' for the original model's",
                       AssumedSettingsNotice, stacklevel=4)
     names = hub_cfg.get("label_names") or None
     return hints, pre, names
+
+
+def hub_config_leaves_open(hub_cfg: dict[str, Any], hints: dict[str, Any]) -> set[str]:
+    """The fields of ``hints`` (:func:`hints_from_hub_config`'s) that a hub config states but its own notes put in
+    doubt, so that an argument may set them: the MLP activation of QuickGELU weights timm runs with GELU."""
+    notes = " ".join(str(n) for n in (hub_cfg.get("pretrained_cfg") or {}).get("notes") or ())
+    if "quickgelu" in notes.lower().replace(" ", "") and hints.get("mlp_act") != "quick_gelu":
+        return {"mlp_act"}
+    return set()
 
 
 def _check_exportable(cfg: ViTConfig) -> None:

@@ -21,6 +21,8 @@ class indices.
 
 from __future__ import annotations
 
+import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
@@ -183,14 +185,32 @@ class _Skipped(NamedTuple):
     reason: str
 
 
-def _collate_decoded(items: list) -> tuple[torch.Tensor | None, torch.Tensor | None, list[_Skipped]]:
-    """Stack the decoded ``(image, label)`` items of a batch; ``(None, None, skipped)`` when none decoded."""
+class _Warned(NamedTuple):
+    """An item and the warnings its decoding raised (message, category): a worker process has no way to show them
+    to the user (with the spawn start method, not even its own stderr), so the main process shows them."""
+
+    item: tuple[torch.Tensor, int] | _Skipped
+    warned: list[tuple[str, type[Warning]]]
+
+
+def _collate_decoded(items: list) -> tuple[torch.Tensor | None, torch.Tensor | None, list[_Skipped],
+                                           list[tuple[str, type[Warning]]]]:
+    """Stack the decoded ``(image, label)`` items of a batch; ``(None, None, skipped, warned)`` when none decoded.
+    ``warned``: the warnings raised while decoding the batch, to be shown by the main process."""
+    warned = [w for it in items if isinstance(it, _Warned) for w in it.warned]
+    items = [it.item if isinstance(it, _Warned) else it for it in items]
     kept = [it for it in items if not isinstance(it, _Skipped)]
     skipped = [it for it in items if isinstance(it, _Skipped)]
     if not kept:
-        return None, None, skipped
+        return None, None, skipped, warned
     x, y = default_collate(kept)
-    return x, y, skipped
+    return x, y, skipped, warned
+
+
+def _sendable(category: type[Warning]) -> type[Warning]:
+    """A warning category that pickles by reference (a module-level class), else UserWarning."""
+    module = sys.modules.get(category.__module__)
+    return category if getattr(module, category.__qualname__, None) is category else UserWarning
 
 
 class _Seeded(torch.utils.data.Dataset):
@@ -203,7 +223,13 @@ class _Seeded(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | _Skipped:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | _Skipped | _Warned:
+        with warnings.catch_warnings(record=True) as caught:  # shown by the main process (see _Warned)
+            warnings.simplefilter("always")
+            item = self._decode(i)
+        return _Warned(item, [(str(w.message), _sendable(w.category)) for w in caught]) if caught else item
+
+    def _decode(self, i: int) -> tuple[torch.Tensor, int] | _Skipped:
         try:
             img, label = self.dataset.load(i)
         except UndecodableImage as e:
@@ -219,7 +245,9 @@ class StreamLoader:
     """One epoch of a :class:`StreamingDataset`; iterate it for ``(x, y)`` as :class:`BatchLoader` yields them.
 
     Files that do not decode are left out of their batch (a batch none of whose files decodes is not yielded);
-    after the epoch one warning gives their count and names a few, and ``skipped`` lists them.
+    after the epoch, or where the consumer stops early (a run that ends mid-epoch), one warning gives their count
+    and names a few, and ``skipped`` lists them. Warnings raised while decoding, in the worker processes too, are
+    raised again in this process, where the command line shows them.
     """
 
     def __init__(self, loader: torch.utils.data.DataLoader, cfg: AugmentConfig | None, num_classes: int,
@@ -234,22 +262,27 @@ class StreamLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.skipped = []
-        for step, (x, y, skipped) in enumerate(self.loader, start=self.start_step):
-            self.skipped += skipped
-            if x is None:
-                continue
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            cfg = self.cfg
-            if cfg is None or not cfg.soft_targets:
-                yield x, y
-                continue
-            t = smooth_one_hot(y, self.num_classes, cfg.label_smoothing)
-            params = sample_params(cfg, x.shape[0], x.shape[2], x.shape[3], generator("mix", self.seed,
-                                                                                      self.epoch, step))
-            # partners within this process's batch: the image before, as torchvision's roll(1)
-            yield mix(x, t, x.roll(1, 0), t.roll(1, 0), params)
-        seen = sum(len(b) for b in self.loader.batch_sampler)
-        report_bad(self.skipped, seen, self.dataset.root, stacklevel=2)
+        seen = 0  # files of the batches served so far
+        try:
+            for step, (x, y, skipped, warned) in enumerate(self.loader, start=self.start_step):
+                self.skipped += skipped
+                seen += len(skipped) + (0 if x is None else x.shape[0])
+                for message, category in warned:
+                    warnings.warn(message, category, stacklevel=2)
+                if x is None:
+                    continue
+                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                cfg = self.cfg
+                if cfg is None or not cfg.soft_targets:
+                    yield x, y
+                    continue
+                t = smooth_one_hot(y, self.num_classes, cfg.label_smoothing)
+                params = sample_params(cfg, x.shape[0], x.shape[2], x.shape[3], generator("mix", self.seed,
+                                                                                          self.epoch, step))
+                # partners within this process's batch: the image before, as torchvision's roll(1)
+                yield mix(x, t, x.roll(1, 0), t.roll(1, 0), params)
+        finally:  # also when the consumer stops early: the trainer breaks off at the run's last step
+            report_bad(self.skipped, seen, self.dataset.root, stacklevel=2)
 
 
 def make_stream_loader(dataset: StreamingDataset, batch_size: int, *, train: bool, preprocessing,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from vitlab.analysis.attention import (
     HEAD_FUSIONS,
@@ -47,11 +48,11 @@ from vitlab.analysis.figure7 import (
     uniform_attention_distance,
 )
 from vitlab.data.folder import IMAGE_EXTENSIONS
-from vitlab.errors import ExploreError, NotFoundError  # noqa: F401 (re-exported)
+from vitlab.errors import ExploreError, NotFoundError, UndecodableImage  # noqa: F401 (re-exported)
 from vitlab.inference import class_names_for
 from vitlab.model import VisionTransformer
 from vitlab.pos_embed import resample_pos_embed, sincos_2d
-from vitlab.preprocess import Preprocessing, decode_image, load_image
+from vitlab.preprocess import Preprocessing, decode_image
 
 TOP_K = 5
 MAX_FOLDER_IMAGES = 1000  # files listed from --images (sorted; the rest are left out, with a note)
@@ -82,6 +83,29 @@ def png_data_url(image: np.ndarray) -> str:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def shown_name(path: str | Path) -> str:
+    """A file name as the page shows it: bytes that are not UTF-8 (a Linux name may hold any) as U+FFFD, so that
+    every name travels as JSON."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _decode(data: bytes, name: str) -> Image.Image:
+    """Decode an image the page asked for (an upload, a file of --images) as upright RGB, or an ExploreError (415)
+    that names it as the page's user knows it (``name``: the upload's file name, the path under --images) and says
+    why in words, never the server's paths or PIL's name for an in-memory file."""
+    try:
+        return decode_image(data, name)
+    except UndecodableImage as e:
+        if isinstance(e.__cause__, UnidentifiedImageError):
+            reason = "its bytes are not in any image format PIL reads"
+        else:
+            reason = re.sub(r"<_io\.\w+[^>]*>|\bthe data\b", "it", e.reason)
+        raise ExploreError(f"{name} is not an image that can be decoded ({reason}); pass a JPEG, PNG, WebP, BMP or "
+                           "other PIL-readable file", 415) from e
+    except ValueError as e:  # a DataError: a header that claims too many pixels
+        raise ExploreError(str(e), 415) from e
 
 
 @dataclass
@@ -161,7 +185,7 @@ class Explorer:
         if len(files) > MAX_FOLDER_IMAGES:
             self.note = f"{root} holds {len(files)} images; the first {MAX_FOLDER_IMAGES} are listed"
         for i, p in enumerate(files[:MAX_FOLDER_IMAGES]):
-            self.sources[f"f{i}"] = Source(f"f{i}", str(p.relative_to(self.root)), "file", path=p)
+            self.sources[f"f{i}"] = Source(f"f{i}", shown_name(p.relative_to(self.root)), "file", path=p)
 
     def _add_shapes(self, n: int) -> None:
         from vitlab.data.shapes import make_shapes
@@ -200,11 +224,7 @@ class Explorer:
                 raise ExploreError(f"{name} is {width} x {height} = {width * height / 1e6:.0f} megapixels; the "
                                    f"explorer takes images of up to {MAX_UPLOAD_PIXELS / 1e6:.0f} megapixels: send a "
                                    "smaller one", 413)
-        try:
-            image = decode_image(data, name)
-        except ValueError as e:
-            raise ExploreError(str(e), 415) from e
-        return self.add_image(image, name)
+        return self.add_image(_decode(data, name), name)
 
     def image_list(self) -> list[dict[str, str]]:
         with self._lock:
@@ -223,9 +243,12 @@ class Explorer:
         if not path.is_relative_to(self.root):  # a link that leads out of --images
             raise ExploreError(f"{source.name} lies outside the images folder", 404)
         try:
-            return load_image(path)
-        except (ValueError, OSError) as e:
-            raise ExploreError(str(e), 415) from e
+            data = path.read_bytes()  # decoded from memory: no message can name the server's own path
+        except FileNotFoundError as e:
+            raise ExploreError(f"{source.name} is no longer in the images folder", 404) from e
+        except OSError as e:
+            raise ExploreError(f"{source.name} cannot be read ({e.strerror or type(e).__name__})", 403) from e
+        return _decode(data, source.name)
 
     # ------------------------------------------------------------------------------------------ forward pass
 

@@ -8,10 +8,20 @@ rollout for every block, head fusion, discard ratio in ``DISCARD_RATIOS`` and fi
 gradient rollout up to the last block for each of the top-k classes; deletion and insertion AUC of the three
 default maps (raw, rollout, gradient rollout of the predicted class). Everything is computed by the same
 :class:`~vitlab.explore.compute.Explorer` methods the server calls.
+
+Before any of that work the output path is checked (:func:`~vitlab.errors.check_writable`) and every image is
+decoded: a file that does not decode is one :class:`~vitlab.errors.DataError` naming it (every such file), and
+nothing is written; the page is one file, so it has all the images asked for or is not written.
+
+The data is embedded as JSON in which ``<``, ``>``, ``&``, U+2028 and U+2029 are ``\\uXXXX`` escapes
+(:func:`embed_json`): no image or class name can end the script or change how the HTML parser reads it, and the
+page's Content-Security-Policy runs only its own two scripts (by hash) and fetches nothing.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,13 +29,35 @@ from typing import Any
 
 from vitlab.analysis.attention import HEAD_FUSIONS
 from vitlab.checkpoint import atomic_write
-from vitlab.errors import UsageError
-from vitlab.explore.compute import Explorer, MapParams
+from vitlab.errors import (
+    DataError,
+    DiskFullError,
+    NotFoundError,
+    OutputError,
+    UndecodableImage,
+    UsageError,
+    check_writable,
+)
+from vitlab.explore.compute import Explorer, MapParams, shown_name
 from vitlab.preprocess import load_image
 
 STATIC = Path(__file__).parent / "static"
 DISCARD_RATIOS = (0.0, 0.5, 0.9)
 FIRST_BLOCKS = (0, 1)
+# characters that may not appear raw inside <script> (they could close it, or open a comment or a nested script in
+# the HTML parser's eyes) or in a JavaScript string literal of older engines (the two line separators)
+SCRIPT_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def embed_json(data: Any) -> str:
+    """``data`` as JSON that can sit inside an HTML ``<script>`` element whatever its strings hold: ASCII only
+    (json's default: every other character, a lone surrogate included, as ``\\uXXXX``) and the characters of
+    SCRIPT_ESCAPES written as JSON escapes, so the text has no ``<``, ``>`` or ``&`` and parses to the same value."""
+    return json.dumps(data, separators=(",", ":")).translate(str.maketrans(SCRIPT_ESCAPES))
+
+
+def _csp_hash(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii") + "'"
 
 
 def _maps(explorer: Explorer, image_id: str, top: list[dict[str, Any]]) -> dict[str, Any]:
@@ -58,6 +90,8 @@ def export_page(explorer: Explorer, images: Sequence[str | Path], out: str | Pat
     with a line per image (the command line prints them: B/16 takes about a minute per image on 2 CPU cores)."""
     if not images:
         raise UsageError("--export needs at least one image file: vitlab explore --model M --export page.html a.jpg")
+    out = check_writable(out, "--export")  # before the minutes of work, not after
+    pictures = _decode_all(images)
     info = explorer.model_info()
     data: dict[str, Any] = {"model": info, "images": [], "rows": {}, "maps": {}, "faithfulness": {},
                             "options": {"discard": list(DISCARD_RATIOS),
@@ -66,7 +100,7 @@ def export_page(explorer: Explorer, images: Sequence[str | Path], out: str | Pat
     for i, path in enumerate(images, start=1):
         if log:
             log(f"[{i}/{len(images)}] {path}")
-        source = explorer.add_image(load_image(path), Path(path).name, kind="file")
+        source = explorer.add_image(pictures[i - 1], shown_name(Path(path).name), kind="file")
         analysis = explorer.analyze(source.id)
         data["images"].append(analysis)
         if not info["attention"]:
@@ -86,10 +120,34 @@ def export_page(explorer: Explorer, images: Sequence[str | Path], out: str | Pat
     page = (STATIC / "index.html").read_text()
     css = (STATIC / "explorer.css").read_text()
     js = (STATIC / "explorer.js").read_text()
-    payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")  # no "</script>" inside the data
-    page = page.replace('<link rel="stylesheet" href="static/explorer.css">', f"<style>\n{css}</style>")
+    script = f"window.VITLAB_DATA = {embed_json(data)};"
+    policy = (f"default-src 'none'; script-src {_csp_hash(script)} {_csp_hash(js)}; style-src {_csp_hash(css)}; "
+              "img-src data:; base-uri 'none'; form-action 'none'")  # its own scripts only; nothing fetched
+    page = page.replace('<meta charset="utf-8">',
+                        f'<meta charset="utf-8">\n<meta http-equiv="Content-Security-Policy" content="{policy}">')
+    page = page.replace('<link rel="stylesheet" href="static/explorer.css">', f"<style>{css}</style>")
     page = page.replace('<script src="static/explorer.js"></script>',
-                        f"<script>window.VITLAB_DATA = {payload};</script>\n<script>\n{js}</script>")
-    out = Path(out)
-    atomic_write(out, lambda tmp: tmp.write_text(page, encoding="utf-8"))  # a reader never sees half a page
+                        f"<script>{script}</script>\n<script>{js}</script>")
+    try:
+        atomic_write(out, lambda tmp: tmp.write_text(page, encoding="utf-8"))  # a reader never sees half a page
+    except DiskFullError:
+        raise
+    except OSError as e:  # the folder changed since the check: name the page, not the temporary file
+        raise OutputError(f"cannot write --export {out}: {e.strerror or e}; choose another path") from e
     return out
+
+
+def _decode_all(images: Sequence[str | Path]) -> list[Any]:
+    """Every image decoded (upright RGB), or one DataError naming each file that is missing or does not decode."""
+    pictures, failed = [], []
+    for path in images:
+        try:
+            pictures.append(load_image(path))
+        except UndecodableImage as e:
+            failed.append(f"{path} is not an image that can be decoded ({e.reason})")
+        except (DataError, NotFoundError) as e:
+            failed.append(str(e))
+    if failed:
+        raise DataError(f"{len(failed)} of {len(images)} image(s) cannot be put in the page, so it is not written: "
+                        f"{'; '.join(failed)}. Fix or leave out {'that file' if len(failed) == 1 else 'those files'}")
+    return pictures

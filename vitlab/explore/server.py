@@ -14,11 +14,17 @@ Routes (every ``/api`` answer is JSON; an error is ``{"error": message}`` with a
     GET  /api/images/{id}/faithfulness?(the map's parameters)&steps=
 
 Images are named by the ids the server lists, never by a path, so nothing outside ``--images`` can be read.
-Sync endpoints run in Starlette's thread pool; the explorer's lock serialises the model.
+Sync endpoints run in Starlette's thread pool; the explorer's lock serialises the model. Every answer carries
+``X-Content-Type-Options: nosniff`` and the page a Content-Security-Policy that runs only ``static/explorer.js``:
+image and class names are data, shown as text, and nothing in them can run.
+
+:func:`listen` binds the socket before anything is announced, so a port in use or a host that does not resolve is
+one :class:`~vitlab.errors.UsageError` naming ``--port`` or ``--host``, not uvicorn's log after the address.
 """
 
 from __future__ import annotations
 
+import errno
 import socket
 import threading
 import time
@@ -28,15 +34,21 @@ from urllib.parse import unquote
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from vitlab.errors import UsageError
 from vitlab.explore.compute import ExploreError, Explorer, MapParams
 
 STATIC = Path(__file__).parent / "static"
 STATIC_FILES = {"explorer.js": "text/javascript", "explorer.css": "text/css"}
 MAX_UPLOAD_BYTES = 25 << 20  # an upload larger than this is refused before it is decoded
+# the page runs its own script only (no inline script, no eval) and fetches only from this server; images are
+# drawn from data: URLs
+PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+               "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
 def _int(request: Request, name: str, default: int | None = None) -> int:
@@ -106,8 +118,12 @@ def create_app(explorer: Explorer, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> 
             return JSONResponse({"error": f"no static file {name!r}"}, 404)
         return FileResponse(STATIC / name, media_type=STATIC_FILES[name])
 
+    def page(request: Request) -> Response:
+        return FileResponse(STATIC / "index.html", media_type="text/html",
+                            headers={"Content-Security-Policy": PAGE_POLICY})
+
     routes = [
-        Route("/", lambda request: FileResponse(STATIC / "index.html", media_type="text/html")),
+        Route("/", page),
         Route("/static/{name}", static),
         Route("/api/model", api(lambda r: explorer.model_info())),
         Route("/api/images", api(lambda r: {"images": explorer.image_list()}), methods=["GET"]),
@@ -121,18 +137,81 @@ def create_app(explorer: Explorer, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> 
         Route("/api/images/{id}/faithfulness",
               api(lambda r: explorer.faithfulness(image_id(r), map_params(r), _int(r, "steps", 16)))),
     ]
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, middleware=[Middleware(NoSniff)])
+
+
+class NoSniff:
+    """ASGI middleware: every answer says ``X-Content-Type-Options: nosniff``, so a browser reads JSON (with the
+    names in it) as JSON, never as a page."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def send_nosniff(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-content-type-options", b"nosniff")]
+            await send(message)
+
+        await self.app(scope, receive, send_nosniff if scope["type"] == "http" else send)
 
 
 def _too_large(limit: int) -> Response:
     return JSONResponse({"error": f"the upload is larger than {limit >> 20} MB; send a smaller image"}, 413)
 
 
-def serve(explorer: Explorer, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve until interrupted (Ctrl-C)."""
+def listen(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
+    """A socket bound to ``host``:``port`` (port 0: a free one), or a :class:`UsageError` that names ``--host`` or
+    ``--port`` and what to do. Binding before announcing the address means the address printed is one that works."""
+    shown = f"[{host}]" if ":" in host else host
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        reason = e.strerror if isinstance(e, socket.gaierror) else "not a valid host name"
+        raise UsageError(f"--host {host}: cannot resolve it ({reason}); pass an address of this machine, such as "
+                         "127.0.0.1 (this machine only) or 0.0.0.0 (every interface)") from e
+    except OverflowError as e:
+        raise UsageError(f"--port {port}: a port is a number in 0..65535") from e
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a restart reuses the port
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        where = f"cannot listen on {shown}:{port}"
+        if e.errno == errno.EADDRINUSE:
+            raise UsageError(f"{where}: address already in use; pass --port N (another free port) or stop what "
+                             "uses it") from e
+        if e.errno == errno.EACCES:
+            raise UsageError(f"{where}: permission denied (ports below 1024 need privileges); pass --port 8000 "
+                             "or another port above 1023") from e
+        if e.errno == errno.EADDRNOTAVAIL:
+            raise UsageError(f"{where}: --host {host} is not an address of this machine; pass 127.0.0.1 or one of "
+                             "its own addresses") from e
+        raise UsageError(f"{where}: {e.strerror or e}; pass another --host or --port") from e
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    """The page's address for a bound socket: ``http://HOST:PORT/`` (an IPv6 host in brackets)."""
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def _server(explorer: Explorer) -> Any:
     import uvicorn
 
-    uvicorn.run(create_app(explorer), host=host, port=port, log_level="warning")
+    return uvicorn.Server(uvicorn.Config(create_app(explorer), log_level="warning"))
+
+
+def serve(explorer: Explorer, host: str = "127.0.0.1", port: int = 8000, sock: socket.socket | None = None) -> None:
+    """Serve until interrupted (Ctrl-C), on ``sock`` (from :func:`listen`) or else on a socket bound to
+    ``host``:``port`` now."""
+    sock = sock if sock is not None else listen(host, port)
+    with sock:
+        _server(explorer).run(sockets=[sock])
 
 
 class BackgroundServer:
@@ -143,15 +222,10 @@ class BackgroundServer:
     """
 
     def __init__(self, explorer: Explorer, host: str = "127.0.0.1", port: int = 0, timeout: float = 30.0):
-        import uvicorn
-
-        if port == 0:
-            with socket.socket() as s:
-                s.bind((host, 0))
-                port = s.getsockname()[1]
-        self.url = f"http://{host}:{port}/"
-        self._server = uvicorn.Server(uvicorn.Config(create_app(explorer), host=host, port=port, log_level="warning"))
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._sock = listen(host, port)  # bound here: no race for the free port between choosing and serving
+        self.url = url_of(self._sock)
+        self._server = _server(explorer)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not self._server.started:
@@ -163,6 +237,7 @@ class BackgroundServer:
     def stop(self) -> None:
         self._server.should_exit = True
         self._thread.join(timeout=10)
+        self._sock.close()
 
     def __enter__(self) -> BackgroundServer:
         return self

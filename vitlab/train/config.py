@@ -19,6 +19,7 @@ from typing import Any
 
 from vitlab.cnn import RESNETS, ResNetConfig
 from vitlab.errors import ConfigError, TrainingError  # noqa: F401 (re-exported)
+from vitlab.precision import AMP_CHOICES
 from vitlab.registry import get_config
 
 if sys.version_info >= (3, 11):
@@ -27,11 +28,15 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+DEFAULT_MODEL = "vit_tiny_patch4_32"  # model.name when a run names no model and has no model.init
 
 
 @dataclass
 class ModelConfig:
-    name: str = "vit_tiny_patch4_32"  # a registered name or alias (vitlab models)
+    # A registered name or alias (vitlab models); "" = DEFAULT_MODEL from scratch, and with init the init's own
+    # architecture. With init the weights decide the architecture: a name of another kind is refused when the run
+    # starts (a ViT name for a ResNet's weights; another ResNet; another registered ViT than init's name).
+    name: str = ""
     # Fine-tuning: a model spec with weights (a path, name.tag, hf-hub:org/repo; a bare name: its default
     # pretrained weights); "" = from scratch.
     init: str = ""
@@ -48,6 +53,7 @@ class ModelConfig:
                                   f"remove model.overrides.{key}")
         if self.init:  # a fine-tuning source is resolved (and checked) when the run starts: it may be a download
             return
+        self.name = self.name or DEFAULT_MODEL
         try:
             if self.name in RESNETS:
                 ResNetConfig(arch=self.name, **self.overrides)
@@ -144,7 +150,8 @@ class TrainConfig:
     # budget the cosine schedule spans the budget and the run stops when it is spent (or at the step limit).
     budget_minutes: float = 0.0
     seed: int = 0
-    amp: str = "none"  # none | bf16
+    # none (fp32) | bf16 (autocast) | auto (bf16 where the device runs it natively, else fp32; vitlab.precision)
+    amp: str = "none"
     compile: bool = False
     ema_decay: float = 0.0  # 0 = no EMA; e.g. 0.999
     eval_every_epochs: int = 1
@@ -159,7 +166,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(self, "", positive=("epochs", "eval_every_epochs", "ckpt_every_steps", "keep_last", "log_every_steps"),
                at_least_0=("max_steps", "budget_minutes", "seed"), fractions=("ema_decay",))
-        _check_choice("amp", self.amp, ("none", "bf16"))
+        _check_choice("amp", self.amp, AMP_CHOICES)
 
 
 def _check(cfg: Any, section: str, positive: tuple[str, ...] = (), at_least_0: tuple[str, ...] = (),

@@ -11,7 +11,9 @@ evaluation records carry ``val_acc`` and ``val_loss``.
 from __future__ import annotations
 
 import json
+import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,14 @@ class RunLog:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True)
+        self._showwarning = warnings.showwarning
+        if self.bar is not None:  # a warning (a skipped file) on a line of its own, not after the bar's text
+            warnings.showwarning = self._show_warning_beside_bar
         self.start_window()
+
+    def _show_warning_beside_bar(self, *args, **kwargs) -> None:
+        with type(self.bar).external_write_mode(file=sys.stderr):  # clears the bar, then draws it again
+            self._showwarning(*args, **kwargs)
 
     def start_window(self) -> None:
         """Start averaging anew (a new epoch, or after a record)."""
@@ -77,6 +86,8 @@ class RunLog:
         """Close everything; draw ``curves.png`` from the whole of metrics.jsonl (unless the run failed)."""
         if self.bar is not None:
             self.bar.close()
+            if warnings.showwarning == self._show_warning_beside_bar:
+                warnings.showwarning = self._showwarning
         if self.tb is not None:
             self.tb.close()
         if self.file is not None and not self.file.closed:

@@ -12,16 +12,22 @@ A run, step by step (``Trainer``): set up (processes, data, model, optimizer, th
 run folder); then epochs of ``train_epoch`` (``forward_backward`` per micro-batch, ``optimizer_step`` per
 ``accum_steps`` of them, with logging and periodic ``save_checkpoint``), each followed by ``end_epoch``
 (``validate`` when due, keeping ``best.safetensors``); then ``finish`` (last checkpoint, ``model.safetensors``).
-A new run never writes into a folder that holds something already (``rundir.check_new_run_dir``).
+A new run never writes into a folder that holds something already (``rundir.check_new_run_dir``), and one process
+trains in a folder at a time (``rundir.hold_run_dir``). A resume continues with the folder's config.json: a model
+it changed since the checkpoint is an error, any other change a warning (``rundir.check_resume_config``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+import functools
 import os
+import re
 import signal
 import sys
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,13 +41,19 @@ import vitlab
 from vitlab.checkpoint import DiskFullError, model_metadata
 from vitlab.cnn import ResNet
 from vitlab.data import AugmentConfig, ImageDataset, load_dataset, make_loader
+from vitlab.errors import CheckpointError
 from vitlab.evaluate import count_correct
+from vitlab.factory import parse_spec
 from vitlab.model import VisionTransformer
+from vitlab.precision import resolve_precision
+from vitlab.registry import resolve_name, split_pretrained_tag
 from vitlab.train.budget import Budget
-from vitlab.train.config import ConfigError, TrainConfig, TrainingError, to_dict
+from vitlab.train.config import ConfigError, ModelConfig, TrainConfig, TrainingError, to_dict
 from vitlab.train.optim import build_optimizer, freeze_early_layers, set_lr
 from vitlab.train.rundir import (
     check_new_run_dir,
+    check_resume_config,
+    hold_run_dir,
     load_resume_config,
     new_run_dir,
     remove_stale_temporaries,
@@ -69,15 +81,18 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, resume: bool =
     """Train (or fine-tune) per ``cfg`` into ``run_dir``; with ``resume``, continue its newest checkpoint.
 
     A new run needs an absent or empty ``run_dir`` (``TrainingError`` otherwise); without one it gets
-    ``new_run_dir(cfg)``: ``<cfg.out_dir>/<cfg.run_name or run-<timestamp>>``."""
+    ``new_run_dir(cfg)``: ``<cfg.out_dir>/<cfg.run_name or run-<timestamp>>``. The main process holds the run
+    folder's lock throughout (``rundir.hold_run_dir``): a second run in the same folder is a ``RunLockedError``."""
     if run_dir is None:
         if resume:
             raise TrainingError("resume=True needs the run_dir of the run to continue")
         run_dir = new_run_dir(cfg)
     run_dir = Path(run_dir)
-    if not resume:
+    main_process = int(os.environ.get("RANK", 0)) == 0  # as _join_processes reads it
+    if not resume and not main_process:
         check_new_run_dir(run_dir)  # by every process, before any of them writes (see Trainer._start_run_folder)
-    return Trainer(cfg, run_dir, resume=resume, progress=progress).run()
+    with hold_run_dir(run_dir, new=not resume) if main_process else contextlib.nullcontext():
+        return Trainer(cfg, run_dir, resume=resume, progress=progress).run()
 
 
 class ModelEMA:
@@ -103,10 +118,17 @@ class Trainer:
         self.cfg, self.run_dir = cfg, run_dir
         self.device, self.world, self.rank = _join_processes(cfg.device)
         self.main_process = self.rank == 0
+        # amp = "auto": bf16 where the device runs it natively, else fp32 (vitlab.precision); said in the log and
+        # environment.json
+        self.precision = resolve_precision(cfg.amp, self.device, warn=self.main_process)
+        if self.main_process:
+            print(f"precision {self.precision.describe()}")
         torch.manual_seed(cfg.seed + self.rank)
         found = latest_state(run_dir) if resume else None
         if resume and found is None:
             raise TrainingError(f"--resume: no readable checkpoint in {run_dir}")
+        if found is not None:  # config.json as edited since: a model change is an error, others a warning each
+            check_resume_config(found[1].get("config"), cfg, found[1]["step"], run_dir, announce=self.main_process)
 
         train_set, val_set = _datasets(cfg)
         self.model = _build_model(cfg, train_set).to(self.device)
@@ -187,7 +209,7 @@ class Trainer:
         if self.cfg.data.progressive_min_size:
             x = self.progressive_resize(x)
         d = self.cfg.distill
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp == "bf16"):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision.autocast):
             logits = self.net(x)  # (B, classes); a DeiT student: its (class, distillation) heads' logits
             if self.teacher is not None:
                 with torch.no_grad():
@@ -244,7 +266,7 @@ class Trainer:
     def validate(self) -> None:
         """Accuracy on the validation data, logged; a new best is saved as ``best.safetensors``."""
         s = self.state
-        stats = evaluate(self.averaged_model, self.val_loader, self.device, self.cfg.amp)
+        stats = evaluate(self.averaged_model, self.val_loader, self.device, self.precision.dtype)
         self.val_acc = stats["acc"]
         self.log.write({"step": s.step, "epoch": s.epoch, "val_acc": self.val_acc, "val_loss": stats["loss"],
                         "train_seconds": s.train_seconds})
@@ -327,10 +349,18 @@ class Trainer:
         if self.main_process:
             remove_stale_temporaries(self.run_dir)
             truncate_metrics(self.run_dir / "metrics.jsonl", s.step, s.log_records)
-        self.model.load_state_dict(checkpoint["model"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
-        if self.ema is not None:
-            self.ema.module.load_state_dict(checkpoint["ema"])
+        try:  # what check_resume_config cannot see: a data set with another class count, another image size
+            self.model.load_state_dict(checkpoint["model"])
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+            if self.ema is not None and checkpoint.get("ema"):
+                self.ema.module.load_state_dict(checkpoint["ema"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            problem = " ".join(str(e).split())
+            raise CheckpointError(f"{path} does not fit the model and optimizer that {self.run_dir}/config.json "
+                                  f"builds now ({problem[:300]}); restore config.json and the data as they were at "
+                                  f"step {s.step}, or start a new run") from e
+        if self.ema is not None and not checkpoint.get("ema"):  # ema_decay set since: the average starts here
+            self.ema = ModelEMA(self.model, self.cfg.ema_decay)
         set_rng_state(checkpoint["rng"])
         if self.main_process:
             print(f"resumed from {path} (step {s.step}, epoch {s.epoch}, batch {s.batch_in_epoch})")
@@ -342,17 +372,19 @@ class Trainer:
             else:
                 dist.barrier()
         if self.main_process:
-            write_run_info(self.run_dir, self.cfg, self.world)
+            write_run_info(self.run_dir, self.cfg, self.world, self.precision)
 
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: Any, device: torch.device, amp: str = "none") -> dict[str, float]:
-    """Top-1 accuracy and mean loss over the loader's data (every rank's share, summed across ranks)."""
+    """Top-1 accuracy and mean loss over the loader's data (every rank's share, summed across ranks), in bf16
+    autocast for ``amp`` "bf16" (and "auto" where ``device`` runs bf16 natively), else in fp32."""
+    autocast = amp == "bf16" or (amp == "auto" and resolve_precision(amp, device).autocast)
     model.eval()
     correct = total = 0
     loss_sum = 0.0
     for x, y in loader.epoch(0):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             logits = model(x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
         correct += count_correct(logits, y)
@@ -450,10 +482,10 @@ def _build_model(cfg: TrainConfig, train_set: Any) -> VisionTransformer | ResNet
         size: Any = tuple(train_set.images.shape[-2:])
     else:
         size = cfg.data.img_size or None  # None: the model's own img_size
-    # Fine-tuning (model.init: any model spec with weights, or a name's default weights): the position table is
-    # resampled, and the head is fresh (zero) if the class count differs. vitlab.factory reads the spec.
-    spec, pretrained = (cfg.model.init, True) if cfg.model.init else (cfg.model.name, False)
-    model = vitlab.create_model(spec, pretrained=pretrained, num_classes=n, img_size=size, **cfg.model.overrides)
+    if cfg.model.init:
+        model = _fine_tuning_model(cfg.model, n, size)
+    else:
+        model = vitlab.create_model(cfg.model.name, num_classes=n, img_size=size, **cfg.model.overrides)
     pre = model.preprocessing
     crop = 1.0 if isinstance(train_set, ImageDataset) else pre.crop_pct
     model.preprocessing = pre.replace(img_size=model.config.img_size, crop_pct=crop)
@@ -461,6 +493,79 @@ def _build_model(cfg: TrainConfig, train_set: Any) -> VisionTransformer | ResNet
     if cfg.model.freeze_blocks:
         freeze_early_layers(model, cfg.model.freeze_blocks)
     return model
+
+
+def _fine_tuning_model(m: ModelConfig, num_classes: int, size: Any) -> VisionTransformer | ResNet:
+    """The weights of ``model.init`` (any model spec with weights, or a name's default weights; vitlab.factory reads
+    it) with ``model.overrides``, for ``num_classes`` at ``size``: the position table is resampled, and the head is
+    fresh (zero) if the class count differs. The weights decide the architecture, so a ``model.name`` of another
+    kind (a ViT name for a ResNet's weights, another ResNet; another registered ViT than an init given by name) is
+    a ConfigError naming both, and so is an override the weights refuse, naming ``model.overrides.<field>``."""
+    create = functools.partial(vitlab.create_model, m.init, pretrained=True, num_classes=num_classes, img_size=size)
+    try:
+        model = create(**m.overrides)
+    except (TypeError, ValueError) as e:
+        if not m.overrides:
+            raise
+        with warnings.catch_warnings():  # the fresh head's notice, given (or not) by the first try
+            warnings.simplefilter("ignore")
+            base = create()  # the init's own error, if the weights themselves do not load
+            _check_name(m, base)
+            raise _overrides_error(m, base, e, create) from e
+    _check_name(m, model)
+    return model
+
+
+def _check_name(m: ModelConfig, model: torch.nn.Module) -> None:
+    """A ConfigError when ``model.name`` names another model than the one ``model.init``'s weights built."""
+    if not m.name:
+        return
+    init = parse_spec(m.init)
+    if isinstance(model, ResNet):
+        built, fix = f"a ResNet ({model.config.arch})", f"set model.name={model.config.arch!r}"
+        contradicts = m.name != model.config.arch
+    else:
+        built, fix = "a ViT", "remove model.name (the weights decide the architecture)"
+        try:
+            named = resolve_name(split_pretrained_tag(m.name)[0])
+        except ValueError:
+            named = None  # a ResNet name (or none vitlab knows): another kind than a ViT
+        contradicts = named is None or (init.kind == "name" and init.name != named)
+        if init.kind == "name":
+            built, fix = f"a ViT ({init.name})", f"set model.name={init.name!r}"
+    if contradicts:
+        raise ConfigError(f"model.name={m.name!r} contradicts model.init={m.init!r}, which is {built}: a fine-tuned "
+                          f"model is built from model.init's weights; {fix}, or remove model.init to train "
+                          f"{m.name} from scratch")
+
+
+def _overrides_error(m: ModelConfig, base: torch.nn.Module, e: Exception, create: Any) -> ConfigError:
+    """A one-line ConfigError naming the field of ``model.overrides`` that model.init's weights (``base``, built
+    without the overrides) refuse, and why."""
+    fields = sorted(f.name for f in dataclasses.fields(base.config))
+    kind = f"a ResNet ({base.config.arch})" if isinstance(base, ResNet) else "a ViT"
+    for key in m.overrides:
+        if key not in fields:
+            return ConfigError(f"model.overrides.{key}: model.init={m.init!r} is {kind}, whose config has no field "
+                               f"{key!r} (its fields: {', '.join(fields)}); remove model.overrides.{key}")
+    for key, value in m.overrides.items():
+        try:
+            create(**{key: value})
+        except (TypeError, ValueError) as one:
+            return ConfigError(f"model.overrides.{key}={value!r} does not fit model.init={m.init!r}, whose {key} is "
+                               f"{getattr(base.config, key)!r}: {_reason(one)}; change or remove "
+                               f"model.overrides.{key}")
+    return ConfigError(f"model.overrides={m.overrides} do not fit model.init={m.init!r} together: {_reason(e)}; "
+                       "change or remove them")
+
+
+def _reason(e: Exception) -> str:
+    """Why a loader refused a config, without its framing (the file's name, "the arguments say ...")."""
+    text = " ".join(str(e).split())
+    inner = re.search(r" is not a valid \w+ \((?:\w+: )?(.*)\)$", text)
+    if inner:
+        return inner[1]
+    return text.split(" but ", 1)[1] if " but " in text else text
 
 
 def _loaders(cfg: TrainConfig, train_set: Any, val_set: Any, model: torch.nn.Module, device: torch.device,
