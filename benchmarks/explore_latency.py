@@ -62,18 +62,18 @@ def run_case(browser, model: torch.nn.Module, name: str, hovers: int, screenshot
     with BackgroundServer(explorer) as server:
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.goto(server.url)
-        page.wait_for_function("window.vitlabStats.imageShownMs.length >= 1", timeout=120_000)
+        page.wait_for_function("() => window.vitlabStats.imageShownMs.length >= 1", timeout=120_000)
         first = page.evaluate("window.vitlabStats.imageShownMs[0]")
         rng = np.random.default_rng(0)
         h, w = explorer.grid
         for i, photo in enumerate(PHOTOS):
             page.set_input_files("#upload", str(photo))
-            page.wait_for_function(f"window.vitlabStats.imageShownMs.length >= {i + 2}", timeout=120_000)
+            page.wait_for_function(f"() => window.vitlabStats.imageShownMs.length >= {i + 2}", timeout=120_000)
             box = page.locator("#view").bounding_box()
             for patch in rng.permutation(h * w)[:hovers]:
                 r, c = divmod(int(patch), w)
                 page.mouse.move(box["x"] + (c + 0.5) / w * box["width"], box["y"] + (r + 0.5) / h * box["height"])
-                page.wait_for_function(f"window.vitlabStats.lastShown.includes('patch (row {r}, col {c})')",
+                page.wait_for_function(f"() => window.vitlabStats.lastShown.includes('patch (row {r}, col {c})')",
                                        timeout=30_000)
             page.wait_for_timeout(100)  # the last move's frame
             page.mouse.move(1, 1)
@@ -90,7 +90,7 @@ def run_case(browser, model: torch.nn.Module, name: str, hovers: int, screenshot
         print(f"  hover, the others        : {quantiles(rest)}")
         if screenshot:
             page.set_input_files("#upload", str(PHOTOS[0]))
-            page.wait_for_function(f"window.vitlabStats.imageShownMs.length >= {len(PHOTOS) + 2}", timeout=60_000)
+            page.wait_for_function(f"() => window.vitlabStats.imageShownMs.length >= {len(PHOTOS) + 2}", timeout=60_000)
             page.select_option("#block", "8")  # a block whose patch queries look beyond themselves
             box = page.locator("#view").bounding_box()
             page.mouse.move(box["x"] + 0.56 * box["width"], box["y"] + 0.27 * box["height"])  # the astronaut's face

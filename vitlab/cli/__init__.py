@@ -63,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 prints escaped, never a crash
+        if hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):  # a stream that cannot change (closed, or already written in binary)
+                pass
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help, --version, or a usage error argparse already printed
@@ -90,6 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if message is None:  # not about a file: not the user's input
             return internal_error(e)
         error(message)
+        return EXIT_USAGE
+    except MemoryError:
+        error("out of memory: try a smaller --batch-size or image size, or a machine with more memory")
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("\nvitlab: interrupted", file=sys.stderr)

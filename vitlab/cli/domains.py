@@ -181,7 +181,8 @@ DATA = Domain("a data set: shapes, cifar10, cifar100 or folder:PATH", _data, ("s
 
 
 def _setting(text: str) -> tuple[str, Any]:
-    """``FIELD=VALUE`` with FIELD a ViTConfig field; VALUE read as JSON when it parses, else as a string."""
+    """``FIELD=VALUE`` with FIELD a ViTConfig field; VALUE read as JSON when it parses (``none``: None), else as a
+    string."""
     from vitlab.config import ViTConfig
 
     field, sep, value = text.partition("=")
@@ -189,11 +190,12 @@ def _setting(text: str) -> tuple[str, Any]:
     if not sep or field not in fields:
         raise ValueError(f"FIELD one of {', '.join(fields)}")
     try:
-        parsed = json.loads(value)
+        parsed = None if value in ("none", "None") else json.loads(value)
     except json.JSONDecodeError:
         parsed = value
-    if isinstance(parsed, float) and not math.isfinite(parsed):
-        raise ValueError("a finite value")
+    from vitlab.config import check_field
+
+    check_field(field, parsed)  # its type and range, as vitlab.load checks them (a ConfigError says which)
     return field, parsed
 
 

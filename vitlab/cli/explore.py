@@ -30,7 +30,8 @@ def add_explore(sub: argparse._SubParsersAction) -> None:
                         "and your uploads to the network)")
     p.add_argument("--port", type=PORT, default=8000, help="port (default: 8000)")
     p.add_argument("--export", type=OUTPUT_FILE, metavar="PAGE.html",
-                   help="write one self-contained page for IMAGE... and exit")
+                   help="write one self-contained page for IMAGE... and exit; every IMAGE is decoded first, and if "
+                        "one cannot be, nothing is written (exit 2)")
     p.add_argument("export_images", nargs="*", type=IMAGE_FILE, metavar="IMAGE",
                    help="with --export: the image files of the page")
     add_device(p)
