@@ -223,3 +223,15 @@ def test_a_file_name_that_is_not_utf8_prints_escaped(tmp_path, checkpoint):
                             capture_output=True, env={**os.environ, "PYTHONIOENCODING": "utf-8"}, timeout=120)
     assert result.returncode == 0 and b"Traceback" not in result.stderr, result.stderr
     assert b"caf\\udce9.png" in result.stdout
+
+
+@pytest.mark.parametrize("where", ["/proc/vitlab-test/figures.json", "{tmp}/a-file/figures.json"])
+def test_an_unwritable_probe_out_is_found_before_any_work(capsys, tmp_path, checkpoint, where):
+    """017cab9 found it after extracting every feature and fitting, and named the hidden temporary file."""
+    (tmp_path / "a-file").write_text("a file, not a folder")
+    out = where.replace("{tmp}", str(tmp_path))
+    before = snapshot(tmp_path)
+    assert main(["probe", "--checkpoint", str(checkpoint), "--data", "folder:/no/such/data", "--out", out]) == 2
+    line = one_error(capsys)
+    assert "argument --out: expected a file path that can be written" in line and out in line and ".tmp" not in line
+    assert snapshot(tmp_path) == before

@@ -236,7 +236,17 @@ def _no_serving(*args, **kwargs) -> None:
 
 @pytest.fixture
 def offline(monkeypatch):
+    """No hub, no serving loop, and a demo of two steps of a 1-block ViT (the demo recipe trains for a minute)."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # --pretrained and hub ids fail at once, as without internet
+    import vitlab.train.config as train_config
+
+    real_load_config = train_config.load_config
+
+    def short_demo(recipe=None, config_file=None, overrides=()):
+        extra = ["max_steps=2", "model.overrides={embed_dim = 32, depth = 1, num_heads = 2, mlp_dim = 32}"]
+        return real_load_config(recipe, config_file, [*overrides, *(extra if recipe == "demo" else [])])
+
+    monkeypatch.setattr(train_config, "load_config", short_demo)
     import vitlab.explore.server as server
 
     monkeypatch.setattr(server, "run_server", _no_serving, raising=False)

@@ -85,11 +85,10 @@ def fuzz_settings(examples: int):
                     suppress_health_check=list(HealthCheck))
 
 
-@pytest.mark.parametrize("suffix", sorted(FORMATS))
-def test_load_image_on_mutants_decodes_or_names_the_file(tmp_path, suffix):
+def fuzz_load_image(tmp_path: Path, suffix: str, examples: int) -> None:
     original = valid_bytes(suffix)
 
-    @fuzz_settings(FAST * 4)
+    @fuzz_settings(examples)
     @given(seed=st.integers(0, 2**31))
     def draw(seed):
         path = tmp_path / f"m{seed}.{suffix}"
@@ -97,21 +96,17 @@ def test_load_image_on_mutants_decodes_or_names_the_file(tmp_path, suffix):
         check_load(path)
 
     draw()
+
+
+@pytest.mark.parametrize("suffix", sorted(FORMATS))
+def test_load_image_on_mutants_decodes_or_names_the_file(tmp_path, suffix):
+    fuzz_load_image(tmp_path, suffix, FAST * 4)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("suffix", sorted(FORMATS))
 def test_load_image_on_many_mutants(tmp_path, suffix):
-    original = valid_bytes(suffix)
-
-    @fuzz_settings(DEEP * 10)
-    @given(seed=st.integers(0, 2**31))
-    def draw(seed):
-        path = tmp_path / f"m{seed}.{suffix}"
-        path.write_bytes(mutate(original, seed))
-        check_load(path)
-
-    draw()
+    fuzz_load_image(tmp_path, suffix, DEEP * 10)
 
 
 def mutant_folder(root: Path, count: int, seed: int, size: tuple[int, int]) -> tuple[Path, dict[str, bool]]:
@@ -172,7 +167,7 @@ def check_cli_over_mutants(capsys, tmp_path, model_file, command: str, count: in
     """``command`` over a valid image and ``count`` mutants: one error line per file that does not decode, each
     naming it, a summary line, exit 1 (0 if all decode); every image that decodes is classified (or drawn)."""
     folder = tmp_path / "images"
-    folder.mkdir()
+    folder.mkdir(parents=True)
     suffixes = sorted(FORMATS)
     paths = [folder / "good.png"]
     paths[0].write_bytes(valid_bytes("png"))

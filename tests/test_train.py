@@ -247,7 +247,8 @@ def test_finetune_with_frozen_blocks_trains_only_the_rest(data, tmp_path):
         load_config("finetune", overrides=["model.freeze_blocks=-1"])
 
 
-def test_bf16_autocast_and_gradient_accumulation(data, tmp_path):
+def test_bf16_autocast_and_gradient_accumulation(data, tmp_path, monkeypatch):
+    monkeypatch.setenv("VITLAB_NATIVE_BF16", "1")  # bf16 asked for on purpose: no "emulated, slow" warning here
     cfg = tiny_config(data, "amp=\"bf16\"", "optim.accum_steps=2", "max_steps=3")
     result = train(cfg, run_dir=tmp_path, progress=False)
     assert result.step == 3 and 0.0 <= result.val_acc <= 1.0

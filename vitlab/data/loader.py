@@ -21,6 +21,7 @@ class indices.
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
@@ -227,6 +228,9 @@ class _Seeded(torch.utils.data.Dataset):
         with warnings.catch_warnings(record=True) as caught:  # shown by the main process (see _Warned)
             warnings.simplefilter("always")
             item = self._decode(i)
+        # PIL's notes on a damaged file's metadata stay out, as the command line filters them (vitlab.cli.main)
+        caught = [w for w in caught if f"{os.sep}PIL{os.sep}" not in w.filename or not issubclass(w.category,
+                                                                                                  UserWarning)]
         return _Warned(item, [(str(w.message), _sendable(w.category)) for w in caught]) if caught else item
 
     def _decode(self, i: int) -> tuple[torch.Tensor, int] | _Skipped:
