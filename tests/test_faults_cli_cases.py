@@ -215,6 +215,7 @@ def test_what_the_command_line_makes_of_each_kind_of_exception(capsys, monkeypat
     assert ("Traceback" in err) == (code == 3)
 
 
+@pytest.mark.slow  # starts a Python process, as a terminal runs the command
 def test_a_file_name_that_is_not_utf8_prints_escaped(tmp_path, checkpoint):
     """A real terminal's stdout is strict UTF-8: printing such a name was a UnicodeEncodeError."""
     name = os.fsencode(tmp_path) + b"/caf\xe9.png"

@@ -257,7 +257,7 @@ def offline(monkeypatch):
 def test_fuzz_every_option(capsys, monkeypatch, world, offline, command, action):
     """A few derandomized draws per option; the expensive subcommands only through the parser."""
 
-    @settings(max_examples=4, derandomize=True, deadline=None, database=None,
+    @settings(max_examples=3, derandomize=True, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))
     @given(value=values(action))
     def draw(value):

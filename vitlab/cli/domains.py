@@ -202,6 +202,16 @@ def _setting(text: str) -> tuple[str, Any]:
 CONFIG_SETTING = Domain("FIELD=VALUE with FIELD a ViTConfig field", _setting, ("mlp_act=quick_gelu",))
 
 
+def _recipe(text: str) -> str:
+    from vitlab.train.config import recipe_path
+
+    recipe_path(_text(text))  # a ConfigError lists the built-in recipes
+    return text
+
+
+RECIPE = Domain("a built-in recipe name (vitlab/recipes/*.toml)", _recipe, ("demo", "finetune"))
+
+
 def _override(text: str) -> str:
     key, sep, _ = text.partition("=")
     if not sep or not key.strip() or any(not c.isprintable() for c in text):

@@ -30,9 +30,9 @@ from vitlab.cli.domains import (
     OUTPUT_FOLDER,
     OVERRIDE,
     POSITIVE_REAL,
+    RECIPE,
     RUN_NAME,
     SHOT_COUNTS,
-    TEXT,
     integer,
 )
 from vitlab.errors import DataError, UsageError
@@ -48,7 +48,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
                                    "--set overrides. Checkpoints are written atomically; Ctrl-C or SIGTERM "
                                    "writes one and stops; --resume RUN_DIR continues exactly.")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--recipe", "-r", type=TEXT, metavar="NAME", help="a built-in recipe: demo, finetune, ...")
+    src.add_argument("--recipe", "-r", type=RECIPE, metavar="NAME", help="a built-in recipe: demo, finetune, ...")
     src.add_argument("--config", "-c", type=INPUT_FILE, metavar="FILE", help="a TOML config file (a recipe's format)")
     p.add_argument("--set", "-s", dest="overrides", action="append", type=OVERRIDE, default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set optim.lr=3e-4 --set data.dataset=cifar10 (repeatable)")

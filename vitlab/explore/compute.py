@@ -48,7 +48,7 @@ from vitlab.analysis.figure7 import (
     uniform_attention_distance,
 )
 from vitlab.data.folder import IMAGE_EXTENSIONS
-from vitlab.errors import ExploreError, NotFoundError, UndecodableImage  # noqa: F401 (re-exported)
+from vitlab.errors import ExploreError, ImageTooLarge, NotFoundError, UndecodableImage  # noqa: F401
 from vitlab.inference import class_names_for
 from vitlab.model import VisionTransformer
 from vitlab.pos_embed import resample_pos_embed, sincos_2d
@@ -97,6 +97,8 @@ def _decode(data: bytes, name: str) -> Image.Image:
     why in words, never the server's paths or PIL's name for an in-memory file."""
     try:
         return decode_image(data, name)
+    except ImageTooLarge as e:  # its own words: the size it claims, and what to do if it is genuine
+        raise ExploreError(str(e), 415) from e
     except UndecodableImage as e:
         if isinstance(e.__cause__, UnidentifiedImageError):
             reason = "its bytes are not in any image format PIL reads"
@@ -104,8 +106,6 @@ def _decode(data: bytes, name: str) -> Image.Image:
             reason = re.sub(r"<_io\.\w+[^>]*>|\bthe data\b", "it", e.reason)
         raise ExploreError(f"{name} is not an image that can be decoded ({reason}); pass a JPEG, PNG, WebP, BMP or "
                            "other PIL-readable file", 415) from e
-    except ValueError as e:  # a DataError: a header that claims too many pixels
-        raise ExploreError(str(e), 415) from e
 
 
 @dataclass
