@@ -15,7 +15,7 @@ Tiers: the non-slow tier runs a few derandomized examples per option, the subcom
 second (attention, probe, explore, train, demo, analyze, export) only through the parser; the slow tier
 (``-m slow``) runs many examples of every option
 through the whole command. ``VITLAB_FUZZ_EXAMPLES=N`` sets the number of examples per option of the slow tier
-(default 12) for a longer campaign.
+(default 6) for a longer campaign.
 """
 
 from __future__ import annotations
@@ -270,7 +270,7 @@ def test_fuzz_every_option(capsys, monkeypatch, world, offline, command, action)
 @pytest.mark.parametrize("command,action", OPTIONS, ids=[option_id(c, a) for c, a in OPTIONS])
 def test_fuzz_every_option_deep(capsys, monkeypatch, world, offline, command, action):
     """Many draws per option, every subcommand run whole."""
-    examples = int(os.environ.get("VITLAB_FUZZ_EXAMPLES", "12"))
+    examples = int(os.environ.get("VITLAB_FUZZ_EXAMPLES", "6"))
     examples = min(examples, 3) if command in ("demo", "analyze", "export") else examples
 
     @settings(max_examples=examples, derandomize=True, deadline=None, database=None,
