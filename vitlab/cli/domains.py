@@ -9,8 +9,9 @@ the parser and fails on an option without one, so a new option is checked by con
     p.add_argument("--port", type=PORT, default=8000)
     p.add_argument("--l2-reg", type=real(0, math.inf, low_open=True), default=1.0)
 
-A value outside the domain is a usage error at parse time, before any model is loaded: ``vitlab: error: argument
---port: expected a port number 0..65535, got '70000'``.
+A value outside the domain is a usage error at parse time, before any model is loaded: ``vitlab: error: explore:
+argument --port: expected a port number 0..65535 (0: any free port), got '70000' (out of range) (see `vitlab
+explore --help`)``.
 """
 
 from __future__ import annotations
@@ -120,13 +121,17 @@ def _image_size(text: str) -> int | tuple[int, int]:
 
 IMAGE_SIZE = Domain(f"an image size like 384 or 384x512 (at most {MAX_IMAGE_SIDE} a side)", _image_size,
                     ("32", "32x48"))
-IMAGE_SIZES = Domain(f"comma-separated image sizes like 224,384x512 (at most {MAX_IMAGE_SIDE} a side)",
-                     lambda text: [_image_size(t) for t in text.split(",") if t.strip()] or _empty(),
+
+
+def _image_sizes(text: str) -> list[int | tuple[int, int]]:
+    sizes = [_image_size(t) for t in text.split(",") if t.strip()]
+    if not sizes:
+        raise ValueError("no size given")
+    return sizes
+
+
+IMAGE_SIZES = Domain(f"comma-separated image sizes like 224,384x512 (at most {MAX_IMAGE_SIDE} a side)", _image_sizes,
                      ("32", "32,48x32"))
-
-
-def _empty() -> Any:
-    raise ValueError("no size given")
 
 
 # ------------------------------------------------------------------------------------------------ text and names
