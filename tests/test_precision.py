@@ -8,8 +8,8 @@ import warnings
 import pytest
 import torch
 from conftest import load_benchmark
+from test_train import write_shapes_folder
 
-from vitlab.data.shapes import make_shapes
 from vitlab.precision import NATIVE_BF16_ENV, native_bf16, resolve_precision
 from vitlab.train.config import ConfigError, list_recipes, load_config
 from vitlab.train.trainer import Trainer
@@ -24,16 +24,7 @@ TINY = ["model.overrides={embed_dim = 32, depth = 1, num_heads = 2, mlp_dim = 64
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """``shapes`` written as image folders: 48 training and 12 validation images."""
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("shapes")
-    for split, n in {"train": 48, "val": 12}.items():
-        shapes = make_shapes(split, size=n)
-        for i, (image, label) in enumerate(zip(shapes.images, shapes.labels, strict=True)):
-            folder = root / split / shapes.class_names[label]
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{i:03d}.png")  # (H, W, 3) uint8
-    return root
+    return write_shapes_folder(tmp_path_factory.mktemp("shapes"), sizes={"train": 48, "val": 12})
 
 
 def run_tiny(data, run_dir, amp):
