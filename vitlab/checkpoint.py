@@ -337,7 +337,7 @@ def atomic_write(path: Path, write) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OutputError(f"cannot make the folder of {path}: {e.strerror or e}; choose another path") from e
-    remove_stale_temporaries(path)
+    remove_dead_writers_temporaries(path)
     tmp = temporary_name(path, os.getpid())
     try:
         # Made as open() makes a file, for its mode; the writer writes into it (or makes its own, as safetensors
@@ -368,7 +368,7 @@ def temporary_name(path: Path, pid: int) -> Path:
     return path.with_name(f".{path.name}.tmp-{pid}")
 
 
-def remove_stale_temporaries(path: Path) -> list[Path]:
+def remove_dead_writers_temporaries(path: Path) -> list[Path]:
     """Delete the temporary files of ``path`` that processes no longer alive left (killed mid-write); the ones of a
     live process, this one included, may be writes in progress and stay. Returns what was removed."""
     prefix = temporary_name(path, 0).name[:-1]  # ".<name>.tmp-"

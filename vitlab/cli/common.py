@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 import vitlab
-from vitlab.cli.domains import DEVICE
+from vitlab.cli.domains import DEVICE, device_problem
 from vitlab.errors import UsageError
 from vitlab.factory import model_from_spec, parse_spec
 
@@ -113,15 +113,10 @@ def beside(checkpoint: str, folder: str) -> Path:
 
 
 def parse_device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise UsageError(f"--device {name!r} is not a device name (cpu, cuda, cuda:1, mps): {e}") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UsageError(f"--device {name}: MPS is not available on this machine; use --device cpu")
-    return device
+    """The torch device ``--device`` names, or a UsageError saying why this machine has none such."""
+    if problem := device_problem(name):
+        raise UsageError(f"--device {name!r}: {problem}")
+    return torch.device(name)
 
 
 def require_vit(model: Any, spec: str, what: str) -> None:

@@ -227,17 +227,24 @@ def _override(text: str) -> str:
 OVERRIDE = Domain("KEY=VALUE, e.g. optim.lr=3e-4", _override, ("train.seed=1",))
 
 
-def _device(text: str) -> str:
+def device_problem(name: str) -> str | None:
+    """Why ``name`` is not a torch device this machine has, or None."""
     import torch
 
     try:
-        device = torch.device(text)
-    except RuntimeError as e:
-        raise ValueError("not a device name") from e
+        device = torch.device(name)
+    except RuntimeError:
+        return "not a device name"
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("CUDA is not available on this machine; use --device cpu")
+        return "CUDA is not available on this machine; use --device cpu"
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("MPS is not available on this machine; use --device cpu")
+        return "MPS is not available on this machine; use --device cpu"
+    return None
+
+
+def _device(text: str) -> str:
+    if problem := device_problem(text):
+        raise ValueError(problem)
     return text
 
 

@@ -209,10 +209,8 @@ def check_overrides(conv: Converted, overrides: dict[str, Any], source: str) -> 
 
 def config_of(conv: Converted, overrides: dict[str, Any]) -> ViTConfig:
     """The ViTConfig of a converted checkpoint with ``overrides`` applied: the config it states whole (vitlab's own
-    formats), else the one :func:`infer_config` reads off its shapes and hints. An override no ViTConfig takes is a
-    ConfigError naming it."""
-    for name, value in overrides.items():
-        check_field(name, value)
+    formats), else the one :func:`infer_config` reads off its shapes and hints. (Each override's value is checked
+    on its own by :func:`check_overrides` first.)"""
     if not conv.complete:
         return infer_config(conv.state_dict, {**conv.hints, **overrides})
     try:

@@ -130,7 +130,7 @@ def export_page(explorer: Explorer, images: Sequence[str | Path], out: str | Pat
                         f"<script>{script}</script>\n<script>{js}</script>")
     try:
         atomic_write(out, lambda tmp: tmp.write_text(page, encoding="utf-8"))  # a reader never sees half a page
-    except DiskFullError:
+    except (DiskFullError, OutputError):  # they name the page already
         raise
     except OSError as e:  # the folder changed since the check: name the page, not the temporary file
         raise OutputError(f"cannot write --export {out}: {e.strerror or e}; choose another path") from e
