@@ -109,6 +109,7 @@ def metric_steps(run_dir):
 # ------------------------------------------------------------------ 1: two processes in one run folder
 
 
+@pytest.mark.slow  # trains a tiny run
 def test_a_resume_while_the_run_is_alive_is_refused_naming_its_process(run, capsys):
     edit_config(run, max_steps=4)
     with hold_run_dir(run, new=False):  # this test process is the live run
@@ -134,6 +135,7 @@ def test_a_new_run_into_a_folder_in_use_is_refused_naming_its_process(data, tmp_
     assert not run_dir.exists()  # a run that wrote nothing leaves no folder
 
 
+@pytest.mark.slow  # trains a tiny run
 def test_a_lock_file_left_by_a_dead_run_is_stale(run, capsys):
     """What a run killed with SIGKILL leaves: run.lock naming a process, but no process holds its flock."""
     (run / LOCK_FILE).write_text(json.dumps({"pid": 999999, "host": "elsewhere", "started": "2026-12-01T00:00:00"}))
@@ -191,6 +193,7 @@ def test_a_resume_whose_data_no_longer_fits_the_weights_is_one_error(run, capsys
     assert files(run) == before
 
 
+@pytest.mark.slow  # trains a tiny run
 def test_a_resume_with_an_edited_learning_rate_says_so(run, capsys):
     edit_config(run, optim__lr=0.003, max_steps=4)
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
@@ -242,6 +245,7 @@ def test_model_init_with_a_contradicting_model_name_is_refused_naming_both(data,
     assert list(tmp_path.iterdir()) == []  # no run folder was started
 
 
+@pytest.mark.slow  # trains a tiny run
 def test_model_init_without_a_model_name_takes_the_inits_architecture(data, tmp_path, resnet_init, capsys):
     config = tmp_path / "ft.toml"
     config.write_text(f"max_steps = 1\n[model]\ninit = '{resnet_init}'\n[data]\nbatch_size = 16\n")
@@ -317,6 +321,7 @@ STREAMED = ["data.img_size=72", "data.batch_size=4", "max_steps=4", "data.num_wo
             "mlp_dim = 32, stem = 'patch'}", "log_every_steps=1", "ckpt_every_steps=100"]
 
 
+@pytest.mark.slow  # trains a tiny run
 def test_a_file_pil_raises_typeerror_on_is_skipped_with_one_warning_in_memory(data, tmp_path, monkeypatch, capsys):
     bad = sorted((data / "train").rglob("*.png"))[3]
     fail_to_decode(monkeypatch, bad.name, error=TypeError("unsupported operand type(s) for +: 'NoneType' and 'int'"))
@@ -327,6 +332,7 @@ def test_a_file_pil_raises_typeerror_on_is_skipped_with_one_warning_in_memory(da
     assert (tmp_path / "r" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow  # trains a tiny run
 def test_a_file_pil_raises_typeerror_on_is_skipped_with_one_warning_streamed(large, tmp_path, monkeypatch, capsys):
     """Decoded in two DataLoader worker processes; the run ends at its last step, before the epoch's iterator is
     exhausted, and the skipped file is still reported (once, by the main process)."""
@@ -339,6 +345,7 @@ def test_a_file_pil_raises_typeerror_on_is_skipped_with_one_warning_streamed(lar
     assert "NotImplementedError" in said[0]
 
 
+@pytest.mark.slow  # trains a tiny run
 def test_a_warning_in_a_data_loader_worker_reaches_the_user_as_one_line_beside_the_bar(large, tmp_path, monkeypatch,
                                                                                         capsys):
     """A decoder's warning in a worker process (a forked worker's stderr is not the user's once captured, a

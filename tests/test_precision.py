@@ -43,6 +43,7 @@ def run_tiny(data, run_dir, amp):
     ("0", "bf16", "bf16", True),  # asked for explicitly: it runs, and a warning says it will be slow
     ("1", "none", "fp32", False),
 ])
+@pytest.mark.slow  # trains a tiny run
 def test_a_run_says_the_precision_its_amp_resolved_to(data, tmp_path, monkeypatch, capsys, native, amp, dtype, warns):
     monkeypatch.setenv(NATIVE_BF16_ENV, native)
     with warnings.catch_warnings(record=True) as caught:
