@@ -224,7 +224,7 @@ def _override(text: str) -> str:
     return text
 
 
-OVERRIDE = Domain("KEY=VALUE, e.g. optim.lr=3e-4", _override, ("train.seed=1",))
+OVERRIDE = Domain("KEY=VALUE, e.g. optim.lr=3e-4", _override, ("seed=1", "amp=auto", "optim.lr=3e-4"))
 
 
 def device_problem(name: str) -> str | None:
