@@ -172,6 +172,7 @@ def test_a_run_killed_with_sigkill_leaves_no_lock_and_a_resume_then_works(run, c
 # --------------------------------------------------- 2 and 5: a resume after config.json was edited
 
 
+@pytest.mark.slow  # trains a tiny run (the finished fixture)
 def test_a_resume_after_config_json_changed_the_model_is_one_error_naming_the_change(run, capsys):
     edit_config(run, model__overrides__depth=2, max_steps=4)
     before = files(run)
@@ -182,6 +183,7 @@ def test_a_resume_after_config_json_changed_the_model_is_one_error_naming_the_ch
     assert files(run) == before
 
 
+@pytest.mark.slow  # trains a tiny run (the finished fixture)
 def test_a_resume_whose_data_no_longer_fits_the_weights_is_one_error(run, capsys):
     """data.img_size=16: the in-memory images at 16 px, a model with a 4x4 position table against the
     checkpoint's 8x8 one (what a config comparison alone cannot call a model change)."""
@@ -204,6 +206,7 @@ def test_a_resume_with_an_edited_learning_rate_says_so(run, capsys):
     assert metric_steps(run) == [1, 2, 3, 4]
 
 
+@pytest.mark.slow  # trains a tiny run (the finished fixture)
 def test_a_checkpoint_of_an_older_vitlab_is_compared_without_false_changes(finished):
     """A checkpoint's config written before keys were added (here: distill, budget_minutes) reads with their
     defaults: no change to announce. One that this vitlab cannot read compares the keys both have."""
