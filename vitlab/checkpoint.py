@@ -60,7 +60,7 @@ from vitlab.convert import timm as timm_convert
 from vitlab.convert import torchvision as tv_convert
 from vitlab.convert import train as train_convert
 from vitlab.convert.fit import check_fits, first_mismatch
-from vitlab.errors import DiskFullError, NotFoundError, OutputError  # noqa: F401 (re-exported)
+from vitlab.errors import DiskFullError, NotFoundError, OutputError, VitlabError  # noqa: F401 (re-exported)
 from vitlab.model import VisionTransformer
 from vitlab.pos_embed import resample_pos_embed
 from vitlab.preprocess import Preprocessing
@@ -171,13 +171,20 @@ def _read_folder(path: Path) -> Converted:
 
 @contextmanager
 def _about(path: Path) -> Iterator[None]:
-    """Name the file in a CheckpointError raised inside (the readers' and infer_config's messages may not)."""
+    """Name the file in a CheckpointError raised inside (the readers' and infer_config's messages may not), and
+    make any other error of reading a layout (a tensor a reader expected and did not find, ...) one line saying
+    that this checkpoint is not one vitlab reads."""
     try:
         yield
     except CheckpointError as e:
         if str(path) in str(e):
             raise
         raise CheckpointError(f"{path}: {e}") from e
+    except VitlabError:
+        raise
+    except (KeyError, IndexError, ValueError, TypeError, AttributeError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: vitlab cannot read this checkpoint's layout ({first_line(e)}); it reads "
+                              f"{FORMATS}") from e
 
 
 def _read(path: Path, follow_init: bool) -> Converted:
@@ -238,7 +245,12 @@ def _keys(keys: list[str]) -> str:
 def _load_vit(conv: Converted, path: Path, num_classes: int | None, img_size: Any, strict: bool,
               overrides: dict[str, Any]) -> VisionTransformer:
     check_overrides(conv, overrides, str(path))  # a value no config takes, or one the file states otherwise
-    cfg = config_of(conv, overrides)
+    try:
+        cfg = config_of(conv, overrides)
+    except CheckpointError as e:
+        if img_size is None or not getattr(e, "needs_img_size", False):
+            raise
+        cfg = config_of(conv, {**overrides, "img_size": img_size})  # a table no rule reads: img_size says its size
     check_fits(conv.state_dict, cfg, conv.stated_by, overrides)  # one line for a config the weights contradict
     class_names = _class_names(conv, cfg.num_classes) if conv.complete else conv.class_names
     sd = canonical_pos_embed(conv.state_dict, cfg)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,9 +42,14 @@ SETTABLE_FIELDS = ("dropout", "attn_dropout", "drop_path_rate", "patch_drop_rate
 
 
 class AssumedSettingsNotice(UserWarning):
-    """A checkpoint without a config: the settings vitlab assumed for what its weights cannot show (QuickGELU or
-    GELU, LayerNorm eps, the family's preprocessing), in one line that says what to pass to ``vitlab.load`` if they
-    differ."""
+    """A checkpoint without a config: the settings vitlab assumed for what its weights cannot show (heads, QuickGELU
+    or GELU, LayerNorm eps, the family's preprocessing), in one line that names each value assumed and what to pass
+    to ``vitlab.load`` if it differs. ``fields`` names the ViTConfig fields assumed (empty when only the
+    preprocessing is)."""
+
+    def __init__(self, message: str, fields: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.fields = tuple(fields)
 
 
 @dataclass
@@ -59,6 +65,9 @@ class Converted:
     # the hints the source states outright (a config.json's), as opposed to assumed for a bare state dict; a
     # complete config states every field
     stated: frozenset[str] = frozenset()
+    # fields no rule can settle (a head count two known architectures of these tensors disagree on): field -> the
+    # known answers, for the message; loading needs the field as an argument (or a config that states it)
+    undetermined: dict[str, str] = field(default_factory=dict)
 
     def stated_fields(self) -> dict[str, Any]:
         """The ViTConfig fields this checkpoint states, with their values (less :data:`SETTABLE_FIELDS`)."""
@@ -144,10 +153,18 @@ def infer_config(sd: dict[str, torch.Tensor], hints: dict[str, Any]) -> ViTConfi
     """Read a ViTConfig off a canonical (timm-named) state dict; ``hints`` win over what is inferred."""
     if "patch_embed.proj.weight" not in sd:
         raise CheckpointError("no patch embedding ('patch_embed.proj.weight') in the state dict: not a ViT")
+    if sd["patch_embed.proj.weight"].ndim != 4:
+        raise CheckpointError(f"patch_embed.proj.weight is {tuple(sd['patch_embed.proj.weight'].shape)}, not a "
+                              "(width, channels, patch, patch) convolution: a patch embedding vitlab does not have")
     D, C, P, P2 = sd["patch_embed.proj.weight"].shape
     if P != P2:
         raise CheckpointError(f"non-square patches ({P}x{P2}) are not supported")
-    depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks.") and k.endswith(".norm1.weight"))
+    blocks = [int(k.split(".")[1]) for k in sd if re.match(r"blocks\.\d+\.norm1\.weight$", k)]
+    if not blocks or "blocks.0.mlp.fc1.weight" not in sd or "blocks.0.attn.qkv.weight" not in sd:
+        sample = ", ".join(sorted(k for k in sd if k.startswith("blocks.0."))[:6]) or "none"
+        raise CheckpointError("the blocks are not a ViT's pre-norm blocks (norm1, attn.qkv, norm2, mlp.fc1, mlp.fc2; "
+                              f"block 0 has {sample}): parallel, gated-MLP or other block layouts are not supported")
+    depth = 1 + max(blocks)
     cfg: dict[str, Any] = dict(
         patch_size=P, in_chans=C, embed_dim=D, depth=depth, mlp_dim=sd["blocks.0.mlp.fc1.weight"].shape[0],
         qkv_bias="blocks.0.attn.qkv.bias" in sd, qk_norm="blocks.0.attn.q_norm.weight" in sd,
@@ -168,8 +185,13 @@ def infer_config(sd: dict[str, torch.Tensor], hints: dict[str, Any]) -> ViTConfi
         cfg["pool"] = "gap" if (cfg["fc_norm"] or not cfg["class_token"]) else "token"
     if cfg["qk_norm"]:
         cfg["num_heads"] = D // sd["blocks.0.attn.q_norm.weight"].shape[0]
-    else:
+    elif "num_heads" not in hints:  # no reader's rule settled it: say what is assumed
         cfg["num_heads"] = HEADS_BY_WIDTH.get(D, D // 64 if D % 64 == 0 else 0)
+        if cfg["num_heads"]:
+            warnings.warn(AssumedSettingsNotice(
+                f"the tensors do not show the head count: vitlab assumes num_heads={cfg['num_heads']} (heads of "
+                f"{D // cfg['num_heads']} at width {D}); pass num_heads= to vitlab.load if it differs",
+                ("num_heads",)), stacklevel=5)
     cfg.update(hints)
     if not cfg["num_heads"]:
         raise CheckpointError(f"cannot tell the number of heads of a width-{D} model from its weights; "
@@ -177,10 +199,18 @@ def infer_config(sd: dict[str, torch.Tensor], hints: dict[str, Any]) -> ViTConfi
     n_rows = sd["pos_embed"].shape[1] if "pos_embed" in sd else 0
     n_embedded = int(cfg["class_token"]) + int(cfg["distill_token"])  # prefix tokens a table may give a row
     grid, n_prefix = None, 0
-    for n_prefix in dict.fromkeys((n_embedded + cfg["num_register_tokens"], n_embedded, 0)):
+    prefixes = (n_embedded + cfg["num_register_tokens"], n_embedded, 0)
+    if hints.get("no_embed_class") is False and n_embedded:  # the source gives its class token a row, for certain
+        prefixes = prefixes[:2]
+    for n_prefix in dict.fromkeys(prefixes):
         grid = _grid_for(n_rows - n_prefix, P, hints.get("img_size")) if n_rows else None
         if grid:
             break
+    if n_rows and grid is None and "img_size" not in hints:
+        e = CheckpointError(f"the position table's {n_rows} rows are no square grid after {n_embedded} prefix "
+                            "rows: pass img_size=... to vitlab.load, the (height, width) it was trained at")
+        e.needs_img_size = True  # type: ignore[attr-defined] (vitlab.load's img_size then names the stored size)
+        raise e
     if "no_embed_class" not in hints and grid is not None:
         cfg["no_embed_class"] = n_prefix == 0 and n_embedded > 0  # a table of the patches only (timm's name)
     if "img_size" not in hints:
@@ -212,7 +242,13 @@ def config_of(conv: Converted, overrides: dict[str, Any]) -> ViTConfig:
     formats), else the one :func:`infer_config` reads off its shapes and hints. (Each override's value is checked
     on its own by :func:`check_overrides` first.)"""
     if not conv.complete:
-        return infer_config(conv.state_dict, {**conv.hints, **overrides})
+        hints = {**conv.hints, **overrides}
+        for name, answers in conv.undetermined.items():
+            if name not in hints:
+                raise CheckpointError(f"the tensors do not show {name} and the known architectures of this layout "
+                                      f"disagree ({answers}); pass {name}=... to vitlab.load, or load a folder whose "
+                                      "config.json states it")
+        return infer_config(conv.state_dict, hints)
     try:
         return ViTConfig.from_dict({**conv.hints, **overrides})
     except (TypeError, ValueError) as e:

@@ -82,7 +82,15 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from vitlab.convert import AssumedSettingsNotice, CheckpointError, Converted, first_line, json_object, read_json
+from vitlab.convert import (
+    HEADS_BY_WIDTH,
+    AssumedSettingsNotice,
+    CheckpointError,
+    Converted,
+    first_line,
+    json_object,
+    read_json,
+)
 from vitlab.convert.fit import weights_say
 from vitlab.convert.hf_families import (
     FAMILIES,
@@ -143,11 +151,25 @@ def read_state_dict(sd: dict[str, torch.Tensor]) -> Converted:
     act = HF_ACTS[family.defaults["hidden_act"]]
     hints: dict[str, Any] = dict(norm_eps=family.defaults["layer_norm_eps"], mlp_act=act,
                                  pos_resample=family.pos_resample, pool=_pool(family.name, out))
+    if family.pos_prefix_rows:  # transformers gives the class (and distillation) token a row, always
+        hints["no_embed_class"] = False
     said = f"LayerNorm eps {hints['norm_eps']:g}, the {act} MLP activation"
+    fields = ["norm_eps", "mlp_act"]
     width = out["patch_embed.proj.weight"].shape[0] if "patch_embed.proj.weight" in out else None
-    if width in family.heads_by_width:
-        hints["num_heads"] = family.heads_by_width[width]
-        said += f", {hints['num_heads']} heads for width {width}"
+    heads = family.heads_by_width.get(width) or HEADS_BY_WIDTH.get(width)
+    if heads is None and width and width % 64 == 0:
+        heads = width // 64
+    if heads:  # else no rule: the load asks for num_heads
+        hints["num_heads"] = heads
+        said += f", {heads} heads for width {width}"
+        fields.append("num_heads")
+    if "pre_logits.0.weight" in out:
+        said += " and a tanh pooler (pooler_act='tanh'; vitlab's pre-logits layer has no other)"
+        fields.append("pooler_act")
+    if family.name == "clip" and "head.weight" in out and "visual_projection.weight" not in {base_name(k) for k in sd}:
+        raise CheckpointError("a bare transformers CLIPForImageClassification state dict: its classifier reads the "
+                              "mean of the patch tokens before the final LayerNorm, which vitlab has no counterpart "
+                              "for")
     conv = Converted(out, "hf", hints=hints)
     size = _table_size(out, family)
     if size is not None:
@@ -155,9 +177,12 @@ def read_state_dict(sd: dict[str, torch.Tensor]) -> Converted:
         mean, std, crop_pct, interp = FAMILY_PREPROCESSING[family.preprocessing]
         said += (f" and {family.preprocessing}'s preprocessing (mean {_floats(mean)}, std {_floats(std)}, "
                  f"crop_pct {crop_pct}, {interp})")
-    warnings.warn(f"a bare transformers {family.title} state dict has no config.json: vitlab assumes {said}, "
-                  "transformers' defaults for the family; pass norm_eps=, mlp_act=, num_heads= to vitlab.load if "
-                  "they differ, or load its save_pretrained folder", AssumedSettingsNotice, stacklevel=3)
+    warnings.warn(AssumedSettingsNotice(
+        f"a bare transformers {family.title} state dict has no config.json: vitlab assumes {said}, transformers' "
+        f"defaults for the family; pass {', '.join(f + '=' for f in fields if f != 'pooler_act')} to vitlab.load "
+        "if they differ (an "
+        "activation other than GELU's forms, or another pooler_act, vitlab cannot run), or load its save_pretrained "
+        "folder", tuple(fields)), stacklevel=3)
     return conv
 
 

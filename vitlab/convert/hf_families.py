@@ -185,8 +185,8 @@ def rename(sd: dict[str, torch.Tensor], family: str) -> Renamed:
     for i, params in qkv.items():
         for param, parts in params.items():
             if set(parts) != {"q", "k", "v"}:
-                raise CheckpointError(f"layer {i} has attention {param}s for {sorted(parts)} only; expected query, "
-                                      "key and value")
+                raise CheckpointError(f"layer {i} has attention {param} tensors for {sorted(parts)} only (BEiT's "
+                                      "layout?); vitlab expects query, key and value")
             out[f"blocks.{i}.attn.qkv.{param}"] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)  # (3D, ...)
     return result
 

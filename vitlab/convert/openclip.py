@@ -17,18 +17,21 @@ Name mapping (OpenAI's ``VisionTransformer`` and OpenCLIP's ``open_clip.transfor
       attn.out_proj                                       ->   attn.proj
       mlp.c_fc / mlp.c_proj                               ->   mlp.fc1 / mlp.fc2
       ls_1.gamma / ls_2.gamma (OpenCLIP's layer scale)    ->   ls1.gamma / ls2.gamma
-    visual.ln_post                                        -> norm (on every token, then the class token: pool="token")
+    visual.ln_post                                        -> norm (on every token, then the class token: pool="token");
+                                                             fc_norm for CLIPA (after the mean)
     visual.proj (D, E)                                    -> head.weight = proj.T (E, D), head.bias = 0
 What the weights cannot show:
     activation   OpenAI's own state dicts (they carry ``input_resolution``, ``context_length`` and ``vocab_size``
                  entries) were trained with QuickGELU: mlp_act="quick_gelu", for certain. Any other (OpenCLIP-trained)
                  is read with GELU, OpenCLIP's default, in a one-line notice: its ``*-quickgelu`` models (and
                  OpenAI weights re-saved by OpenCLIP) want mlp_act='quick_gelu'.
-    heads        OpenAI: width / 64. OpenCLIP (head width 64 but for ViT-H 1280, ViT-g 1408, ViT-bigG 1664:
-                 16 heads): ``OPENCLIP_HEADS``, else width / 64. A tower of another head width needs num_heads=....
+    heads        OpenAI: width / 64. OpenCLIP: ``OPENCLIP_HEADS``, the head count of every OpenCLIP ViT config by width
+                 (head width 64 but for ViT-H 1280, ViT-g 1408, ViT-bigG 1664, ViT-e 1792: 16 heads); another
+                 width gets width / 64 in the notice (``num_heads=`` if it differs).
     norm eps     1e-5 (torch's nn.LayerNorm default, which both use); CLIP's preprocessing at the table's size.
-    pooling      the class token (OpenCLIP's default pool_type 'tok'); its 'avg' and final_ln_after_pool options
-                 leave no trace in the weights: pass pool="gap" (with fc_norm=True for final_ln_after_pool).
+    pooling      the class token (OpenCLIP's default pool_type 'tok'). A tower without ln_pre is CLIPA's (the only
+                 OpenCLIP ViT config with no_ln_pre): pool_type 'avg' (the mean of the patch tokens) and
+                 final_ln_after_pool, so ln_post becomes fc_norm and vitlab pools "gap" (said in the notice).
 OpenCLIP resizes the position table with antialiased bicubic (``resize_pos_embed``), vitlab's default.
 
 Other OpenCLIP image towers:
@@ -52,7 +55,9 @@ from vitlab.preprocess import Preprocessing
 
 CLIP_NORM_EPS = 1e-5  # OpenAI's and OpenCLIP's LayerNorm: torch's default eps
 OPENAI_KEYS = ("input_resolution", "context_length", "vocab_size")  # in OpenAI's released (JIT) state dicts only
-OPENCLIP_HEADS = {1280: 16, 1408: 16, 1664: 16}  # ViT-H/14, ViT-g/14, ViT-bigG/14 (head widths 80, 88, 104)
+# Heads by width of every OpenCLIP ViT config (open_clip 3.3's model_configs: each width has one answer; checked by
+# tests/test_loader_sweep.py): head width 64 but for ViT-H 1280, ViT-g 1408, ViT-bigG 1664, ViT-e 1792 (16 heads).
+OPENCLIP_HEADS = {384: 6, 512: 8, 768: 12, 896: 14, 1024: 16, 1280: 16, 1408: 16, 1664: 16, 1792: 16}
 OPENAI_HEAD_WIDTH = 64
 
 _TOP_NAMES = {
@@ -90,13 +95,15 @@ def _tower(sd: dict[str, Any]) -> dict[str, Any] | None:
         return visual
     if "conv1.weight" in sd and "class_embedding" in sd:  # a tower saved on its own
         return dict(sd)
+    if any(k.startswith("trunk.") for k in sd) and any(k.startswith("head.proj.") for k in sd):  # TimmModel's own
+        return dict(sd)
     return None
 
 
 def is_format(sd: dict[str, Any]) -> bool:
     tower = _tower(sd)
-    return tower is not None and any(k in tower for k in ("conv1.weight", "trunk.patch_embed.proj.weight",
-                                                          "layer1.0.conv1.weight"))
+    return tower is not None and (any(k in tower for k in ("conv1.weight", "layer1.0.conv1.weight"))
+                                  or any(k.startswith("trunk.") for k in tower))
 
 
 def read_state_dict(sd: dict[str, torch.Tensor]) -> Converted:
@@ -131,7 +138,17 @@ def read_state_dict(sd: dict[str, torch.Tensor]) -> Converted:
     openai = all(k in sd for k in OPENAI_KEYS)
     hints: dict[str, Any] = dict(norm_eps=CLIP_NORM_EPS, pool="token",
                                  mlp_act="quick_gelu" if openai else "gelu")
-    heads = width // OPENAI_HEAD_WIDTH if openai else OPENCLIP_HEADS.get(width, width // OPENAI_HEAD_WIDTH)
+    if "norm_pre.weight" not in out and not openai:  # CLIPA, the one OpenCLIP ViT without ln_pre
+        hints.update(pool="gap", fc_norm=True)  # mean of the patch tokens, then ln_post
+        out = {("fc_norm" + k[len("norm"):] if k.startswith("norm.") else k): v for k, v in out.items()}
+    assumed = ["mlp_act"]
+    if openai:
+        heads = width // OPENAI_HEAD_WIDTH
+    elif width in OPENCLIP_HEADS:
+        heads = OPENCLIP_HEADS[width]
+    else:
+        heads = width // OPENAI_HEAD_WIDTH
+        assumed.append("num_heads")
     if heads and width % heads == 0:
         hints["num_heads"] = heads
     conv = Converted(out, "openai-clip" if openai else "openclip", hints=hints)
@@ -139,10 +156,13 @@ def read_state_dict(sd: dict[str, torch.Tensor]) -> Converted:
     if size is not None:
         conv.preprocessing = Preprocessing.for_family("clip", size)
     if not openai:
-        warnings.warn("an OpenCLIP image tower (no input_resolution/context_length/vocab_size entries, so not "
-                      "OpenAI's own file): vitlab assumes GELU, OpenCLIP's default; for OpenAI's weights and "
-                      "OpenCLIP's *-quickgelu models pass mlp_act='quick_gelu' to vitlab.load",
-                      AssumedSettingsNotice, stacklevel=4)
+        heads_said = (f"; and {heads} heads of 64 (width {width} is none of OpenCLIP's ViT configs'), else pass "
+                      "num_heads=" if "num_heads" in assumed else "")
+        clipa = "; no ln_pre: CLIPA's layout (mean of the patch tokens, then ln_post)" if hints["pool"] == "gap" else ""
+        warnings.warn(AssumedSettingsNotice(
+            "an OpenCLIP image tower (no input_resolution/context_length/vocab_size entries, so not OpenAI's own "
+            "file): vitlab assumes GELU, OpenCLIP's default; for OpenAI's weights and OpenCLIP's *-quickgelu models "
+            f"pass mlp_act='quick_gelu' to vitlab.load{heads_said}{clipa}", tuple(assumed)), stacklevel=4)
     return conv
 
 

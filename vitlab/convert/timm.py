@@ -52,15 +52,19 @@ counterpart (an error); a LayerNorm before the blocks needs timm's ``pre_norm``,
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import math
 import re
 import warnings
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from vitlab.config import ViTConfig
-from vitlab.convert import AssumedSettingsNotice, CheckpointError, Converted
+from vitlab.convert import HEADS_BY_WIDTH, AssumedSettingsNotice, CheckpointError, Converted
 from vitlab.preprocess import Preprocessing
 
 TIMM_POOLS = {"token": "token", "avg": "gap", "map": "map"}
@@ -85,6 +89,22 @@ _UNSUPPORTED_ARGS = {"final_norm": True, "pool_include_prefix": False, "proj_bia
                      "embed_norm_layer": None}
 TIMM_VIT_CLASS = "timm.models.vision_transformer.VisionTransformer"
 TIMM_DISTILLED_CLASS = "timm.models.deit.VisionTransformerDistilled"
+
+
+ARCHITECTURES_FILE = Path(__file__).with_name("timm_architectures.json")
+_BLOCK_INDEX = re.compile(r"^blocks\.\d+\.")
+_NOT_LAYOUT = ("head.", "head_dist.")  # the classifier: present or not, of any width, in the same architecture
+
+
+def layout_signature(sd: dict[str, Any]) -> str:
+    """What a timm state dict's tensors show of its architecture, as a short key: the names of its tensors (every
+    block's as block 0's, the classifier's left out) with the width, patch size and MLP width. Depth, image size
+    and classes do not change it; ``ARCHITECTURES_FILE`` maps it to timm's architectures of that layout."""
+    names = sorted({_BLOCK_INDEX.sub("blocks.*.", k) for k in sd if not k.startswith(_NOT_LAYOUT)})
+    dims = [tuple(sd[k].shape) if k in sd else None
+            for k in ("patch_embed.proj.weight", "blocks.0.mlp.fc1.weight")]
+    text = json.dumps([dims, names])
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
 def is_format(sd: dict[str, Any]) -> bool:
@@ -116,37 +136,138 @@ def table_size(sd: dict[str, torch.Tensor]) -> tuple[int, int] | None:
     return None
 
 
+@functools.cache
+def known_architectures() -> dict[str, dict[str, Any]]:
+    """timm's ViT-family architectures as ``tests/timm_architectures.py`` read them off timm (the version in the
+    file's ``timm_version``): name -> its layout signature and the settings its tensors cannot show."""
+    return json.loads(ARCHITECTURES_FILE.read_text())["architectures"]
+
+
+def entry_hints(entry: dict[str, Any]) -> dict[str, Any]:
+    """A supported table entry -> the ViTConfig fields it settles."""
+    pool = "distill" if entry["model"] == "VisionTransformerDistilled" else TIMM_POOLS[entry["global_pool"]]
+    return dict(num_heads=entry["num_heads"], mlp_act=entry["mlp_act"], norm_eps=entry["norm_eps"], pool=pool)
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+@dataclass
+class Layout:
+    """What the table says of a bare state dict's tensors: the fields every known architecture of the layout
+    agrees on, the ones they disagree on (assumed: the most common value, with the others for the notice), and the
+    head count when they disagree on it (no safe rule)."""
+
+    architectures: list[str]
+    certain: dict[str, Any]
+    assumed: dict[str, Any]
+    alternatives: dict[str, str]  # field -> "value for names; ..." of the values not assumed
+    undetermined: dict[str, str]
+
+
+def known_layout(sd: dict[str, torch.Tensor]) -> Layout | None:
+    """The table's answer for a bare timm state dict, None for a layout no known architecture has; a layout that
+    only architectures vitlab cannot run have is an error naming them and why."""
+    signature = layout_signature(sd)
+    entries = {name: e for name, e in known_architectures().items() if e.get("signature") == signature}
+    if not entries:
+        return None
+    unsupported = {name: e["unsupported"] for name, e in entries.items() if "unsupported" in e}
+    if unsupported:
+        reason = next(iter(unsupported.values()))
+        supported = [n for n in entries if n not in unsupported]
+        also = f"; its tensors also fit {_names(supported)}: load that model's timm hub folder" if supported else ""
+        raise CheckpointError(f"this timm state dict has the layout of timm's {_names(list(unsupported))} "
+                              f"({reason}), which vitlab's VisionTransformer cannot run{also}")
+    layout = Layout(list(entries), {}, {}, {}, {})
+    values = {name: entry_hints(e) for name, e in entries.items()}
+    for field_name in next(iter(values.values())):
+        by_value: dict[Any, list[str]] = {}
+        for name, hints in values.items():
+            by_value.setdefault(hints[field_name], []).append(name)
+        ranked = sorted(by_value.items(), key=lambda item: -len(item[1]))
+        if len(ranked) == 1:
+            layout.certain[field_name] = ranked[0][0]
+            continue
+        answers = "; ".join(f"{value!r} for {_names(names)}" for value, names in ranked)
+        if field_name == "num_heads":
+            layout.undetermined[field_name] = answers
+        else:
+            layout.assumed[field_name] = ranked[0][0]
+            layout.alternatives[field_name] = "; ".join(f"{field_name}={value!r} for {_names(names)}"
+                                                        for value, names in ranked[1:])
+    return layout
+
+
+def _generic_assumptions(sd: dict[str, torch.Tensor]) -> tuple[dict[str, Any], str]:
+    """What vitlab assumes of a layout no known timm architecture has: heads of width 64 (or the registry's for a
+    standard width; a qk-norm's width shows them), timm's GELU and LayerNorm eps (CLIP's eps for CLIP's layout)."""
+    D = sd["patch_embed.proj.weight"].shape[0]
+    if _family(sd)[0] == "clip":
+        hints: dict[str, Any] = dict(mlp_act="gelu", norm_eps=CLIP_NORM_EPS)
+        said = (f"GELU and LayerNorm eps {CLIP_NORM_EPS:g} (timm's vit_*_clip_*; OpenAI's weights want "
+                "mlp_act='quick_gelu')")
+    else:
+        hints = dict(mlp_act="gelu", norm_eps=TIMM_NORM_EPS)
+        said = "GELU and LayerNorm eps 1e-6 (timm's defaults)"
+    if "blocks.0.attn.q_norm.weight" not in sd:
+        heads = HEADS_BY_WIDTH.get(D, D // 64 if D % 64 == 0 else 0)
+        if heads:
+            hints["num_heads"] = heads
+            said = f"num_heads={heads} ({'the standard size of width' if D in HEADS_BY_WIDTH else 'heads of 64 at'} " \
+                   f"{D}), " + said
+    return hints, said
+
+
 def read_state_dict(sd: dict[str, torch.Tensor]) -> Converted:
-    """A bare timm state dict; the rules of the module docstring fill in what the weights cannot show, each with a
-    one-line :class:`AssumedSettingsNotice` (a hub folder filters them out: its config.json states the settings)."""
-    check_mlp(sd, "this timm state dict")
+    """A bare timm state dict. Its layout is looked up among timm's architectures (``known_layout``): what every
+    architecture of the layout agrees on is certain; the rest, and everything for a layout timm does not have, is
+    assumed in one :class:`AssumedSettingsNotice` naming each value and its override (a hub folder filters the
+    notice out: its config.json states the settings). The family's preprocessing follows the module docstring."""
     conv = Converted(dict(sd), "timm")
+    layout = known_layout(sd)
+    if layout is None:
+        check_mlp(sd, "this timm state dict")
+        assumed, said = _generic_assumptions(sd)
+        conv.hints.update(assumed)
+        settings = (f"its layout is none of timm {timm_version()}'s ViT architectures, so vitlab assumes {said}; "
+                    "pass num_heads=, mlp_act=, norm_eps= to vitlab.load if they differ")
+        fields = tuple(assumed)
+    else:
+        conv.hints.update(layout.certain, **layout.assumed)
+        conv.undetermined = layout.undetermined
+        settings = "; ".join(f"vitlab assumes {name}={value!r} ({layout.alternatives[name]})"
+                             for name, value in layout.assumed.items())
+        fields = tuple(layout.assumed)
     size = table_size(sd)
-    family, assumed = None, ""
-    if "norm_pre.weight" in sd and "patch_embed.proj.bias" not in sd:
-        family = "clip"
-        conv.hints.update(mlp_act="gelu", norm_eps=CLIP_NORM_EPS)
-        assumed = (f"CLIP's layout (norm_pre, no patch bias): vitlab assumes GELU and LayerNorm eps {CLIP_NORM_EPS:g} "
-                   "(timm's vit_*_clip_*) and CLIP's preprocessing; for OpenAI's weights (QuickGELU) pass "
-                   "mlp_act='quick_gelu'")
-    elif "dist_token" in sd:
-        family = "deit"
-        assumed = "a distillation token: DeiT, with its preprocessing (ImageNet statistics)"
-    elif "attn_pool.latent" in sd:
-        family = "siglip"
-        assumed = ("an attention-pool head: SigLIP, with its preprocessing (mean = std = 0.5) and exact GELU; timm's "
-                   "SigLIP 2 architectures want mlp_act='gelu_tanh'")
-    elif "blocks.0.ls1.gamma" in sd and sd["patch_embed.proj.weight"].shape[-1] == 14:
-        family = "dinov2"
-        assumed = ("layer scale with patch 14: DINOv2, with its preprocessing (ImageNet statistics) and timm's "
-                   "resampling (the original facebookresearch code's, without registers, is "
-                   "pos_resample='bicubic_offset')")
+    family, said_family = _family(sd)
     if family is not None and size is not None:
         conv.preprocessing = Preprocessing.for_family(family, size)
-    if family is not None:
-        warnings.warn(f"a bare timm state dict with {assumed}. If it is not, pass the fields to vitlab.load, or load "
-                      "its timm hub folder (config.json)", AssumedSettingsNotice, stacklevel=4)
+    parts = [p for p in (said_family, settings) if p]
+    if parts:
+        warnings.warn(AssumedSettingsNotice(f"a bare timm state dict: {'; '.join(parts)}. Or load its timm hub "
+                                            "folder (config.json)", fields), stacklevel=4)
     return conv
+
+
+def timm_version() -> str:
+    return json.loads(ARCHITECTURES_FILE.read_text())["timm_version"]
+
+
+def _family(sd: dict[str, torch.Tensor]) -> tuple[str | None, str]:
+    """The family whose preprocessing a bare state dict gets, and the notice's words for it."""
+    if "norm_pre.weight" in sd and "patch_embed.proj.bias" not in sd:
+        return "clip", "CLIP's layout (norm_pre, no patch bias), so CLIP's preprocessing"
+    if "dist_token" in sd:
+        return "deit", "a distillation token: DeiT's preprocessing (ImageNet statistics)"
+    if "attn_pool.latent" in sd:
+        return "siglip", "an attention-pool head: SigLIP's preprocessing (mean = std = 0.5)"
+    if "blocks.0.ls1.gamma" in sd and sd["patch_embed.proj.weight"].shape[-1] == 14:
+        return "dinov2", ("layer scale with patch 14: DINOv2's preprocessing (ImageNet statistics) and timm's "
+                          "resampling (the original facebookresearch code's, without registers, is "
+                          "pos_resample='bicubic_offset')")
+    return None, ""
 
 
 def architecture_hints(arch: str) -> dict[str, Any]:
@@ -211,8 +332,22 @@ def _model_args_hints(args: dict[str, Any]) -> dict[str, Any]:
 def hints_from_hub_config(hub_cfg: dict[str, Any]) -> tuple[dict[str, Any], Preprocessing | None, list | None]:
     """Config fields, preprocessing and class names from a timm hub ``config.json`` (see the module docstring)."""
     arch = hub_cfg.get("architecture") or ""
+    entry = known_architectures().get(arch, {})
+    if "unsupported" in entry:
+        raise CheckpointError(f"timm's {arch} has {entry['unsupported']}, which vitlab's VisionTransformer cannot run")
     hints = architecture_hints(arch)
     args = hub_cfg.get("model_args") or {}
+    if "num_heads" in entry:  # timm's own settings for the architecture (tests/timm_architectures.py)
+        hints.update(entry_hints(entry))
+    else:
+        open_fields = _assumed_for_unknown(hub_cfg)
+        if open_fields:
+            warnings.warn(AssumedSettingsNotice(
+                f"timm's architecture {arch!r} is not among the timm {timm_version()} ViT architectures vitlab knows "
+                f"and its model_args do not state {', '.join(open_fields)}: vitlab assumes them from the name and "
+                f"timm's defaults (heads of 64, GELU, LayerNorm eps 1e-6); pass "
+                f"{', '.join(f + '=' for f in open_fields)} to vitlab.load if they differ", tuple(open_fields)),
+                stacklevel=4)
     hints.update(_model_args_hints(args))
     pool = hub_cfg.get("global_pool", args.get("global_pool"))
     if pool is not None:
@@ -238,13 +373,25 @@ def hints_from_hub_config(hub_cfg: dict[str, Any]) -> tuple[dict[str, Any], Prep
     return hints, pre, names
 
 
+def _assumed_for_unknown(hub_cfg: dict[str, Any]) -> list[str]:
+    """The settings a hub config of an architecture not in the table leaves to assumption (its model_args state
+    only what differs from the architecture's defaults)."""
+    if "num_heads" in known_architectures().get(hub_cfg.get("architecture") or "", {}):
+        return []
+    args = hub_cfg.get("model_args") or {}
+    return [f for f, arg in (("num_heads", "num_heads"), ("mlp_act", "act_layer"), ("norm_eps", "norm_layer"))
+            if arg not in args]
+
+
 def hub_config_leaves_open(hub_cfg: dict[str, Any], hints: dict[str, Any]) -> set[str]:
-    """The fields of ``hints`` (:func:`hints_from_hub_config`'s) that a hub config states but its own notes put in
-    doubt, so that an argument may set them: the MLP activation of QuickGELU weights timm runs with GELU."""
+    """The fields of ``hints`` (:func:`hints_from_hub_config`'s) that a hub config does not settle, so that an
+    argument may set them: the MLP activation of QuickGELU weights timm runs with GELU (its own notes put it in
+    doubt), and what an architecture vitlab does not know leaves to assumption."""
     notes = " ".join(str(n) for n in (hub_cfg.get("pretrained_cfg") or {}).get("notes") or ())
+    open_fields = set(_assumed_for_unknown(hub_cfg))
     if "quickgelu" in notes.lower().replace(" ", "") and hints.get("mlp_act") != "quick_gelu":
-        return {"mlp_act"}
-    return set()
+        open_fields.add("mlp_act")
+    return open_fields
 
 
 def _check_exportable(cfg: ViTConfig) -> None:

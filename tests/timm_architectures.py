@@ -1,0 +1,127 @@
+"""What timm's ViT-family architectures are, read off timm itself: the source of
+``vitlab/convert/timm_architectures.json``, the table vitlab reads bare timm state dicts and timm hub folders with.
+
+For every architecture of the modules in ``MODULES``: the layout signature of its tensors (``vitlab.convert.timm.
+layout_signature``: names and the shapes that do not depend on depth, image size or classes) and what the tensors
+cannot show: heads, MLP activation, LayerNorm eps, pooling, and, when vitlab's model cannot run it, why not. The
+model is built on the meta device with two blocks, so the whole table takes seconds.
+
+    python tests/timm_architectures.py      # rewrite the table from the installed timm
+
+``tests/test_loader_sweep.py`` checks that the shipped table is the one the installed timm gives: a timm release
+that adds or changes an architecture fails there until the table is rewritten (and the sweep says what loads).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import timm
+import timm.models._registry as timm_registry
+import torch
+from torch import nn
+
+from vitlab.convert.timm import ARCHITECTURES_FILE, layout_signature
+
+MODULES = ("vision_transformer", "deit", "eva", "vision_transformer_relpos", "vision_transformer_hybrid", "naflexvit",
+           "beit", "vision_transformer_sam")
+SUPPORTED_MODELS = ("VisionTransformer", "VisionTransformerDistilled")
+# timm classes vitlab's block has no counterpart for, by what they do
+UNSUPPORTED_PARTS = {
+    "ResPostBlock": "post-norm blocks (timm's ResPostBlock: the norm after each residual branch)",
+    "ParallelScalingBlock": "parallel blocks (attention and MLP side by side, timm's ParallelScalingBlock)",
+    "ParallelThingsBlock": "parallel blocks (several attention and MLP branches, timm's ParallelThingsBlock)",
+    "DiffParallelScalingBlock": "parallel blocks with differential attention (timm's DiffParallelScalingBlock)",
+    "SwiGLUPacked": "a gated MLP (SwiGLU, timm's SwiGLUPacked)",
+    "SwiGLU": "a gated MLP (SwiGLU, timm's SwiGLU)",
+    "GluMlp": "a gated MLP (SwiGLU or another GLU, timm's GluMlp)",
+    "RmsNorm": "RMSNorm",
+    "HybridEmbed": "a CNN backbone before the patch embedding (hybrid ViT)",
+}
+
+
+def architectures() -> list[str]:
+    return sorted(n for n in timm.list_models() if timm_registry._model_to_module[n] in MODULES)
+
+
+def build(name: str) -> nn.Module:
+    """The architecture with two blocks (its own depth where two do not build), on the meta device."""
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return timm.create_model(name, depth=2)
+        except Exception:  # noqa: BLE001 (a class without depth, or one whose per-block settings need its own)
+            return timm.create_model(name)
+
+
+def _act(module: nn.Module) -> str:
+    kind = type(module).__name__
+    if kind == "GELU":
+        return "gelu_tanh" if getattr(module, "approximate", "none") == "tanh" else "gelu"
+    return {"GELUTanh": "gelu_tanh", "QuickGELU": "quick_gelu"}.get(kind, kind)
+
+
+def _unsupported(model: nn.Module) -> str | None:
+    """Why vitlab's VisionTransformer cannot run ``model`` (a timm model), or None."""
+    kind = type(model).__name__
+    if getattr(model, "rope", None) is not None:
+        return f"rotary position embeddings (RoPE, timm's {kind})"
+    for module in model.modules():
+        if type(module).__name__ in UNSUPPORTED_PARTS:
+            return UNSUPPORTED_PARTS[type(module).__name__]
+    if kind not in SUPPORTED_MODELS:
+        return f"timm's {kind} class"
+    block = model.blocks[0]
+    if type(block).__name__ != "Block" or type(block.attn).__name__ != "Attention":
+        return f"timm's {type(block).__name__} with {type(block.attn).__name__}"
+    if not isinstance(block.attn.norm, nn.Identity) or not isinstance(block.mlp.norm, nn.Identity):
+        return "a LayerNorm inside the attention or MLP (timm's scale_attn_norm / scale_mlp_norm)"
+    if _act(block.mlp.act) not in ("gelu", "gelu_tanh", "quick_gelu"):
+        return f"the MLP activation {type(block.mlp.act).__name__}"
+    if model.global_pool not in ("token", "avg", "map", ""):
+        return f"timm's global_pool={model.global_pool!r}"
+    if getattr(model, "pool_include_prefix", False):
+        return "average pooling over the prefix tokens too (timm's pool_include_prefix)"
+    if not isinstance(model.patch_embed.norm, nn.Identity):
+        return "a norm after the patch embedding (timm's embed_norm_layer)"
+    pool = getattr(model, "attn_pool", None)
+    if pool is not None and (pool.num_heads != block.attn.num_heads or pool.latent_len != 1):
+        return f"an attention pool of {pool.num_heads} heads and {pool.latent_len} queries"
+    eps = {m.eps for m in model.modules() if isinstance(m, nn.LayerNorm)}
+    if len(eps) > 1:
+        return f"LayerNorms of different eps ({sorted(eps)})"
+    return None
+
+
+def describe(name: str) -> dict:
+    """One architecture's entry in the table."""
+    model = build(name)
+    entry = {"signature": layout_signature(model.state_dict()), "model": type(model).__name__}
+    unsupported = _unsupported(model)
+    if unsupported:
+        entry["unsupported"] = unsupported
+        return entry
+    block = model.blocks[0]
+    entry.update(num_heads=block.attn.num_heads, mlp_act=_act(block.mlp.act), norm_eps=block.norm1.eps,
+                 global_pool=model.global_pool or "token")
+    return entry
+
+
+def table() -> dict:
+    archs = {}
+    for name in architectures():
+        try:
+            archs[name] = describe(name)
+        except Exception as e:  # noqa: BLE001 (timm cannot build a few with two blocks: say which and why)
+            archs[name] = {"unbuildable": f"{type(e).__name__}: {str(e).splitlines()[0]}"}
+    return {"timm_version": timm.__version__, "modules": list(MODULES), "architectures": archs}
+
+
+if __name__ == "__main__":
+    data = table()
+    Path(ARCHITECTURES_FILE).write_text(json.dumps(data, indent=0, sort_keys=True) + "\n")
+    print(f"{len(data['architectures'])} architectures of timm {timm.__version__} -> {ARCHITECTURES_FILE}",
+          file=sys.stderr)
