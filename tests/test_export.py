@@ -79,7 +79,8 @@ def test_metadata_round_trip(exported):
     dict(pool="gap", class_token=False),
     dict(num_register_tokens=2, stem="conv"),  # BatchNorm in eval mode
     dict(pos_embed="sincos2d", img_size=(24, 40)),
-], ids=["gap", "registers_conv_stem", "sincos_non_square"])
+    dict(mlp_layer="swiglu"),
+], ids=["gap", "registers_conv_stem", "sincos_non_square", "swiglu"])
 def test_other_architectures_export_dynamically(tmp_path, kw):
     model = tiny(**kw)
     report = export_onnx(model, tmp_path / "m.onnx", dynamic=True)

@@ -35,9 +35,7 @@ UNSUPPORTED_PARTS = {
     "ParallelScalingBlock": "parallel blocks (attention and MLP side by side, timm's ParallelScalingBlock)",
     "ParallelThingsBlock": "parallel blocks (several attention and MLP branches, timm's ParallelThingsBlock)",
     "DiffParallelScalingBlock": "parallel blocks with differential attention (timm's DiffParallelScalingBlock)",
-    "SwiGLUPacked": "a gated MLP (SwiGLU, timm's SwiGLUPacked)",
-    "SwiGLU": "a gated MLP (SwiGLU, timm's SwiGLU)",
-    "GluMlp": "a gated MLP (SwiGLU or another GLU, timm's GluMlp)",
+    "SwiGLU": "a gated MLP with separate gate and value layers (timm's SwiGLU)",
     "RmsNorm": "RMSNorm",
     "HybridEmbed": "a CNN backbone before the patch embedding (hybrid ViT)",
 }
@@ -79,7 +77,12 @@ def _unsupported(model: nn.Module) -> str | None:
         return f"timm's {type(block).__name__} with {type(block.attn).__name__}"
     if not isinstance(block.attn.norm, nn.Identity) or not isinstance(block.mlp.norm, nn.Identity):
         return "a LayerNorm inside the attention or MLP (timm's scale_attn_norm / scale_mlp_norm)"
-    if _act(block.mlp.act) not in ("gelu", "gelu_tanh", "quick_gelu"):
+    if type(block.mlp).__name__ == "GluMlp":  # vitlab's SwiGLU: the gate first, SiLU
+        if block.mlp.gate_last or type(block.mlp.act).__name__ != "SiLU":
+            return f"a gated MLP with {type(block.mlp.act).__name__} (vitlab's SwiGLU gates the first half with SiLU)"
+    elif type(block.mlp).__name__ != "Mlp":
+        return f"timm's {type(block.mlp).__name__} MLP"
+    elif _act(block.mlp.act) not in ("gelu", "gelu_tanh", "quick_gelu"):
         return f"the MLP activation {type(block.mlp.act).__name__}"
     if model.global_pool not in ("token", "avg", "map", ""):
         return f"timm's global_pool={model.global_pool!r}"
@@ -105,8 +108,11 @@ def describe(name: str) -> dict:
         entry["unsupported"] = unsupported
         return entry
     block = model.blocks[0]
-    entry.update(num_heads=block.attn.num_heads, mlp_act=_act(block.mlp.act), norm_eps=block.norm1.eps,
-                 global_pool=model.global_pool or "token")
+    swiglu = type(block.mlp).__name__ == "GluMlp"
+    entry.update(num_heads=block.attn.num_heads, mlp_act="gelu" if swiglu else _act(block.mlp.act),
+                 norm_eps=block.norm1.eps, global_pool=model.global_pool or "token")
+    if swiglu:
+        entry["mlp_layer"] = "swiglu"  # mlp_act is then unused: its default
     return entry
 
 

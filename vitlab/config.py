@@ -27,6 +27,10 @@ POOLS = (
 )
 POS_EMBEDS = ("learned", "sincos2d", "none")  # paper: learned 1D; sincos2d as in big_vision / MoCo v3
 STEMS = ("patch", "conv")  # linear patch projection (Eq. 1) | conv stack (hybrid input, Sec. 3.1)
+MLP_LAYERS = (
+    "mlp",  # fc1 -> activation -> fc2 (paper Sec. 3.1)
+    "swiglu",  # (SiLU(x W) * x V) W2, fc1 = [W; V] (Shazeer 2020; DINOv2 giant), vitlab.layers.SwiGLU; mlp_act unused
+)
 MLP_ACTS = (
     "gelu",  # exact erf GELU (the paper's code via flax is tanh, but timm, transformers and torchvision use erf)
     "gelu_tanh",  # the tanh approximation (flax's default: big_vision, SigLIP)
@@ -110,7 +114,8 @@ _FIELDS: dict[str, tuple[Any, str]] = {
     "no_residual_blocks": (_blocks, "a list of block indices (integers >= 0)"),
 }
 _OPTIONAL = ("layer_scale_init", "representation_size")
-_CHOICES = {"pool": POOLS, "pos_embed": POS_EMBEDS, "stem": STEMS, "mlp_act": MLP_ACTS, "pos_resample": POS_RESAMPLES,
+_CHOICES = {"mlp_layer": MLP_LAYERS,
+            "pool": POOLS, "pos_embed": POS_EMBEDS, "stem": STEMS, "mlp_act": MLP_ACTS, "pos_resample": POS_RESAMPLES,
             "attn_init": ATTN_INITS}
 
 
@@ -146,7 +151,8 @@ class ViTConfig:
     embed_dim: int = 768  # D, "Hidden size"
     depth: int = 12  # L, "Layers"
     num_heads: int = 12  # "Heads"
-    mlp_dim: int = 3072  # "MLP size" (4 D for every variant of Table 1)
+    mlp_dim: int = 3072  # "MLP size" (4 D for every variant of Table 1); the gated hidden width with "swiglu"
+    mlp_layer: str = "mlp"  # MLP_LAYERS: the paper's MLP, or SwiGLU (DINOv2 giant)
     qkv_bias: bool = True
     qk_norm: bool = False  # LayerNorm on q and k per head (Dehghani et al. 2023, ViT-22B)
     layer_scale_init: float | None = None  # LayerScale (Touvron et al. 2021, CaiT); None = off

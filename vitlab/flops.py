@@ -82,7 +82,7 @@ def flops_breakdown(config: ViTConfig, img_size: int | tuple[int, int] | None = 
         "qkv": L * 2 * N * D * 3 * D,
         "attention_matrix": L * 2 * (2 * N * N * D),  # q @ k^T and attn @ v, summed over the heads
         "proj": L * 2 * N * D * D,
-        "mlp": L * 2 * (2 * N * D * M),  # fc1 and fc2
+        "mlp": L * 2 * ((3 if config.mlp_layer == "swiglu" else 2) * N * D * M),  # fc1 (SwiGLU: 2 M wide), fc2
         "pre_logits": 2 * D * config.representation_size if config.representation_size else 0,
         "head": _head_flops(config, T),
     }
@@ -123,7 +123,7 @@ def count_params(config: ViTConfig) -> int:
                           + c_last D + D                         (1x1 projection)
         class token D, register tokens R_tok D, position table (class + h w) D if learned
         per block (x L):  2 D (norm1) + 3 D^2 [+ 3 D qkv bias] [+ 4 Dh qk_norm] + D^2 + D (proj)
-                          [+ 2 D LayerScale] + 2 D (norm2) + D M + M (fc1) + M D + D (fc2)
+                          [+ 2 D LayerScale] + 2 D (norm2) + D M + M (fc1; SwiGLU twice) + M D + D (fc2)
         final norm        2 D (on all tokens, or fc_norm after pooling)
         pre_logits        D R + R;  head  F K + K
 
@@ -149,7 +149,8 @@ def count_params(config: ViTConfig) -> int:
     block += D * D + D  # proj
     block += 2 * D if config.layer_scale_init is not None else 0  # ls1, ls2
     block += 2 * D  # norm2
-    block += D * M + M + M * D + D  # fc1, fc2
+    gated = 2 if config.mlp_layer == "swiglu" else 1  # SwiGLU's fc1 holds the gate and the value layer
+    block += gated * (D * M + M) + M * D + D  # fc1, fc2
     n += config.depth * block
 
     n += 2 * D  # norm (or fc_norm)

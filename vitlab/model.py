@@ -30,6 +30,7 @@ from torch.utils.checkpoint import checkpoint
 
 from vitlab.config import ViTConfig
 from vitlab.errors import UsageError
+from vitlab.layers import SwiGLU
 from vitlab.pos_embed import resample_pos_embed, sincos_2d
 
 
@@ -184,7 +185,7 @@ class Block(nn.Module):
         self.ls1 = LayerScale(cfg.embed_dim, ls) if ls is not None else nn.Identity()
         self.drop_path1 = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
-        self.mlp = Mlp(cfg)
+        self.mlp = SwiGLU(cfg.embed_dim, cfg.mlp_dim, cfg.dropout) if cfg.mlp_layer == "swiglu" else Mlp(cfg)
         self.ls2 = LayerScale(cfg.embed_dim, ls) if ls is not None else nn.Identity()
         self.drop_path2 = DropPath(drop_path)
         self.residual = True  # False: the ablation of Raghu et al. 2021 (see ViTConfig.no_residual_blocks)

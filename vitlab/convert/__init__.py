@@ -165,8 +165,12 @@ def infer_config(sd: dict[str, torch.Tensor], hints: dict[str, Any]) -> ViTConfi
         raise CheckpointError("the blocks are not a ViT's pre-norm blocks (norm1, attn.qkv, norm2, mlp.fc1, mlp.fc2; "
                               f"block 0 has {sample}): parallel, gated-MLP or other block layouts are not supported")
     depth = 1 + max(blocks)
+    fc1, fc2 = sd["blocks.0.mlp.fc1.weight"], sd.get("blocks.0.mlp.fc2.weight")
+    # A gated MLP (SwiGLU) packs its gate and value layers into fc1: twice the rows fc2 has columns.
+    swiglu = fc2 is not None and fc2.ndim == 2 and fc1.shape[0] == 2 * fc2.shape[1]
     cfg: dict[str, Any] = dict(
-        patch_size=P, in_chans=C, embed_dim=D, depth=depth, mlp_dim=sd["blocks.0.mlp.fc1.weight"].shape[0],
+        patch_size=P, in_chans=C, embed_dim=D, depth=depth, mlp_dim=fc2.shape[1] if swiglu else fc1.shape[0],
+        mlp_layer="swiglu" if swiglu else "mlp",
         qkv_bias="blocks.0.attn.qkv.bias" in sd, qk_norm="blocks.0.attn.q_norm.weight" in sd,
         class_token="cls_token" in sd, num_register_tokens=sd["reg_token"].shape[1] if "reg_token" in sd else 0,
         distill_token="dist_token" in sd, pos_embed="learned" if "pos_embed" in sd else "none",

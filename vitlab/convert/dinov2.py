@@ -10,8 +10,8 @@ Its names are timm's (timm's ViT was its starting point), with these differences
     blocks.{chunk}.{i}.                -> blocks.{i}. (block_chunks > 0, for FSDP: each chunk is a list padded with
                                        Identity, so {i} is the block's global index). The released hub checkpoints
                                        are saved with block_chunks=0, flat blocks.{i}.
-    blocks.{i}.mlp.w12 / w3            the giants' SwiGLU MLP (ffn_layer="swiglufused"): an error, vitlab's MLP is
-                                       fc1 -> GELU -> fc2
+    blocks.{i}.mlp.w12 / w3            the giants' SwiGLU MLP (ffn_layer="swiglufused", rows [gate; value]) ->
+                                       mlp.fc1 / mlp.fc2 (vitlab.layers.SwiGLU)
     cls_token, pos_embed (class row + grid), patch_embed.proj, blocks.{i}.norm1 / attn.qkv / attn.proj /
     ls1.gamma / norm2 / mlp.fc1 / mlp.fc2 / ls2.gamma, norm   as in timm (and vitlab)
 There is no head: ``forward`` returns the normed class token (the original's ``x_norm_clstoken``) and
@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from vitlab.convert import CheckpointError, Converted
+from vitlab.convert import Converted
 from vitlab.preprocess import Preprocessing
 
 DINOV2_HEAD_WIDTH = 64
@@ -52,11 +52,9 @@ def is_format(sd: dict[str, Any]) -> bool:
 
 
 def read_state_dict(sd: dict[str, torch.Tensor]) -> Converted:
-    if any(".mlp.w12." in k for k in sd):
-        raise CheckpointError("this DINOv2 state dict has a SwiGLU MLP (blocks.*.mlp.w12 / w3, the ViT-g models); "
-                              "vitlab's MLP is fc1 -> GELU -> fc2 and cannot run it")
     out: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
+        key = key.replace(".mlp.w12.", ".mlp.fc1.").replace(".mlp.w3.", ".mlp.fc2.")  # SwiGLUFFNFused: same packing
         m = _CHUNKED.match(key)
         if key == "mask_token":
             continue

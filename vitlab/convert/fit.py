@@ -44,8 +44,11 @@ def weights_say(sd: dict[str, torch.Tensor]) -> dict[str, tuple[Any, str]]:
         _, C, P, _ = sd["patch_embed.proj.weight"].shape  # (D, C, P, P)
         by("patch_embed.proj.weight", "patch_size", P)
         by("patch_embed.proj.weight", "in_chans", C)
-    if "blocks.0.mlp.fc1.weight" in sd:
-        by("blocks.0.mlp.fc1.weight", "mlp_dim", sd["blocks.0.mlp.fc1.weight"].shape[0])  # (mlp_dim, D)
+    fc1, fc2 = sd.get("blocks.0.mlp.fc1.weight"), sd.get("blocks.0.mlp.fc2.weight")
+    if fc1 is not None and fc2 is not None and fc2.ndim == 2 and fc1.shape[0] == 2 * fc2.shape[1]:
+        by("blocks.0.mlp.fc2.weight", "mlp_dim", fc2.shape[1])  # SwiGLU: fc1 (2 mlp_dim, D), fc2 (D, mlp_dim)
+    elif fc1 is not None:
+        by("blocks.0.mlp.fc1.weight", "mlp_dim", fc1.shape[0])  # (mlp_dim, D)
     if "blocks.0.attn.q_norm.weight" in sd and "embed_dim" in says:  # qk_norm: LayerNorm over one head's width
         head_dim = sd["blocks.0.attn.q_norm.weight"].shape[0]  # (Dh,)
         by("blocks.0.attn.q_norm.weight", "num_heads", says["embed_dim"][0] // head_dim)

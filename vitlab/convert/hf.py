@@ -14,7 +14,8 @@ Readable (model_type: architectures; vitlab's pool):
     deit                   DeiTModel, DeiTForImageClassification: token (the class token only, as transformers);
                            DeiTForImageClassificationWithTeacher: distill ((head(class) + head_dist(dist)) / 2)
     dinov2                 Dinov2Model: token; Dinov2ForImageClassification: token_gap ([class; mean of patches]).
-                           use_swiglu_ffn=True (the giant models' SwiGLU MLP) is not supported
+                           use_swiglu_ffn=True (the giant models): SwiGLU (weights_in, or gate_proj and up_proj,
+                           -> mlp.fc1 as [gate; value]; weights_out / down_proj -> mlp.fc2)
     dinov2_with_registers  Dinov2WithRegistersModel, ...ForImageClassification (the mean leaves the registers out,
                            in both)
     clip                   CLIPModel: its vision tower and visual_projection (the text tower is left out, in a note)
@@ -155,6 +156,9 @@ def read_state_dict(sd: dict[str, torch.Tensor]) -> Converted:
         hints["no_embed_class"] = False
     said = f"LayerNorm eps {hints['norm_eps']:g}, the {act} MLP activation"
     fields = ["norm_eps", "mlp_act"]
+    fc1, fc2 = out.get("blocks.0.mlp.fc1.weight"), out.get("blocks.0.mlp.fc2.weight")
+    if fc1 is not None and fc2 is not None and fc1.shape[0] == 2 * fc2.shape[-1]:  # use_swiglu_ffn: no activation
+        said, fields = f"LayerNorm eps {hints['norm_eps']:g}, a SwiGLU MLP (SiLU gate, DINOv2 giant's)", ["norm_eps"]
     width = out["patch_embed.proj.weight"].shape[0] if "patch_embed.proj.weight" in out else None
     heads = family.heads_by_width.get(width) or HEADS_BY_WIDTH.get(width)
     if heads is None and width and width % 64 == 0:
@@ -238,9 +242,7 @@ def hints_from_config(hub_cfg: dict[str, Any]) -> dict[str, Any]:
     if act not in HF_ACTS:
         raise CheckpointError(f"config.json: {where}hidden_act={act!r} is not supported; vitlab's MLP has "
                               f"{', '.join(HF_ACTS)} (exact, tanh-approximated or sigmoid-approximated GELU)")
-    if cfg.get("use_swiglu_ffn"):
-        raise CheckpointError("config.json: use_swiglu_ffn=True (DINOv2's SwiGLU MLP, the giant models) is not "
-                              "supported; vitlab's MLP is Linear, GELU, Linear")
+    swiglu = bool(cfg.get("use_swiglu_ffn"))  # DINOv2 giant: SwiGLU (vitlab.layers.SwiGLU)
     width, heads = get("hidden_size"), get("num_attention_heads")
     head_dim = cfg.get("head_dim")
     if head_dim is not None and head_dim * heads != width:
@@ -253,6 +255,8 @@ def hints_from_config(hub_cfg: dict[str, Any]) -> dict[str, Any]:
                  in_chans=get("num_channels"), mlp_act=HF_ACTS[act], pos_resample=family.pos_resample)
     if "qkv_bias" in family.defaults:  # CLIP's and SigLIP's attention always has biases
         hints["qkv_bias"] = get("qkv_bias")
+    if swiglu:
+        hints["mlp_layer"] = "swiglu"
     return hints
 
 
@@ -382,8 +386,11 @@ def check_config_against_weights(cfg: dict[str, Any], sd: dict[str, torch.Tensor
     width = says["embed_dim"][0] if "embed_dim" in says else None
     if "mlp_ratio" in family.defaults and "mlp_dim" in says and width is not None:
         ratio = cfg.get("mlp_ratio", family.defaults["mlp_ratio"])
-        if int(width * ratio) != says["mlp_dim"][0]:
-            raise CheckpointError(f"config.json says mlp_ratio={ratio!r} (an MLP of {int(width * ratio)}) but the "
+        hidden = int(width * ratio)
+        if cfg.get("use_swiglu_ffn"):  # two thirds, rounded up to a multiple of 8 (Dinov2SwiGLUFFN)
+            hidden = (int(hidden * 2 / 3) + 7) // 8 * 8
+        if hidden != says["mlp_dim"][0]:
+            raise CheckpointError(f"config.json says mlp_ratio={ratio!r} (an MLP of {hidden}) but the "
                                   f"weights have an MLP of {says['mlp_dim'][0]}")
     heads = cfg.get("num_attention_heads", family.defaults["num_attention_heads"])
     if width is not None and (not isinstance(heads, int) or heads <= 0 or width % heads):

@@ -76,8 +76,10 @@ _QKV_NAMES = {"attention.attention.query": "q", "attention.attention.key": "k", 
               "attention.q_proj": "q", "attention.k_proj": "k", "attention.v_proj": "v",
               "self_attn.q_proj": "q", "self_attn.k_proj": "k", "self_attn.v_proj": "v"}
 _LAYER_SCALES = {"layer_scale1.lambda1": "ls1.gamma", "layer_scale2.lambda1": "ls2.gamma"}  # DINOv2
-# DINOv2 giant's SwiGLU MLP (use_swiglu_ffn=True): transformers 4's names, then 5's.
-_SWIGLU = ("mlp.weights_in", "mlp.weights_out", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+# DINOv2 giant's SwiGLU MLP (use_swiglu_ffn=True): transformers 4's packed names (weights_in rows [gate; value]),
+# then 5's separate gate and value layers, which vitlab packs into fc1 as [gate; value].
+_SWIGLU = {"mlp.weights_in": "mlp.fc1", "mlp.weights_out": "mlp.fc2", "mlp.down_proj": "mlp.fc2"}
+_SWIGLU_HALVES = {"mlp.gate_proj": 0, "mlp.up_proj": 1}
 _TOP_NAMES = {
     "embeddings.cls_token": "cls_token",
     "embeddings.distillation_token": "dist_token",
@@ -155,6 +157,7 @@ def rename(sd: dict[str, torch.Tensor], family: str) -> Renamed:
     result = Renamed({})
     out = result.state_dict
     qkv: dict[int, dict[str, dict[str, torch.Tensor]]] = {}  # layer -> "weight"/"bias" -> "q"/"k"/"v" -> tensor
+    halves: dict[tuple[int, str], list[torch.Tensor | None]] = {}  # (layer, param) -> SwiGLU's [gate, value]
     siglip_classifier = family == "siglip" and "classifier.weight" in sd
     for key, value in sd.items():
         name = base_name(key)
@@ -179,7 +182,7 @@ def rename(sd: dict[str, torch.Tensor], family: str) -> Renamed:
         elif name in _TOP_NAMES:
             out[_TOP_NAMES[name]] = value
         elif (m := LAYER.match(name)) is not None:
-            _rename_layer(int(m.group(1)), m.group(2), value, key, out, qkv)
+            _rename_layer(int(m.group(1)), m.group(2), value, key, out, qkv, halves)
         else:
             out[key] = value  # not a tensor vitlab knows: vitlab.load reports it as unexpected
     for i, params in qkv.items():
@@ -188,19 +191,25 @@ def rename(sd: dict[str, torch.Tensor], family: str) -> Renamed:
                 raise CheckpointError(f"layer {i} has attention {param} tensors for {sorted(parts)} only (BEiT's "
                                       "layout?); vitlab expects query, key and value")
             out[f"blocks.{i}.attn.qkv.{param}"] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)  # (3D, ...)
+    for (i, param), (gate, value) in halves.items():
+        if gate is None or value is None:
+            raise CheckpointError(f"layer {i} has only one of the SwiGLU MLP's gate_proj and up_proj {param}s")
+        out[f"blocks.{i}.mlp.fc1.{param}"] = torch.cat([gate, value], dim=0)  # (2 hidden, ...): [gate; value]
     return result
 
 
 def _rename_layer(i: int, rest: str, value: torch.Tensor, key: str, out: dict[str, torch.Tensor],
-                  qkv: dict[int, dict[str, dict[str, torch.Tensor]]]) -> None:
+                  qkv: dict[int, dict[str, dict[str, torch.Tensor]]],
+                  halves: dict[tuple[int, str], list[torch.Tensor | None]]) -> None:
     if rest in _LAYER_SCALES:
         out[f"blocks.{i}.{_LAYER_SCALES[rest]}"] = value
         return
     module, _, param = rest.rpartition(".")
-    if module in _SWIGLU:
-        raise CheckpointError(f"{key}: DINOv2's SwiGLU MLP (use_swiglu_ffn=True, the giant models) is not supported; "
-                              "vitlab's MLP is Linear, GELU, Linear")
-    if module in _QKV_NAMES:
+    if module in _SWIGLU_HALVES:  # packed into fc1 by rename
+        halves.setdefault((i, param), [None, None])[_SWIGLU_HALVES[module]] = value
+    elif module in _SWIGLU:
+        out[f"blocks.{i}.{_SWIGLU[module]}.{param}"] = value
+    elif module in _QKV_NAMES:
         qkv.setdefault(i, {}).setdefault(param, {})[_QKV_NAMES[module]] = value
     elif module in _LAYER_NAMES:
         out[f"blocks.{i}.{_LAYER_NAMES[module]}.{param}"] = value

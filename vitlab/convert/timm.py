@@ -6,24 +6,28 @@ vitlab's layout by ``canonical_pos_embed``. timm's ``VisionTransformerDistilled`
 ``pretrained_cfg``, beside ``model.safetensors`` or ``pytorch_model.bin``, as ``timm.models.save_for_hf`` writes it)
 also gives the architecture and the preprocessing of the weights.
 
-What the weights cannot show comes, in a hub folder, from three places, later ones winning:
-  1. the ``architecture`` name: timm's defaults for it (``model_args`` holds only what differs from them).
-     Rules, checked against every timm ``deit*``, ``*_dinov2``, ``*_clip_*`` and ``*_siglip_*`` architecture by
-     ``tests/test_parity_timm_families.py`` (without importing timm here: it is not a runtime dependency):
+What the weights cannot show (heads, MLP activation, LayerNorm eps, pooling, and what vitlab cannot run: post-norm
+or parallel blocks, RoPE, RMSNorm, hybrid CNN stems, timm's Eva, Beit, NaFlexVit, ... classes) comes from
+``timm_architectures.json``: every architecture of timm's vision_transformer, deit, eva, vision_transformer_relpos,
+vision_transformer_hybrid, naflexvit, beit and vision_transformer_sam modules, read off timm itself by
+``tests/timm_architectures.py`` (timm is not a runtime dependency) with its layout signature
+(:func:`layout_signature`: tensor names and widths). ``tests/test_loader_sweep.py`` loads every one of them.
+
+A hub folder (config.json names the ``architecture``), later places winning:
+  1. the architecture's row in the table: its settings for certain, or an error naming what vitlab cannot run.
+     An architecture the table does not have (a newer timm) falls back to the name rules below, in a notice:
         name                     ViTConfig fields
         deit_*distilled*         distill_token=True, pool="distill" (VisionTransformerDistilled)
         deit3_*                  no_embed_class=True, layer_scale_init=1e-6
-        *_dinov2                 layer_scale_init=1e-5, img_size=518; *_giant_*_dinov2: SwiGLU MLP, an error
+        *_dinov2                 layer_scale_init=1e-5, img_size=518
         *_reg{R}_*               num_register_tokens=R; with _dinov2 also no_embed_class=True
         *_clip_*                 norm_pre=True, patch_bias=False (timm's pre_norm), norm_eps=1e-5, mlp_act="gelu"
         *_clip_quickgelu_*       ... and mlp_act="quick_gelu" (QuickGELU is not in the weights)
         *_siglip_*               class_token=False, pool="map" (``_siglip_gap_``: pool="gap")
         SigLIP 2's architectures mlp_act="gelu_tanh": vit_base_patch32_siglip*, vit_large_patch16_siglip[_gap]_512,
-                                 vit_so400m_patch16_siglip*, vit_giantopt_patch16_siglip*; timm's other SigLIP
-                                 architectures keep exact GELU
+                                 vit_so400m_patch16_siglip*, vit_giantopt_patch16_siglip*
         vit_{giant,gigantic,so400m,giantopt}_*  num_heads=16 (not width / 64; a dinov2 giant has 24 = width / 64)
         *_{N} (last word)        img_size=N (``*_dinov2``: 518); every other head count comes from the width
-     ``vit_*.dino`` and ``vit_*.mae`` weights use the plain ViT architectures: nothing beyond the preprocessing.
   2. ``model_args``: num_heads, img_size, reg_tokens -> num_register_tokens, no_embed_class, class_token,
      pre_norm -> norm_pre and patch_bias=not pre_norm (timm ties them), act_layer ('gelu', 'gelu_tanh',
      'quick_gelu') -> mlp_act, init_values -> layer_scale_init, qkv_bias, qk_norm, fc_norm; shapes and drop rates
@@ -33,15 +37,20 @@ What the weights cannot show comes, in a hub folder, from three places, later on
      ``notes`` say the weights are "natively QuickGELU" but the architecture runs them with GELU, vitlab does as
      timm (parity) and says so in a notice.
 
-A bare state dict has no config: what its weights cannot show follows a documented rule, each in a one-line
-notice (:class:`AssumedSettingsNotice`) naming what to pass to ``vitlab.load`` instead:
-    CLIP's layout (norm_pre, no patch bias)  GELU and norm_eps=1e-5 (timm's vit_*_clip_*), CLIP's preprocessing;
-                                             OpenAI's weights want mlp_act='quick_gelu'
+A bare state dict (:func:`known_layout`): the architectures of the table with its layout signature. What they all
+agree on is certain; a setting they disagree on is assumed (the most common value) in one
+:class:`AssumedSettingsNotice` naming the others and their architectures (CLIP's QuickGELU variants, SigLIP 2's
+tanh GELU), except the head count, which no rule may guess: the load asks for ``num_heads=``
+(``vit_base_patch16_gap_224`` has 16 heads, the SigLIP base GAP models 12, with the same tensors). A layout only
+architectures vitlab cannot run have is an error naming them; a layout no architecture has gets timm's defaults
+(heads of 64, or the registry's for a standard width; GELU; eps 1e-6, CLIP's 1e-5 for CLIP's layout), each named in
+the notice. A gated MLP (fc1 twice as wide as fc2's input) is SwiGLU (``vitlab.layers.SwiGLU``, DINOv2 giant's).
+The preprocessing follows the family the tensors show, said in the same notice:
+    CLIP's layout (norm_pre, no patch bias)  CLIP's preprocessing
     dist_token                               DeiT's preprocessing (ImageNet statistics)
-    attn_pool (MAP head)                     SigLIP's preprocessing (mean = std = 0.5); SigLIP 2's
-                                             architectures want mlp_act='gelu_tanh'
+    attn_pool (MAP head)                     SigLIP's preprocessing (mean = std = 0.5)
     layer scale with patch 14                DINOv2's preprocessing (ImageNet statistics)
-    anything else                            no notice; the default preprocessing (mean = std = 0.5)
+    anything else                            the default preprocessing (mean = std = 0.5)
 timm resamples every position table with antialiased bicubic (``pos_resample`` "bicubic_antialias", the default).
 
 Writing (``to_timm``, ``timm_model_args``, ``timm_model_class``): a state dict that timm's class loads strictly,
@@ -111,16 +120,6 @@ def is_format(sd: dict[str, Any]) -> bool:
     return "patch_embed.proj.weight" in sd and any(k.startswith("blocks.") for k in sd)
 
 
-def check_mlp(sd: dict[str, torch.Tensor], what: str) -> None:
-    """A gated MLP (SwiGLU: timm's SwiGLUPacked, the DINOv2 giants) packs two hidden layers into fc1, so that fc1
-    has twice the rows fc2 has columns; vitlab's MLP is fc1 -> GELU -> fc2."""
-    fc1, fc2 = sd.get("blocks.0.mlp.fc1.weight"), sd.get("blocks.0.mlp.fc2.weight")
-    if fc1 is not None and fc2 is not None and fc1.shape[0] != fc2.shape[-1]:
-        raise CheckpointError(f"{what} has a gated MLP (SwiGLU: blocks.0.mlp.fc1.weight is {tuple(fc1.shape)}, "
-                              f"fc2 {tuple(fc2.shape)}), e.g. DINOv2's giant models; vitlab's MLP is fc1 -> GELU -> "
-                              "fc2 and cannot run it")
-
-
 def table_size(sd: dict[str, torch.Tensor]) -> tuple[int, int] | None:
     """The image size a square position table is laid out for (timm's rows: class, distillation and register
     tokens may each have one), or None."""
@@ -146,7 +145,8 @@ def known_architectures() -> dict[str, dict[str, Any]]:
 def entry_hints(entry: dict[str, Any]) -> dict[str, Any]:
     """A supported table entry -> the ViTConfig fields it settles."""
     pool = "distill" if entry["model"] == "VisionTransformerDistilled" else TIMM_POOLS[entry["global_pool"]]
-    return dict(num_heads=entry["num_heads"], mlp_act=entry["mlp_act"], norm_eps=entry["norm_eps"], pool=pool)
+    return dict(num_heads=entry["num_heads"], mlp_act=entry["mlp_act"], norm_eps=entry["norm_eps"], pool=pool,
+                mlp_layer=entry.get("mlp_layer", "mlp"))
 
 
 def _names(names: list[str]) -> str:
@@ -217,6 +217,10 @@ def _generic_assumptions(sd: dict[str, torch.Tensor]) -> tuple[dict[str, Any], s
             hints["num_heads"] = heads
             said = f"num_heads={heads} ({'the standard size of width' if D in HEADS_BY_WIDTH else 'heads of 64 at'} " \
                    f"{D}), " + said
+    fc1, fc2 = sd.get("blocks.0.mlp.fc1.weight"), sd.get("blocks.0.mlp.fc2.weight")
+    if fc1 is not None and fc2 is not None and fc2.ndim == 2 and fc1.shape[0] == 2 * fc2.shape[1]:
+        said += ("; a gated MLP (fc1 twice fc2's width): SwiGLU, the gate first with SiLU (DINOv2 giant's); "
+                 "another gate vitlab cannot run")
     return hints, said
 
 
@@ -228,7 +232,6 @@ def read_state_dict(sd: dict[str, torch.Tensor]) -> Converted:
     conv = Converted(dict(sd), "timm")
     layout = known_layout(sd)
     if layout is None:
-        check_mlp(sd, "this timm state dict")
         assumed, said = _generic_assumptions(sd)
         conv.hints.update(assumed)
         settings = (f"its layout is none of timm {timm_version()}'s ViT architectures, so vitlab assumes {said}; "
@@ -285,9 +288,6 @@ def architecture_hints(arch: str) -> dict[str, Any]:
     if registers:
         hints["num_register_tokens"] = int(registers[1])
     if "dinov2" in words:
-        if m["size"] == "giant":
-            raise CheckpointError(f"timm's {arch} has a SwiGLU MLP (the DINOv2 giants'); vitlab's MLP is "
-                                  "fc1 -> GELU -> fc2 and cannot run it")
         hints.update(layer_scale_init=DINOV2_LAYER_SCALE, img_size=(DINOV2_IMG_SIZE, DINOV2_IMG_SIZE))
         if registers:
             hints["no_embed_class"] = True
@@ -450,12 +450,13 @@ def timm_model_class(cfg: ViTConfig) -> str:
 
 def timm_model_args(cfg: ViTConfig) -> dict[str, Any]:
     """Keyword arguments for ``timm_model_class(cfg)`` of the same architecture. ``norm_layer`` is a
-    ``functools.partial(torch.nn.LayerNorm, eps=...)`` when the eps is not timm's 1e-6 (not JSON: give it to the
-    class, not to a config.json)."""
+    ``functools.partial(torch.nn.LayerNorm, eps=...)`` when the eps is not timm's 1e-6, and a SwiGLU MLP is timm's
+    ``SwiGLUPacked`` class (not JSON: give them to the class, not to a config.json; the latter imports timm)."""
     _check_exportable(cfg)
-    ratio = cfg.mlp_dim / cfg.embed_dim
-    if int(cfg.embed_dim * ratio) != cfg.mlp_dim:  # timm's hidden width is int(D * mlp_ratio): no rounding down
-        ratio = (cfg.mlp_dim + 0.5) / cfg.embed_dim
+    hidden = 2 * cfg.mlp_dim if cfg.mlp_layer == "swiglu" else cfg.mlp_dim  # timm's SwiGLUPacked: fc1's width
+    ratio = hidden / cfg.embed_dim
+    if int(cfg.embed_dim * ratio) != hidden:  # timm's hidden width is int(D * mlp_ratio): no rounding down
+        ratio = (hidden + 0.5) / cfg.embed_dim
     args: dict[str, Any] = dict(
         img_size=cfg.img_size, patch_size=cfg.patch_size, in_chans=cfg.in_chans, num_classes=cfg.num_classes,
         embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=ratio,
@@ -466,7 +467,11 @@ def timm_model_args(cfg: ViTConfig) -> dict[str, Any]:
     )
     if cfg.pool != "distill":  # VisionTransformerDistilled has no register tokens
         args["reg_tokens"] = cfg.num_register_tokens
-    if cfg.mlp_act != "gelu":
+    if cfg.mlp_layer == "swiglu":
+        from timm.layers import SwiGLUPacked  # timm is the caller's: this builds a timm model
+
+        args.update(mlp_layer=SwiGLUPacked, act_layer="silu")
+    elif cfg.mlp_act != "gelu":
         args["act_layer"] = cfg.mlp_act  # timm's names: 'gelu_tanh', 'quick_gelu'
     if cfg.norm_eps != TIMM_NORM_EPS:
         args["norm_layer"] = functools.partial(torch.nn.LayerNorm, eps=cfg.norm_eps)

@@ -1,0 +1,114 @@
+"""The SwiGLU MLP (DINOv2 giant's, ``vitlab.layers.SwiGLU``) in every form its weights come in, against the peer's
+outputs at the native size and at another: timm's ``vit_giant_patch14_dinov2`` (bare .safetensors, .pth, hub folder),
+transformers' ``Dinov2Model(use_swiglu_ffn=True)`` (folder and bare), the original DINOv2 layout (``mlp.w12``/``w3``,
+against timm's model loaded by timm's own converter), and back to timm with ``export_timm``. Tiny: width 96, two
+blocks, four heads (timm's giant MLP ratio gives a gated width of 256).
+"""
+
+import importlib
+import warnings
+
+import pytest
+import timm
+import torch
+from conftest import randomize_, save_state_dict
+from safetensors.torch import load_file
+from timm.models._hub import save_for_hf
+from timm.models.vision_transformer import checkpoint_filter_fn
+
+import vitlab
+from vitlab.convert import AssumedSettingsNotice
+from vitlab.convert.timm import timm_model_args, timm_model_class
+from vitlab.layers import SwiGLU
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+TOL = 1e-4
+TINY = dict(embed_dim=96, depth=2, num_heads=4)
+SIZE, OTHER = 56, 42  # 4 x 4 and 3 x 3 patches of 14
+
+
+def _diff(ref, model, size):
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        return (ref(x) - model(x)).abs().max().item()
+
+
+def _timm_giant():
+    model = timm.create_model("vit_giant_patch14_dinov2", img_size=SIZE, dynamic_img_size=True, num_classes=7, **TINY)
+    return randomize_(model, std=0.1)
+
+
+def test_swiglu_is_the_papers_formula():
+    mlp = SwiGLU(8, 6)
+    x = torch.randn(3, 5, 8)
+    W, V = mlp.fc1.weight[:6], mlp.fc1.weight[6:]  # rows [gate; value]
+    b_w, b_v = mlp.fc1.bias[:6], mlp.fc1.bias[6:]
+    expected = mlp.fc2(torch.nn.functional.silu(x @ W.T + b_w) * (x @ V.T + b_v))  # (SiLU(xW) * xV) W2
+    assert torch.allclose(mlp(x), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("form", ["safetensors", "pth", "hub"])
+def test_timm_dinov2_giant(tmp_path, form):
+    ref = _timm_giant().eval()
+    if form == "hub":
+        save_for_hf(ref, tmp_path / "hub", safe_serialization=True)
+        path, args = tmp_path / "hub", {}
+        model = vitlab.load(path)
+    else:  # a width-96 layout is no timm architecture's: the notice names the heads and the gated MLP it assumes
+        path, args = save_state_dict(ref.state_dict(), tmp_path / f"m.{form}"), dict(num_heads=4)
+        with pytest.warns(AssumedSettingsNotice, match="SwiGLU"):
+            model = vitlab.load(path, **args)
+    model.eval()
+    assert model.config.mlp_layer == "swiglu" and model.config.mlp_dim == 256
+    d, d_other = _diff(ref, model, SIZE), _diff(ref, model, OTHER)
+    print(f"timm vit_giant_patch14_dinov2 {form}: max |diff| {d:.2e} at {SIZE} px, {d_other:.2e} at {OTHER} px")
+    assert d <= TOL and d_other <= TOL
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AssumedSettingsNotice)
+        resampled = vitlab.load(path, img_size=OTHER, **args).eval()  # the table resampled once, at load
+    assert _diff(ref, resampled, OTHER) <= TOL
+
+
+def test_export_timm_round_trip(tmp_path):
+    ref = _timm_giant().eval()
+    save_for_hf(ref, tmp_path / "hub", safe_serialization=True)
+    model = vitlab.load(tmp_path / "hub").eval()
+    path = vitlab.export_timm(model, tmp_path / "export.safetensors")
+    module, name = timm_model_class(model.config).rsplit(".", 1)
+    back = getattr(importlib.import_module(module), name)(**timm_model_args(model.config), dynamic_img_size=True)
+    back.load_state_dict(load_file(str(path)), strict=True)
+    assert max(_diff(back.eval(), model, SIZE), _diff(back, model, OTHER)) <= TOL
+
+
+@pytest.mark.parametrize("form", ["folder", "bare"])
+def test_transformers_dinov2_swiglu(tmp_path, form):
+    from transformers import Dinov2Config, Dinov2Model
+
+    ref = randomize_(Dinov2Model(Dinov2Config(hidden_size=96, num_hidden_layers=2, num_attention_heads=4,
+                                              image_size=SIZE, patch_size=14, use_swiglu_ffn=True)), std=0.1)
+    if form == "folder":
+        ref.save_pretrained(tmp_path / "hf")
+        model = vitlab.load(tmp_path / "hf").eval()
+    else:
+        path = save_state_dict(ref.state_dict(), tmp_path / "m.safetensors")
+        with pytest.warns(AssumedSettingsNotice, match="SwiGLU"):
+            model = vitlab.load(path, num_heads=4).eval()
+    assert model.config.mlp_layer == "swiglu"
+    for size in (SIZE, OTHER):  # transformers resamples the table at forward time, plain bicubic (vitlab's rule too)
+        x = torch.randn(2, 3, size, size)
+        with torch.no_grad():
+            d = (ref(pixel_values=x).pooler_output - model(x)).abs().max().item()
+        print(f"transformers Dinov2Model use_swiglu_ffn {form}: max |diff| {d:.2e} at {size} px")
+        assert d <= TOL
+
+
+def test_original_dinov2_giant_layout(tmp_path):
+    """facebookresearch/dinov2's names (mlp.w12 / w3, mask_token), against timm's model loaded by timm's converter."""
+    peer = timm.create_model("vit_giant_patch14_dinov2", img_size=SIZE, num_classes=0, **TINY)
+    sd = {k.replace(".mlp.fc1.", ".mlp.w12.").replace(".mlp.fc2.", ".mlp.w3."): v
+          for k, v in randomize_(peer, std=0.1).state_dict().items()}
+    sd["mask_token"] = torch.zeros(1, TINY["embed_dim"])
+    peer.load_state_dict(checkpoint_filter_fn(dict(sd), peer))
+    model = vitlab.load(save_state_dict(sd, tmp_path / "dinov2_vitg14.pth"), num_heads=4).eval()
+    assert model.config.mlp_layer == "swiglu"
+    assert _diff(peer.eval(), model, SIZE) <= TOL
