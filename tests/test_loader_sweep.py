@@ -8,6 +8,7 @@ architecture, until ``python tests/timm_architectures.py`` rewrites the table (a
 """
 
 import json
+import shutil
 
 import pytest
 from loader_sweep import timm_case, timm_cases
@@ -25,6 +26,13 @@ TIMM_QUICK = [(name, "bare") for name in (
     "vit_base_patch16_siglip_gap_256", "eva02_tiny_patch14_224", "vit_small_patch14_reg4_dinov2",
     "vit_base_patch32_clip_quickgelu_224", "deit_tiny_distilled_patch16_224")] + [
     ("vit_base_patch16_gap_224", "hub"), ("vit_base_patch16_rpn_224", "hub"), ("vit_small_patch14_dinov2", "hub")]
+
+
+@pytest.fixture(autouse=True)
+def _no_files_left(tmp_path):
+    """Each case's checkpoints go when it ends: the slow tier writes gigabytes (pytest keeps every tmp_path)."""
+    yield
+    shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 def _check(outcome):
@@ -75,3 +83,25 @@ def test_openclip_sample(tmp_path, name, form):
 @pytest.mark.parametrize("name,form", openclip_cases())
 def test_openclip_every_tower(tmp_path, name, form):
     _check(openclip_case(name, form, tmp_path))
+
+
+def test_an_image_size_that_leaves_a_remainder_runs_as_timm_runs_it(tmp_path):
+    """timm's vit_so400m_patch14_siglip_384 sees 27 patches of 14 in 384 px (its convolution drops 6 rows and
+    columns): its hub folder loads, and the model takes 384-px images as timm does (other sizes must divide)."""
+    import timm
+    import torch
+    from timm.models._hub import save_for_hf
+
+    import vitlab
+    from vitlab.errors import UsageError
+
+    ref = timm.create_model("vit_so400m_patch14_siglip_384", img_size=48, embed_dim=64, depth=1, num_heads=4,
+                            mlp_ratio=2, num_classes=3).eval()  # 3 patches of 14 in 48 px
+    save_for_hf(ref, tmp_path / "hub", safe_serialization=True)
+    model = vitlab.load(tmp_path / "hub").eval()
+    assert model.config.img_size == (48, 48) and model.config.grid_size == (3, 3)
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        assert (ref(x) - model(x)).abs().max().item() <= 1e-5
+    with pytest.raises(UsageError, match="not divisible by the patch size 14.*e.g. 42x42"):
+        model(torch.randn(1, 3, 50, 50))

@@ -28,14 +28,13 @@ from vitlab.convert.timm import ARCHITECTURES_FILE, layout_signature
 
 MODULES = ("vision_transformer", "deit", "eva", "vision_transformer_relpos", "vision_transformer_hybrid", "naflexvit",
            "beit", "vision_transformer_sam")
-SUPPORTED_MODELS = ("VisionTransformer", "VisionTransformerDistilled")
+SUPPORTED_MODELS = ("VisionTransformer", "VisionTransformerDistilled", "Eva")
 # timm classes vitlab's block has no counterpart for, by what they do
 UNSUPPORTED_PARTS = {
     "ResPostBlock": "post-norm blocks (timm's ResPostBlock: the norm after each residual branch)",
     "ParallelScalingBlock": "parallel blocks (attention and MLP side by side, timm's ParallelScalingBlock)",
     "ParallelThingsBlock": "parallel blocks (several attention and MLP branches, timm's ParallelThingsBlock)",
     "DiffParallelScalingBlock": "parallel blocks with differential attention (timm's DiffParallelScalingBlock)",
-    "SwiGLU": "a gated MLP with separate gate and value layers (timm's SwiGLU)",
     "RmsNorm": "RMSNorm",
     "HybridEmbed": "a CNN backbone before the patch embedding (hybrid ViT)",
 }
@@ -62,24 +61,52 @@ def _act(module: nn.Module) -> str:
     return {"GELUTanh": "gelu_tanh", "QuickGELU": "quick_gelu"}.get(kind, kind)
 
 
+def rope_of(rope: nn.Module | None) -> tuple[str, float] | str:
+    """vitlab's (ViTConfig.rope, rope_theta) for timm's RoPE module, or why vitlab has no counterpart."""
+    if rope is None:
+        return ("none", 100.0)
+    kind, a = type(rope).__name__, vars(rope)
+    if kind == "RotaryEmbeddingDinoV3" and a["min_period"] is None and a["normalize_coords"] == "separate" \
+            and a["grid_offset"] == 0 and a["grid_indexing"] == "ij" and a["rotate_half"]:
+        return ("dinov3", float(a["temperature"]))
+    if kind == "RotaryEmbeddingCat" and a["grid_type"] == "index" and a["grid_indexing"] == "xy" \
+            and a["ref_feat_shape"] is None and a["grid_offset"] == 0 and not a["rotate_half"] \
+            and not a["in_pixels"]:
+        return ("axial", float(a["temperature"]))
+    if kind == "RotaryEmbeddingMixed":
+        return "learned per-head RoPE frequencies (RoPE-Mixed, timm's RotaryEmbeddingMixed)"
+    return (f"timm's {kind} (grid {a.get('grid_type')}, indexing {a.get('grid_indexing')}, reference shape "
+            f"{a.get('ref_feat_shape')}), a RoPE vitlab does not have")
+
+
 def _unsupported(model: nn.Module) -> str | None:
     """Why vitlab's VisionTransformer cannot run ``model`` (a timm model), or None."""
     kind = type(model).__name__
-    if getattr(model, "rope", None) is not None:
-        return f"rotary position embeddings (RoPE, timm's {kind})"
+    rope = rope_of(getattr(model, "rope", None))
+    if isinstance(rope, str):
+        return rope
     for module in model.modules():
         if type(module).__name__ in UNSUPPORTED_PARTS:
             return UNSUPPORTED_PARTS[type(module).__name__]
     if kind not in SUPPORTED_MODELS:
         return f"timm's {kind} class"
     block = model.blocks[0]
-    if type(block).__name__ != "Block" or type(block.attn).__name__ != "Attention":
+    blocks = ("Block", "EvaBlock")
+    attentions = ("Attention", "EvaAttention", "AttentionRope")
+    if type(block).__name__ not in blocks or type(block.attn).__name__ not in attentions:
         return f"timm's {type(block).__name__} with {type(block.attn).__name__}"
+    if getattr(block.attn, "qkv", None) is None:
+        return "separate q, k and v projections (timm's qkv_fused=False)"
+    if getattr(block.attn, "gate", None) is not None or getattr(block.attn, "num_kv_groups", 1) != 1:
+        return "gated or grouped-query attention"
     if not isinstance(block.attn.norm, nn.Identity) or not isinstance(block.mlp.norm, nn.Identity):
-        return "a LayerNorm inside the attention or MLP (timm's scale_attn_norm / scale_mlp_norm)"
+        return "a LayerNorm inside the attention or MLP (timm's scale_attn_norm / scale_mlp_norm, EVA's scale_*)"
     if type(block.mlp).__name__ == "GluMlp":  # vitlab's SwiGLU: the gate first, SiLU
         if block.mlp.gate_last or type(block.mlp.act).__name__ != "SiLU":
             return f"a gated MLP with {type(block.mlp.act).__name__} (vitlab's SwiGLU gates the first half with SiLU)"
+    elif type(block.mlp).__name__ == "SwiGLU":  # separate gate and value layers: vitlab packs them
+        if type(block.mlp.act).__name__ != "SiLU":
+            return f"a gated MLP with {type(block.mlp.act).__name__} (vitlab's SwiGLU gates with SiLU)"
     elif type(block.mlp).__name__ != "Mlp":
         return f"timm's {type(block.mlp).__name__} MLP"
     elif _act(block.mlp.act) not in ("gelu", "gelu_tanh", "quick_gelu"):
@@ -108,11 +135,14 @@ def describe(name: str) -> dict:
         entry["unsupported"] = unsupported
         return entry
     block = model.blocks[0]
-    swiglu = type(block.mlp).__name__ == "GluMlp"
+    swiglu = type(block.mlp).__name__ in ("GluMlp", "SwiGLU")
     entry.update(num_heads=block.attn.num_heads, mlp_act="gelu" if swiglu else _act(block.mlp.act),
                  norm_eps=block.norm1.eps, global_pool=model.global_pool or "token")
     if swiglu:
         entry["mlp_layer"] = "swiglu"  # mlp_act is then unused: its default
+    rope, theta = rope_of(getattr(model, "rope", None))
+    if rope != "none":
+        entry.update(rope=rope, rope_theta=theta)
     return entry
 
 

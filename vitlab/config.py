@@ -26,6 +26,12 @@ POOLS = (
     "distill",  # class and distillation tokens, each through its own head, logits averaged (DeiT at inference)
 )
 POS_EMBEDS = ("learned", "sincos2d", "none")  # paper: learned 1D; sincos2d as in big_vision / MoCo v3
+# Rotary position embeddings on the queries and keys (vitlab.layers.rope), with or without a pos_embed table:
+ROPES = (
+    "none",
+    "axial",  # timm's vit_*_rope_* (Heo et al. 2024): integer coordinates, [x; y] frequencies, adjacent pairs
+    "dinov3",  # DINOv3: patch centres in [-1, 1], [y; x] periods, pairs half a head apart
+)
 STEMS = ("patch", "conv")  # linear patch projection (Eq. 1) | conv stack (hybrid input, Sec. 3.1)
 MLP_LAYERS = (
     "mlp",  # fc1 -> activation -> fc2 (paper Sec. 3.1)
@@ -108,13 +114,14 @@ _FIELDS: dict[str, tuple[Any, str]] = {
                     "no_embed_class", "fc_norm")},
     "layer_scale_init": (_positive, "a positive number, or None (no LayerScale)"),
     "norm_eps": (_positive, "a positive number"),
+    "rope_theta": (_positive, "a positive number"),
     "representation_size": (lambda v: _integer(v, 1), "an integer >= 1, or None (no pre-logits layer)"),
     **{name: (_rate, "a number in [0, 1)") for name in ("dropout", "attn_dropout", "drop_path_rate",
                                                         "patch_drop_rate")},
     "no_residual_blocks": (_blocks, "a list of block indices (integers >= 0)"),
 }
 _OPTIONAL = ("layer_scale_init", "representation_size")
-_CHOICES = {"mlp_layer": MLP_LAYERS,
+_CHOICES = {"mlp_layer": MLP_LAYERS, "rope": ROPES,
             "pool": POOLS, "pos_embed": POS_EMBEDS, "stem": STEMS, "mlp_act": MLP_ACTS, "pos_resample": POS_RESAMPLES,
             "attn_init": ATTN_INITS}
 
@@ -141,7 +148,9 @@ def check_field(name: str, value: Any) -> Any:
 @dataclass(frozen=True)
 class ViTConfig:
     # Input. img_size is the size the position embedding is laid out for; other sizes divisible by
-    # patch_size still work at forward time (the table is resampled in 2D).
+    # patch_size still work at forward time (the table is resampled in 2D). It may leave a remainder (timm's
+    # vit_so400m_patch14_siglip_384: 27 patches of 14 in 384 px): the patch convolution drops the last rows and
+    # columns, as the weights' own code does, at that size only.
     img_size: tuple[int, int] = (224, 224)
     patch_size: int = 16  # P; the paper's "/16"
     in_chans: int = 3
@@ -171,6 +180,8 @@ class ViTConfig:
     # (timm's no_embed_class: DeiT III, big_vision, timm's DINOv2 with registers).
     no_embed_class: bool = False
     pos_resample: str = "bicubic_antialias"
+    rope: str = "none"  # ROPES: rotary position embeddings on q and k of the patch tokens
+    rope_theta: float = 100.0  # RoPE's base: axial frequencies theta^(-k/n), DINOv3's periods theta^(2k/(Dh/2))
     fc_norm: bool = False  # gap only: LayerNorm after pooling (timm) instead of on all tokens (paper)
     representation_size: int | None = None  # paper's pre-logits layer: Linear + tanh before the head
 
@@ -223,6 +234,12 @@ class ViTConfig:
             raise ConfigError(f"representation_size (the pre-logits layer) is not supported with pool={self.pool!r}")
         if self.pos_embed == "sincos2d" and self.embed_dim % 4:
             raise ConfigError(f"pos_embed='sincos2d' needs embed_dim divisible by 4, got {self.embed_dim}")
+        if self.rope != "none" and (self.embed_dim // self.num_heads) % 4:
+            raise ConfigError(f"rope={self.rope!r} turns channel pairs by x and y: the head width "
+                              f"{self.embed_dim // self.num_heads} must be divisible by 4")
+        if self.rope != "none" and self.patch_drop_rate:
+            raise ConfigError("patch_drop_rate with rope is not supported (the dropped patches' rotations would have "
+                              "to follow them); set patch_drop_rate=0")
         if self.stem_depth < 1 or (self.stem_depth > 1 and self.stem != "conv"):
             raise ConfigError(f"stem_depth={self.stem_depth}: convs per stage of the conv stem, >= 1, and only with "
                              f"stem='conv' (this config has stem={self.stem!r})")
@@ -230,7 +247,7 @@ class ViTConfig:
             raise ConfigError(f"stem='conv' downsamples by stride-2 convs: patch_size must be a power of 2 >= 2, "
                              f"got {self.patch_size}")
         h, w = self.img_size
-        if h % self.patch_size or w % self.patch_size:
+        if (h % self.patch_size or w % self.patch_size) and (self.stem != "patch" or min(h, w) < self.patch_size):
             raise ConfigError(f"img_size={self.img_size} is not divisible by patch_size={self.patch_size}")
 
     @property

@@ -31,7 +31,10 @@ from torch.utils.checkpoint import checkpoint
 from vitlab.config import ViTConfig
 from vitlab.errors import UsageError
 from vitlab.layers import SwiGLU
+from vitlab.layers.rope import RotaryEmbedding2d, apply_rope
 from vitlab.pos_embed import resample_pos_embed, sincos_2d
+
+Rope = tuple[torch.Tensor, torch.Tensor]  # RoPE's (sin, cos) tables of the patch grid, (h*w, Dh) each
 
 
 def _trunc_normal_(t: torch.Tensor, std: float) -> torch.Tensor:
@@ -101,6 +104,7 @@ class Attention(nn.Module):
     def __init__(self, cfg: ViTConfig):
         super().__init__()
         self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
+        self.rope_kind = cfg.rope
         self.fused = True  # False: use the explicit path everywhere (see VisionTransformer.set_fused_attn)
         self.qkv = nn.Linear(cfg.embed_dim, 3 * cfg.embed_dim, bias=cfg.qkv_bias)
         self.q_norm = nn.LayerNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else nn.Identity()
@@ -109,11 +113,17 @@ class Attention(nn.Module):
         self.proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
         self.proj_drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, return_attention: bool = False, rope: Rope | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, N, D = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)  # (B, N, 3, Nh, Dh)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, Nh, N, Dh)
         q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:  # rotate the patch tokens' queries and keys; the prefix tokens keep theirs
+            sin, cos = rope  # (h*w, Dh) each
+            n = N - sin.shape[0]  # prefix tokens
+            q = torch.cat([q[:, :, :n], apply_rope(q[:, :, n:], sin, cos, self.rope_kind)], dim=2)
+            k = torch.cat([k[:, :, :n], apply_rope(k[:, :, n:], sin, cos, self.rope_kind)], dim=2)
         probs = None
         # Training in bf16 on the CPU, torch's flash kernel is slower than the written-out product up to a few
         # hundred tokens (its backward most: 6x for 128 images x 3 heads x 32 tokens, 1.1x at 257 tokens; slower
@@ -190,8 +200,9 @@ class Block(nn.Module):
         self.drop_path2 = DropPath(drop_path)
         self.residual = True  # False: the ablation of Raghu et al. 2021 (see ViTConfig.no_residual_blocks)
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        y, probs = self.attn(self.norm1(x), return_attention)
+    def forward(self, x: torch.Tensor, return_attention: bool = False, rope: Rope | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        y, probs = self.attn(self.norm1(x), return_attention, rope)
         if not self.residual:  # skip-connection ablation (ViTConfig.no_residual_blocks): no identity paths
             x = self.drop_path1(self.ls1(y))
             return self.drop_path2(self.ls2(self.mlp(self.norm2(x)))), probs
@@ -298,6 +309,8 @@ class VisionTransformer(nn.Module):
         n_pos = cfg.num_pos_prefix + cfg.grid_size[0] * cfg.grid_size[1]
         self.pos_embed = nn.Parameter(torch.zeros(1, n_pos, D)) if cfg.pos_embed == "learned" else None
         self.pos_drop = nn.Dropout(cfg.dropout)
+        # RoPE (vitlab.layers.rope): no parameters, its tables computed for each input's grid
+        self.rope = RotaryEmbedding2d(cfg.rope, cfg.head_dim, cfg.rope_theta) if cfg.rope != "none" else None
         self.norm_pre = nn.LayerNorm(D, eps=cfg.norm_eps) if cfg.norm_pre else nn.Identity()  # CLIP's ln_pre
         rates = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # grows with depth
         self.blocks = nn.ModuleList([Block(cfg, r) for r in rates])
@@ -381,8 +394,8 @@ class VisionTransformer(nn.Module):
             raise UsageError(f"expected {cfg.in_chans} input channels, got {x.shape[1]} (shape {tuple(x.shape)}); "
                              "convert the images (e.g. grayscale/RGBA to RGB) or build the model with in_chans=...")
         H, W = x.shape[-2:]
-        if H % cfg.patch_size or W % cfg.patch_size:
-            h, w = cfg.img_size
+        if (H % cfg.patch_size or W % cfg.patch_size) and (H, W) != tuple(cfg.img_size):
+            h, w = (n * cfg.patch_size for n in cfg.grid_size)
             raise UsageError(f"image size {H}x{W} is not divisible by the patch size {cfg.patch_size}; "
                              f"resize or crop to a multiple of {cfg.patch_size} (e.g. {h}x{w})")
 
@@ -412,14 +425,22 @@ class VisionTransformer(nn.Module):
         x = torch.cat([t.expand(B, -1, -1) for t in prefix] + [x], dim=1)  # (B, N, D)
         return self.norm_pre(self.pos_drop(x))  # norm_pre: CLIP's ln_pre (identity otherwise)
 
+    def rope_tables(self, x: torch.Tensor) -> Rope | None:
+        """RoPE's (sin, cos) for images x (B, C, H, W), or None for a model without RoPE."""
+        if self.rope is None:
+            return None
+        P = self.config.patch_size
+        return self.rope((x.shape[-2] // P, x.shape[-1] // P), x.device)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> final tokens (B, N, D), after the last LayerNorm (unless fc_norm)."""
+        rope = self.rope_tables(x)
         x = self.embed(x)
         for blk in self.blocks:
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x, _ = checkpoint(blk, x, use_reentrant=False)
+                x, _ = checkpoint(blk, x, False, rope, use_reentrant=False)
             else:
-                x, _ = blk(x)
+                x, _ = blk(x, rope=rope)
         return self.norm(x)  # Eq. 4's LN
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -457,9 +478,10 @@ class VisionTransformer(nn.Module):
         keep = layer_indices(layers, len(self.blocks))
         grid = (x.shape[-2] // self.config.patch_size, x.shape[-1] // self.config.patch_size)
         tokens, attention = {}, {}
+        rope = self.rope_tables(x)
         x = self.embed(x)
         for i, blk in enumerate(self.blocks):
-            x, probs = blk(x, return_attention=return_attention and i in keep)
+            x, probs = blk(x, return_attention=return_attention and i in keep, rope=rope)
             if i in keep:
                 tokens[i] = x
                 if probs is not None:

@@ -96,6 +96,11 @@ _ARGS = {"num_heads": "num_heads", "reg_tokens": "num_register_tokens", "no_embe
 _UNSUPPORTED_ARGS = {"final_norm": True, "pool_include_prefix": False, "proj_bias": True, "mlp_layer": None,
                      "block_fn": None, "attn_layer": None, "embed_layer": None, "norm_layer": None,
                      "embed_norm_layer": None}
+# model_args of an Eva architecture that change nothing vitlab reads (the rest would change its RoPE, blocks, ...)
+# (and those the tensors show, or num_heads, read as for VisionTransformer)
+_EVA_ARGS_READ = {"img_size", "dynamic_img_size", "num_classes", "global_pool", "drop_rate", "pos_drop_rate",
+                  "proj_drop_rate", "attn_drop_rate", "drop_path_rate", "depth", "in_chans", "embed_dim",
+                  "patch_size", "num_heads", "num_reg_tokens", "class_token"}
 TIMM_VIT_CLASS = "timm.models.vision_transformer.VisionTransformer"
 TIMM_DISTILLED_CLASS = "timm.models.deit.VisionTransformerDistilled"
 
@@ -146,7 +151,29 @@ def entry_hints(entry: dict[str, Any]) -> dict[str, Any]:
     """A supported table entry -> the ViTConfig fields it settles."""
     pool = "distill" if entry["model"] == "VisionTransformerDistilled" else TIMM_POOLS[entry["global_pool"]]
     return dict(num_heads=entry["num_heads"], mlp_act=entry["mlp_act"], norm_eps=entry["norm_eps"], pool=pool,
-                mlp_layer=entry.get("mlp_layer", "mlp"))
+                mlp_layer=entry.get("mlp_layer", "mlp"), rope=entry.get("rope", "none"),
+                rope_theta=entry.get("rope_theta", 100.0))
+
+
+_EVA_MARKS = (".gamma_1", ".attn.q_bias", ".mlp.fc1_g.")  # names only timm's Eva class writes
+
+
+def from_eva(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm's Eva names -> vitlab's: gamma_1 / gamma_2 -> ls1.gamma / ls2.gamma; the separate q and v biases
+    (k has none) -> one qkv bias [q; 0; v]; SwiGLU's fc1_g and fc1_x -> one fc1, rows [gate; value]."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        if key.endswith((".attn.k_bias", ".attn.v_bias", ".mlp.fc1_x.weight", ".mlp.fc1_x.bias")):
+            continue  # joined with their siblings below
+        if key.endswith(".attn.q_bias"):
+            block = key[:-len("q_bias")]
+            k_bias = sd.get(block + "k_bias", torch.zeros_like(value))
+            out[block + "qkv.bias"] = torch.cat([value, k_bias, sd[block + "v_bias"]])  # (3D,)
+        elif ".mlp.fc1_g." in key:
+            out[key.replace(".fc1_g.", ".fc1.")] = torch.cat([value, sd[key.replace(".fc1_g.", ".fc1_x.")]])
+        else:
+            out[key.replace(".gamma_1", ".ls1.gamma").replace(".gamma_2", ".ls2.gamma")] = value
+    return out
 
 
 def _names(names: list[str]) -> str:
@@ -229,8 +256,13 @@ def read_state_dict(sd: dict[str, torch.Tensor]) -> Converted:
     architecture of the layout agrees on is certain; the rest, and everything for a layout timm does not have, is
     assumed in one :class:`AssumedSettingsNotice` naming each value and its override (a hub folder filters the
     notice out: its config.json states the settings). The family's preprocessing follows the module docstring."""
-    conv = Converted(dict(sd), "timm")
-    layout = known_layout(sd)
+    layout = known_layout(sd)  # by timm's own names
+    eva = any(mark in k for k in sd for mark in _EVA_MARKS)
+    if eva and layout is None:
+        raise CheckpointError("timm's Eva names (gamma_1, q_bias or fc1_g) in a layout none of timm "
+                              f"{timm_version()}'s architectures has: whether its queries turn with RoPE, and how, "
+                              "is not in the tensors; load its timm hub folder (config.json)")
+    conv = Converted(from_eva(sd) if eva else dict(sd), "timm")
     if layout is None:
         assumed, said = _generic_assumptions(sd)
         conv.hints.update(assumed)
@@ -245,6 +277,8 @@ def read_state_dict(sd: dict[str, torch.Tensor]) -> Converted:
         fields = tuple(layout.assumed)
     size = table_size(sd)
     family, said_family = _family(sd)
+    if family is None and conv.hints.get("rope") == "dinov3":
+        family, said_family = "dinov2", "DINOv3's RoPE: ImageNet statistics (DINOv2's preprocessing)"
     if family is not None and size is not None:
         conv.preprocessing = Preprocessing.for_family(family, size)
     parts = [p for p in (said_family, settings) if p]
@@ -337,6 +371,10 @@ def hints_from_hub_config(hub_cfg: dict[str, Any]) -> tuple[dict[str, Any], Prep
         raise CheckpointError(f"timm's {arch} has {entry['unsupported']}, which vitlab's VisionTransformer cannot run")
     hints = architecture_hints(arch)
     args = hub_cfg.get("model_args") or {}
+    unread = sorted(set(args) - _EVA_ARGS_READ) if entry.get("model") == "Eva" else []
+    if unread:
+        raise CheckpointError(f"model_args {unread} of timm's Eva class ({arch}) are not read by vitlab, which knows "
+                              "the architecture's defaults only; load a folder saved without them")
     if "num_heads" in entry:  # timm's own settings for the architecture (tests/timm_architectures.py)
         hints.update(entry_hints(entry))
     else:
@@ -395,6 +433,9 @@ def hub_config_leaves_open(hub_cfg: dict[str, Any], hints: dict[str, Any]) -> se
 
 
 def _check_exportable(cfg: ViTConfig) -> None:
+    if cfg.rope != "none":
+        raise CheckpointError(f"rope={cfg.rope!r}: timm's VisionTransformer has no RoPE (timm runs it in its Eva "
+                              "class, which vitlab does not write); save this model in vitlab's format instead")
     if cfg.stem != "patch" or cfg.representation_size or cfg.pos_embed == "sincos2d":
         raise CheckpointError("timm's VisionTransformer has no conv stem, pre-logits layer or sincos2d table; "
                               "save this model in vitlab's format instead")

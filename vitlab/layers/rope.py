@@ -1,0 +1,68 @@
+"""Rotary position embeddings on the 2D patch grid (RoPE: Su et al. 2021, "RoFormer"; for ViTs: Heo et al. 2024,
+"Rotary Position Embedding for Vision Transformer").
+
+Instead of adding a position to each token (Eq. 1's E_pos), RoPE rotates each head's queries and keys: pairs of
+channels (a, b) of the patch at (y, x) turn by an angle theta = position * frequency,
+    (a, b) -> (a cos theta - b sin theta, a sin theta + b cos theta),
+so that q . k depends only on the offset between the two patches. A quarter of a head's channel pairs turns with
+the x coordinate and a quarter with y ("axial"), each at its own frequency. Prefix tokens (class, registers) are
+not rotated. Nothing here is learned: the sin and cos tables are computed for whatever grid the input has, which
+is how these models run at another image size (no table to resample).
+
+Two schemes, as the weights' own code computes them (``ViTConfig.rope``):
+    axial    timm's ``vit_*_rope_*`` (RoPE-Axial of Heo et al.): integer patch coordinates, frequencies
+             theta^(-k / (Dh/4)) for k < Dh/4, channels ordered [x frequencies, y frequencies], each value
+             repeated for the two channels of a pair, which are adjacent: (c0, c1), (c2, c3), ...
+    dinov3   DINOv3 (Simeoni et al. 2025): coordinates of the patch centres in [-1, 1] ((i + 0.5) / n * 2 - 1, so
+             another image size covers the same range), periods theta^(2k / (Dh/2)), angles 2 pi c / period,
+             channels ordered [y, x], the two channels of a pair half a head apart: (c0, c_{Dh/2}), ...
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class RotaryEmbedding2d(nn.Module):
+    """The (sin, cos) tables of a (h, w) grid, each (h*w, head_dim), for :func:`apply_rope`."""
+
+    def __init__(self, kind: str, head_dim: int, theta: float):
+        super().__init__()
+        if kind not in ("axial", "dinov3") or head_dim % 4:
+            raise ValueError(f"RoPE {kind!r} needs a head width divisible by 4, got {head_dim}")
+        self.kind, self.head_dim, self.theta = kind, head_dim, theta
+
+    def angles(self, grid: tuple[int, int]) -> torch.Tensor:
+        """(h*w, head_dim / 2): each patch's angle for each channel pair, in the scheme's channel order."""
+        h, w = grid
+        n = self.head_dim // 4  # frequencies per axis
+        if self.kind == "axial":
+            freqs = 1.0 / self.theta ** (torch.arange(n, dtype=torch.float32) / n)  # (n,)
+            ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
+                                    indexing="ij")  # (h, w) each
+            coords = torch.stack([xs, ys], dim=-1).reshape(h * w, 2)  # (h*w, 2): [x, y]
+            return (coords[:, :, None] * freqs).flatten(1)  # (h*w, 2n)
+        periods = self.theta ** (2.0 * torch.arange(n, dtype=torch.float32) / (self.head_dim // 2))  # (n,)
+        ys = (torch.arange(0.5, h, dtype=torch.float32) / h) * 2 - 1  # patch centres in [-1, 1]
+        xs = (torch.arange(0.5, w, dtype=torch.float32) / w) * 2 - 1
+        coords = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(h * w, 2)  # (h*w, 2): [y, x]
+        return (2 * math.pi * coords[:, :, None] / periods).flatten(1)  # (h*w, 2n)
+
+    def forward(self, grid: tuple[int, int], device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        a = self.angles(grid)  # (h*w, Dh/2)
+        a = a.repeat_interleave(2, dim=-1) if self.kind == "axial" else torch.cat([a, a], dim=-1)  # (h*w, Dh)
+        return a.sin().to(device), a.cos().to(device)
+
+
+def apply_rope(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor, kind: str) -> torch.Tensor:
+    """Rotate (..., N, head_dim) by the (N, head_dim) tables: x cos + turn(x) sin, where turn(x) takes each pair
+    (a, b) to (-b, a): adjacent channels for "axial", channels half a head apart for "dinov3"."""
+    if kind == "axial":
+        turned = torch.stack([-x[..., 1::2], x[..., ::2]], dim=-1).reshape(x.shape)  # (a, b) -> (-b, a)
+    else:
+        first, second = x.chunk(2, dim=-1)
+        turned = torch.cat([-second, first], dim=-1)
+    return (x * cos + turned * sin).to(x.dtype)
