@@ -157,6 +157,9 @@ def _peers() -> dict[str, Peer]:
         "IJepaForImageClassification": Peer("IJepaForImageClassification", {**TINY, **P8, **labels}, "logits",
                                             "gap"),
         "DINOv3ViTModel": Peer("DINOv3ViTModel", {**TINY, **P8}, "pooler_output", "token"),
+        "DINOv3ViTModel gated, 4 registers, theta 50": Peer("DINOv3ViTModel", {
+            **TINY, **P8, "use_gated_mlp": True, "hidden_act": "silu", "num_register_tokens": 4, "rope_theta": 50.0},
+            "pooler_output", "token"),
         "ChineseCLIPVisionModel": Peer("ChineseCLIPVisionModel", {**TINY, **P8}, "pooler_output", "token"),
         "DPTModel": Peer("DPTModel", {**TINY, **P8}, "pooler_output", "token"),
         "BeitModel": Peer("BeitModel", {**TINY, **P8}, "pooler_output"),
@@ -236,6 +239,8 @@ def _hf_truth(model: torch.nn.Module, peer: Peer) -> dict[str, Any]:
     if getattr(cfg, "layer_norm_eps", None) is not None:
         truth["norm_eps"] = cfg.layer_norm_eps
     truth["img_size"] = _image_size(peer)
+    if getattr(cfg, "rope_theta", None) is not None:
+        truth["rope_theta"] = float(cfg.rope_theta)
     if getattr(cfg, "pooler_act", None) is not None:
         truth["pooler_act"] = cfg.pooler_act  # not a ViTConfig field: vitlab's pooler is tanh's
     if peer.pool is not None:

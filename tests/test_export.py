@@ -80,7 +80,9 @@ def test_metadata_round_trip(exported):
     dict(num_register_tokens=2, stem="conv"),  # BatchNorm in eval mode
     dict(pos_embed="sincos2d", img_size=(24, 40)),
     dict(mlp_layer="swiglu"),
-], ids=["gap", "registers_conv_stem", "sincos_non_square", "swiglu"])
+    dict(rope="dinov3", pos_embed="none", num_register_tokens=2),
+    dict(rope="axial"),
+], ids=["gap", "registers_conv_stem", "sincos_non_square", "swiglu", "rope_dinov3", "rope_axial"])
 def test_other_architectures_export_dynamically(tmp_path, kw):
     model = tiny(**kw)
     report = export_onnx(model, tmp_path / "m.onnx", dynamic=True)

@@ -249,9 +249,8 @@ def config_of(conv: Converted, overrides: dict[str, Any]) -> ViTConfig:
         hints = {**conv.hints, **overrides}
         for name, answers in conv.undetermined.items():
             if name not in hints:
-                raise CheckpointError(f"the tensors do not show {name} and the known architectures of this layout "
-                                      f"disagree ({answers}); pass {name}=... to vitlab.load, or load a folder whose "
-                                      "config.json states it")
+                raise CheckpointError(f"the tensors do not show {name} ({answers}); pass {name}=... to vitlab.load, "
+                                      "or load a folder whose config.json states it")
         return infer_config(conv.state_dict, hints)
     try:
         return ViTConfig.from_dict({**conv.hints, **overrides})

@@ -106,7 +106,8 @@ from vitlab.preprocess import FAMILY_PREPROCESSING, INCEPTION_MEAN, INCEPTION_ST
 
 HF_ACTS = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "quick_gelu": "quick_gelu"}
 PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL.Image.Resampling codes HF stores
-_PATCH_KEYS = ("embeddings.patch_embeddings.projection.weight", "embeddings.patch_embedding.weight")
+_PATCH_KEYS = ("embeddings.patch_embeddings.projection.weight", "embeddings.patch_embedding.weight",
+               "embeddings.patch_embeddings.weight")
 # config.json fields the weights state too: (config.json's name, the ViTConfig field the shapes give)
 _ALSO_IN_WEIGHTS = (("hidden_size", "embed_dim"), ("num_hidden_layers", "depth"), ("patch_size", "patch_size"),
                     ("num_channels", "in_chans"), ("intermediate_size", "mlp_dim"),
@@ -167,6 +168,10 @@ def read_state_dict(sd: dict[str, torch.Tensor]) -> Converted:
         hints["num_heads"] = heads
         said += f", {heads} heads for width {width}"
         fields.append("num_heads")
+    if family.name == "dinov3_vit":  # DINOv3's RoPE, always; its base is the config's
+        hints.update(rope="dinov3", rope_theta=family.defaults["rope_theta"])
+        said += f", RoPE base rope_theta={family.defaults['rope_theta']:g}"
+        fields.append("rope_theta")
     if "pre_logits.0.weight" in out:
         said += " and a tanh pooler (pooler_act='tanh'; vitlab's pre-logits layer has no other)"
         fields.append("pooler_act")
@@ -239,10 +244,16 @@ def hints_from_config(hub_cfg: dict[str, Any]) -> dict[str, Any]:
         return cfg.get(key, family.defaults.get(key))
 
     act = get("hidden_act")
+    # DINOv2 giant's SwiGLU (its hidden_act is unused), DINOv3's gated MLP (SiLU): vitlab.layers.SwiGLU
+    swiglu = bool(cfg.get("use_swiglu_ffn")) or bool(cfg.get("use_gated_mlp"))
+    if cfg.get("use_gated_mlp") and act != "silu":
+        raise CheckpointError(f"config.json: use_gated_mlp with hidden_act={act!r}; vitlab's gated MLP is SwiGLU "
+                              "(SiLU)")
+    if swiglu:
+        act = "gelu"  # mlp_act is unused with SwiGLU: its default
     if act not in HF_ACTS:
         raise CheckpointError(f"config.json: {where}hidden_act={act!r} is not supported; vitlab's MLP has "
                               f"{', '.join(HF_ACTS)} (exact, tanh-approximated or sigmoid-approximated GELU)")
-    swiglu = bool(cfg.get("use_swiglu_ffn"))  # DINOv2 giant: SwiGLU (vitlab.layers.SwiGLU)
     width, heads = get("hidden_size"), get("num_attention_heads")
     head_dim = cfg.get("head_dim")
     if head_dim is not None and head_dim * heads != width:
@@ -257,6 +268,11 @@ def hints_from_config(hub_cfg: dict[str, Any]) -> dict[str, Any]:
         hints["qkv_bias"] = get("qkv_bias")
     if swiglu:
         hints["mlp_layer"] = "swiglu"
+    if family.name == "dinov3_vit":
+        hints.update(rope="dinov3", rope_theta=float(get("rope_theta")), qkv_bias=bool(cfg.get("query_bias", True)))
+        if not cfg.get("apply_layernorm", True) or cfg.get("proj_bias") is False or cfg.get("mlp_bias") is False:
+            raise CheckpointError("config.json: apply_layernorm=False, proj_bias=False or mlp_bias=False: vitlab's "
+                                  "DINOv3 has the final norm and these biases")
     return hints
 
 

@@ -55,15 +55,19 @@ FAMILIES = {f.name: f for f in (
                               layer_norm_eps=1e-6, image_size=224, patch_size=16, num_channels=3),
            heads_by_width={1152: 16}),  # SigLIP So400m: 16 heads of 72
     Family("vit_mae", "ViT-MAE", ("ViTMAEModel", "ViTMAEForPreTraining"), "mae", "bicubic", 1, _VIT_DEFAULTS),
+    # No position table: RoPE on the patch tokens (rope="dinov3"); the key has no bias (key_bias=False).
+    Family("dinov3_vit", "DINOv3", ("DINOv3ViTModel",), "dinov2", "bicubic", 0,
+           dict(hidden_size=384, num_attention_heads=6, hidden_act="gelu", layer_norm_eps=1e-5, image_size=224,
+                patch_size=16, num_channels=3, rope_theta=100.0, use_gated_mlp=False)),
 )}
 # config.json's model_type -> family. clip and siglip hold the vision tower's config in "vision_config".
 MODEL_TYPES = {**{name: name for name in FAMILIES}, "clip_vision_model": "clip", "siglip_vision_model": "siglip"}
 NESTED_MODEL_TYPES = ("clip", "siglip")
 
 # The base model's prefix, on a task model's tensors (ViTForImageClassification's "vit.", CLIP's "vision_model.").
-_PREFIXES = ("vit.", "deit.", "dinov2_with_registers.", "dinov2.", "vision_model.")
+_PREFIXES = ("vit.", "deit.", "dinov2_with_registers.", "dinov2.", "vision_model.", "model.")  # DINOv3: model.layer
 # Per-layer names as save_pretrained writes them (transformers 4 and 5) and as transformers 5 holds them in memory.
-LAYER = re.compile(r"^(?:encoder\.layers?|layers)\.(\d+)\.(.+)$")
+LAYER = re.compile(r"^(?:encoder\.layers?|layers?)\.(\d+)\.(.+)$")
 _LAYER_NAMES = {
     "layernorm_before": "norm1", "layernorm_after": "norm2",  # ViT, DeiT, MAE
     "norm1": "norm1", "norm2": "norm2",  # DINOv2
@@ -89,6 +93,8 @@ _TOP_NAMES = {
     "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
     "embeddings.patch_embedding.weight": "patch_embed.proj.weight",  # CLIP, SigLIP
     "embeddings.patch_embedding.bias": "patch_embed.proj.bias",  # SigLIP (CLIP's has none)
+    "embeddings.patch_embeddings.weight": "patch_embed.proj.weight",  # DINOv3
+    "embeddings.patch_embeddings.bias": "patch_embed.proj.bias",
     "pre_layrnorm.weight": "norm_pre.weight",  # CLIP (transformers' spelling)
     "pre_layrnorm.bias": "norm_pre.bias",
     "layernorm.weight": "norm.weight",
@@ -133,6 +139,8 @@ def family_of_keys(keys: Any) -> str:
     names = {base_name(k) for k in keys}
     if "embeddings.class_embedding" in names:
         return "clip"
+    if "embeddings.patch_embeddings.weight" in names:
+        return "dinov3_vit"
     if "embeddings.patch_embedding.weight" in names:
         return "siglip"
     if "embeddings.distillation_token" in names:
@@ -180,6 +188,8 @@ def rename(sd: dict[str, torch.Tensor], family: str) -> Renamed:
             param, D = name.rpartition("_")[2], value.shape[0] // 3  # rows [q; k; v], as nn.MultiheadAttention's
             out[f"attn_pool.q.{param}"], out[f"attn_pool.kv.{param}"] = value[:D], value[D:]
         elif name in _TOP_NAMES:
+            if name == "embeddings.register_tokens" and value.shape[1] == 0:
+                continue  # DINOv3 without registers still saves a (1, 0, D) tensor
             out[_TOP_NAMES[name]] = value
         elif (m := LAYER.match(name)) is not None:
             _rename_layer(int(m.group(1)), m.group(2), value, key, out, qkv, halves)
@@ -187,11 +197,16 @@ def rename(sd: dict[str, torch.Tensor], family: str) -> Renamed:
             out[key] = value  # not a tensor vitlab knows: vitlab.load reports it as unexpected
     for i, params in qkv.items():
         for param, parts in params.items():
+            if param == "bias" and set(parts) == {"q", "v"}:  # DINOv3's key has no bias (key_bias=False)
+                parts["k"] = torch.zeros_like(parts["q"])
             if set(parts) != {"q", "k", "v"}:
                 raise CheckpointError(f"layer {i} has attention {param} tensors for {sorted(parts)} only (BEiT's "
                                       "layout?); vitlab expects query, key and value")
             out[f"blocks.{i}.attn.qkv.{param}"] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)  # (3D, ...)
     for (i, param), (gate, value) in halves.items():
+        if gate is None and value is not None:  # DINOv3's plain MLP: up_proj -> fc1 (down_proj -> fc2)
+            out[f"blocks.{i}.mlp.fc1.{param}"] = value
+            continue
         if gate is None or value is None:
             raise CheckpointError(f"layer {i} has only one of the SwiGLU MLP's gate_proj and up_proj {param}s")
         out[f"blocks.{i}.mlp.fc1.{param}"] = torch.cat([gate, value], dim=0)  # (2 hidden, ...): [gate; value]

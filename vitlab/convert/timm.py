@@ -217,7 +217,8 @@ def known_layout(sd: dict[str, torch.Tensor]) -> Layout | None:
         if len(ranked) == 1:
             layout.certain[field_name] = ranked[0][0]
             continue
-        answers = "; ".join(f"{value!r} for {_names(names)}" for value, names in ranked)
+        answers = "the architectures of this layout disagree: " + "; ".join(
+            f"{value!r} for {_names(names)}" for value, names in ranked)
         if field_name == "num_heads":
             layout.undetermined[field_name] = answers
         else:
@@ -244,6 +245,9 @@ def _generic_assumptions(sd: dict[str, torch.Tensor]) -> tuple[dict[str, Any], s
             hints["num_heads"] = heads
             said = f"num_heads={heads} ({'the standard size of width' if D in HEADS_BY_WIDTH else 'heads of 64 at'} " \
                    f"{D}), " + said
+    if "cls_token" in sd and "fc_norm.weight" not in sd and "attn_pool.latent" not in sd and "dist_token" not in sd:
+        hints["pool"] = "token"  # timm's default; its *_gap_* and DINOv3 architectures average the patches
+        said += ", pool='token' (the class token; 'gap' averages the patch tokens)"
     fc1, fc2 = sd.get("blocks.0.mlp.fc1.weight"), sd.get("blocks.0.mlp.fc2.weight")
     if fc1 is not None and fc2 is not None and fc2.ndim == 2 and fc1.shape[0] == 2 * fc2.shape[1]:
         said += ("; a gated MLP (fc1 twice fc2's width): SwiGLU, the gate first with SiLU (DINOv2 giant's); "
@@ -258,16 +262,16 @@ def read_state_dict(sd: dict[str, torch.Tensor]) -> Converted:
     notice out: its config.json states the settings). The family's preprocessing follows the module docstring."""
     layout = known_layout(sd)  # by timm's own names
     eva = any(mark in k for k in sd for mark in _EVA_MARKS)
-    if eva and layout is None:
-        raise CheckpointError("timm's Eva names (gamma_1, q_bias or fc1_g) in a layout none of timm "
-                              f"{timm_version()}'s architectures has: whether its queries turn with RoPE, and how, "
-                              "is not in the tensors; load its timm hub folder (config.json)")
     conv = Converted(from_eva(sd) if eva else dict(sd), "timm")
+    if eva and layout is None:  # a hub folder's config.json names the architecture; a bare file must be told
+        conv.undetermined["rope"] = (f"timm's Eva names (gamma_1, q_bias or fc1_g) in a layout none of timm "
+                                     f"{timm_version()}'s architectures has: its queries may turn with RoPE, 'axial' "
+                                     "(vit_*_rope_*) or 'dinov3', or not ('none', EVA-01), at a base rope_theta")
     if layout is None:
         assumed, said = _generic_assumptions(sd)
         conv.hints.update(assumed)
         settings = (f"its layout is none of timm {timm_version()}'s ViT architectures, so vitlab assumes {said}; "
-                    "pass num_heads=, mlp_act=, norm_eps= to vitlab.load if they differ")
+                    f"pass {', '.join(f + '=' for f in assumed)} to vitlab.load if they differ")
         fields = tuple(assumed)
     else:
         conv.hints.update(layout.certain, **layout.assumed)

@@ -1,0 +1,148 @@
+"""Rotary position embeddings (``vitlab.layers.rope``) against the weights' own code, at the native size and at
+another (RoPE has no table to resample: the rotations are computed for each grid): timm's DINOv3 (plain, ``_qkvb``
+with separate q and v biases, ``_plus`` with a SwiGLU of separate gate and value layers), RoPE-ViT (``vit_*_rope_*``,
+with and without a learned table) and EVA-01 (Eva class, no RoPE), as bare .safetensors and hub folders;
+transformers' ``DINOv3ViTModel`` (plain and gated MLP, with registers) as a folder and bare; and what the tools need:
+the attention maps of the explicit path equal to the fused one, a training step, the ONNX export.
+"""
+
+import warnings
+
+import pytest
+import timm
+import torch
+from conftest import randomize_, save_state_dict
+from timm.models._hub import save_for_hf
+
+import vitlab
+from vitlab.config import ViTConfig
+from vitlab.convert import AssumedSettingsNotice, CheckpointError
+from vitlab.errors import ConfigError
+from vitlab.layers.rope import RotaryEmbedding2d, apply_rope
+from vitlab.model import VisionTransformer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+TOL = 1e-4
+TINY = dict(embed_dim=64, depth=2, num_heads=4, num_classes=5)  # head width 16: 4 frequencies per axis
+TIMM = {  # architecture: (native size, another size)
+    "vit_small_patch16_dinov3": (64, 48),
+    "vit_small_patch16_dinov3_qkvb": (64, 80),
+    "vit_small_plus_patch16_dinov3": (64, 48),
+    "vit_small_patch16_rope_224": (64, 48),
+    "vit_small_patch16_rope_ape_224": (64, 48),
+    "eva_giant_patch14_224": (56, 42),
+}
+
+
+def _diff(ref, model, size):
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        return (ref(x) - model(x)).abs().max().item()
+
+
+@pytest.mark.parametrize("form", ["bare", "hub"])
+@pytest.mark.parametrize("arch", TIMM)
+def test_timm(tmp_path, arch, form):
+    size, other = TIMM[arch]
+    ref = randomize_(timm.create_model(arch, img_size=size, dynamic_img_size=True, **TINY), std=0.1)
+    if form == "hub":
+        save_for_hf(ref, tmp_path / "hub", safe_serialization=True)
+        model = vitlab.load(tmp_path / "hub").eval()
+    else:  # a width-64 layout is no timm architecture's: Eva's names without a config ask for the RoPE
+        path = save_state_dict(ref.state_dict(), tmp_path / "m.safetensors")
+        with pytest.raises(CheckpointError, match="the tensors do not show rope .* pass rope=... to vitlab.load"):
+            vitlab.load(path, num_heads=4)
+        rope = {"RotaryEmbeddingDinoV3": "dinov3", "RotaryEmbeddingCat": "axial"}.get(type(ref.rope).__name__, "none")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AssumedSettingsNotice)
+            model = vitlab.load(path, num_heads=4, rope=rope, rope_theta=getattr(ref.rope, "temperature", 100.0),
+                                norm_eps=ref.blocks[0].norm1.eps, pool="gap" if ref.global_pool == "avg" else "token")
+        model.eval()
+    d, d_other = _diff(ref, model, size), _diff(ref, model, other)
+    print(f"timm {arch} {form}: max |diff| {d:.2e} at {size} px, {d_other:.2e} at {other} px")
+    assert d <= TOL and d_other <= TOL
+
+
+@pytest.mark.parametrize("gated,registers", [(False, 0), (True, 4)])
+@pytest.mark.parametrize("form", ["folder", "bare"])
+def test_transformers_dinov3(tmp_path, form, gated, registers):
+    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+
+    config = DINOv3ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                             image_size=32, patch_size=8, num_register_tokens=registers, use_gated_mlp=gated,
+                             hidden_act="silu" if gated else "gelu", layerscale_value=0.5, rope_theta=50.0)
+    ref = randomize_(DINOv3ViTModel(config), std=0.1)
+    if form == "folder":
+        ref.save_pretrained(tmp_path / "hf")
+        model = vitlab.load(tmp_path / "hf").eval()
+    else:  # the RoPE base is in the config only: the notice names it
+        path = save_state_dict(ref.state_dict(), tmp_path / "m.safetensors")
+        with pytest.warns(AssumedSettingsNotice, match="rope_theta=100"):
+            vitlab.load(path, num_heads=4)
+        model = vitlab.load(path, num_heads=4, rope_theta=50.0).eval()
+    assert model.config.rope == "dinov3" and model.config.num_register_tokens == registers
+    for size in (32, 48):
+        x = torch.randn(2, 3, size, size)
+        with torch.no_grad():
+            d = (ref(pixel_values=x).pooler_output - model(x)).abs().max().item()
+        print(f"transformers DINOv3ViTModel gated={gated} registers={registers} {form}: {d:.2e} at {size} px")
+        assert d <= TOL
+
+
+def test_a_rotation_keeps_the_norm_and_depends_on_the_offset_only():
+    """RoPE's two properties: each channel pair turns (lengths kept), and q . k depends on the offset alone."""
+    for kind in ("axial", "dinov3"):
+        sin, cos = RotaryEmbedding2d(kind, 16, 100.0)((1, 8))  # one row of 8 patches
+        q, k = torch.randn(16), torch.randn(16)
+        qs, ks = apply_rope(q.expand(8, 16), sin, cos, kind), apply_rope(k.expand(8, 16), sin, cos, kind)
+        assert torch.allclose(qs.norm(dim=-1), q.norm().expand(8), atol=1e-5)
+        if kind == "axial":  # integer coordinates: offsets (0 -> 2) and (3 -> 5) are the same
+            assert torch.allclose(qs[0] @ ks[2], qs[3] @ ks[5], atol=1e-4)
+
+
+def _rope_model(**kw):
+    cfg = ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_dim=64, num_classes=3,
+                    rope="dinov3", pos_embed="none", num_register_tokens=2, layer_scale_init=1e-5, **kw)
+    return randomize_(VisionTransformer(cfg), std=0.1)
+
+
+def test_attention_maps_and_training_with_rope():
+    model = _rope_model()
+    x = torch.randn(2, 3, 32, 48)
+    with torch.no_grad():
+        inter = model.forward_intermediates(x, return_attention=True)
+        fused = model.forward_features(x)
+    assert inter.attention[1].shape == (2, 2, 3 + 4 * 6, 3 + 4 * 6)
+    assert torch.allclose(model.norm(inter.tokens[1]), fused, atol=1e-5)  # explicit path == fused kernel
+    model.train()
+    loss = model(x).logsumexp(dim=-1).mean()
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_rope_config_errors():
+    with pytest.raises(ConfigError, match="head width 6 must be divisible by 4"):
+        ViTConfig(embed_dim=12, num_heads=2, mlp_dim=8, rope="axial")
+    with pytest.raises(ConfigError, match="patch_drop_rate with rope"):
+        ViTConfig(rope="dinov3", patch_drop_rate=0.5)
+    with pytest.raises(CheckpointError, match="no RoPE"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            vitlab.convert.timm.timm_model_args(_rope_model().config)
+
+
+@pytest.mark.parametrize("method", ["raw", "rollout", "grad-rollout"])
+def test_the_attention_command_on_a_rope_model(tmp_path, capsys, method):
+    """A DINOv3-style model (RoPE, registers, no table) through `vitlab attention`: the maps come from the same
+    rotated queries and keys as the fused forward pass."""
+    import numpy as np
+    from PIL import Image
+
+    from vitlab.cli import main
+
+    ckpt = vitlab.save(_rope_model(), tmp_path / "rope.safetensors")
+    png = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(png)
+    code = main(["attention", str(png), "--model", str(ckpt), "--method", method, "--out", str(tmp_path / "a.png")])
+    out, err = capsys.readouterr()
+    assert code == 0 and "Traceback" not in err and (tmp_path / "a.png").is_file(), err
