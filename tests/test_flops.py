@@ -93,6 +93,8 @@ def test_count_params_registered(name):
     dict(distill_token=True, pool="distill"), dict(distill_token=True, no_embed_class=True),
     dict(class_token=False, pool="map"), dict(class_token=False, pool="map", qkv_bias=False),
     dict(pool="token_gap"), dict(norm_pre=True, patch_bias=False, mlp_act="quick_gelu"),
+    dict(mlp_layer="swiglu"), dict(mlp_layer="swiglu", mlp_inner_norm=True, attn_inner_norm=True),
+    dict(rope="dinov3", pos_embed="none"),
 ], ids=str)
 def test_count_params_variants(overrides):
     # Real tensors: the meta path is not involved. Narrower than Ti/16, so that initialising them is quick.

@@ -1,7 +1,8 @@
 """Rotary position embeddings (``vitlab.layers.rope``) against the weights' own code, at the native size and at
 another (RoPE has no table to resample: the rotations are computed for each grid): timm's DINOv3 (plain, ``_qkvb``
 with separate q and v biases, ``_plus`` with a SwiGLU of separate gate and value layers), RoPE-ViT (``vit_*_rope_*``,
-with and without a learned table) and EVA-01 (Eva class, no RoPE), as bare .safetensors and hub folders;
+with and without a learned table), EVA-01 (Eva class, no RoPE) and EVA-02 (RoPE on a reference grid, q/k/v
+projections, sub-LayerNorms in the attention and the SwiGLU), as bare .safetensors and hub folders;
 transformers' ``DINOv3ViTModel`` (plain and gated MLP, with registers) as a folder and bare; and what the tools need:
 the attention maps of the explicit path equal to the fused one, a training step, the ONNX export.
 """
@@ -13,6 +14,7 @@ import timm
 import torch
 from conftest import randomize_, save_state_dict
 from timm.models._hub import save_for_hf
+from timm_architectures import rope_of
 
 import vitlab
 from vitlab.config import ViTConfig
@@ -31,6 +33,9 @@ TIMM = {  # architecture: (native size, another size)
     "vit_small_patch16_rope_224": (64, 48),
     "vit_small_patch16_rope_ape_224": (64, 48),
     "eva_giant_patch14_224": (56, 42),
+    "eva02_tiny_patch14_224": (56, 42),  # RoPE [y; x] on a 16 x 16 reference grid, packed SwiGLU
+    "eva02_base_patch14_448": (56, 70),  # q, k, v projections, a LayerNorm inside the SwiGLU
+    "eva02_base_patch16_clip_224": (64, 48),  # and a LayerNorm inside the attention
 }
 
 
@@ -52,11 +57,11 @@ def test_timm(tmp_path, arch, form):
         path = save_state_dict(ref.state_dict(), tmp_path / "m.safetensors")
         with pytest.raises(CheckpointError, match="the tensors do not show rope .* pass rope=... to vitlab.load"):
             vitlab.load(path, num_heads=4)
-        rope = {"RotaryEmbeddingDinoV3": "dinov3", "RotaryEmbeddingCat": "axial"}.get(type(ref.rope).__name__, "none")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", AssumedSettingsNotice)
-            model = vitlab.load(path, num_heads=4, rope=rope, rope_theta=getattr(ref.rope, "temperature", 100.0),
-                                norm_eps=ref.blocks[0].norm1.eps, pool="gap" if ref.global_pool == "avg" else "token")
+            rope = {"rope": "none", **rope_of(ref.rope)}  # what a config would state: the bare file asks
+            model = vitlab.load(path, num_heads=4, **rope, norm_eps=ref.blocks[0].norm1.eps,
+                                pool="gap" if ref.global_pool == "avg" else "token")
         model.eval()
     d, d_other = _diff(ref, model, size), _diff(ref, model, other)
     print(f"timm {arch} {form}: max |diff| {d:.2e} at {size} px, {d_other:.2e} at {other} px")

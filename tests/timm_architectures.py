@@ -61,18 +61,24 @@ def _act(module: nn.Module) -> str:
     return {"GELUTanh": "gelu_tanh", "QuickGELU": "quick_gelu"}.get(kind, kind)
 
 
-def rope_of(rope: nn.Module | None) -> tuple[str, float] | str:
-    """vitlab's (ViTConfig.rope, rope_theta) for timm's RoPE module, or why vitlab has no counterpart."""
+def rope_of(rope: nn.Module | None) -> dict | str:
+    """vitlab's RoPE fields (ViTConfig.rope, rope_theta, rope_axes, rope_ref_grid) for timm's RoPE module, or why
+    vitlab has no counterpart."""
     if rope is None:
-        return ("none", 100.0)
+        return {}
     kind, a = type(rope).__name__, vars(rope)
     if kind == "RotaryEmbeddingDinoV3" and a["min_period"] is None and a["normalize_coords"] == "separate" \
             and a["grid_offset"] == 0 and a["grid_indexing"] == "ij" and a["rotate_half"]:
-        return ("dinov3", float(a["temperature"]))
-    if kind == "RotaryEmbeddingCat" and a["grid_type"] == "index" and a["grid_indexing"] == "xy" \
-            and a["ref_feat_shape"] is None and a["grid_offset"] == 0 and not a["rotate_half"] \
-            and not a["in_pixels"]:
-        return ("axial", float(a["temperature"]))
+        return dict(rope="dinov3", rope_theta=float(a["temperature"]))
+    if kind == "RotaryEmbeddingCat" and a["grid_type"] == "index" and not a["rotate_half"] and not a["in_pixels"]:
+        fields = dict(rope="axial", rope_theta=float(a["temperature"]))
+        if a["grid_offset"]:
+            fields["rope_offset"] = float(a["grid_offset"])
+        if a["grid_indexing"] == "ij":
+            fields["rope_axes"] = "yx"
+        if a["ref_feat_shape"] is not None:
+            fields["rope_ref_grid"] = list(a["ref_feat_shape"])
+        return fields
     if kind == "RotaryEmbeddingMixed":
         return "learned per-head RoPE frequencies (RoPE-Mixed, timm's RotaryEmbeddingMixed)"
     return (f"timm's {kind} (grid {a.get('grid_type')}, indexing {a.get('grid_indexing')}, reference shape "
@@ -95,12 +101,15 @@ def _unsupported(model: nn.Module) -> str | None:
     attentions = ("Attention", "EvaAttention", "AttentionRope")
     if type(block).__name__ not in blocks or type(block.attn).__name__ not in attentions:
         return f"timm's {type(block).__name__} with {type(block.attn).__name__}"
-    if getattr(block.attn, "qkv", None) is None:
-        return "separate q, k and v projections (timm's qkv_fused=False)"
+    if getattr(block.attn, "qkv", None) is None and getattr(block.attn, "q_proj", None) is None:
+        return f"timm's {type(block.attn).__name__} without q, k and v projections"
     if getattr(block.attn, "gate", None) is not None or getattr(block.attn, "num_kv_groups", 1) != 1:
         return "gated or grouped-query attention"
-    if not isinstance(block.attn.norm, nn.Identity) or not isinstance(block.mlp.norm, nn.Identity):
-        return "a LayerNorm inside the attention or MLP (timm's scale_attn_norm / scale_mlp_norm, EVA's scale_*)"
+    if type(block.attn.norm).__name__ not in ("Identity", "LayerNorm"):
+        return f"a {type(block.attn.norm).__name__} inside the attention"
+    gated = type(block.mlp).__name__ in ("GluMlp", "SwiGLU")
+    if not isinstance(block.mlp.norm, nn.Identity) and not (gated and type(block.mlp.norm).__name__ == "LayerNorm"):
+        return "a norm inside the MLP (timm's scale_mlp_norm) other than EVA-02's LayerNorm in its SwiGLU"
     if type(block.mlp).__name__ == "GluMlp":  # vitlab's SwiGLU: the gate first, SiLU
         if block.mlp.gate_last or type(block.mlp.act).__name__ != "SiLU":
             return f"a gated MLP with {type(block.mlp.act).__name__} (vitlab's SwiGLU gates the first half with SiLU)"
@@ -120,6 +129,10 @@ def _unsupported(model: nn.Module) -> str | None:
     pool = getattr(model, "attn_pool", None)
     if pool is not None and (pool.num_heads != block.attn.num_heads or pool.latent_len != 1):
         return f"an attention pool of {pool.num_heads} heads and {pool.latent_len} queries"
+    if isinstance(model.norm, nn.Identity) and isinstance(getattr(model, "fc_norm", nn.Identity()), nn.Identity):
+        return "no final LayerNorm (timm's final_norm=False; Perception Encoder's spatial and language towers)"
+    if pool is not None and getattr(model, "cls_token", None) is not None:
+        return "an attention pool over the class token too (vitlab's pools the patch tokens)"
     eps = {m.eps for m in model.modules() if isinstance(m, nn.LayerNorm)}
     if len(eps) > 1:
         return f"LayerNorms of different eps ({sorted(eps)})"
@@ -140,9 +153,7 @@ def describe(name: str) -> dict:
                  norm_eps=block.norm1.eps, global_pool=model.global_pool or "token")
     if swiglu:
         entry["mlp_layer"] = "swiglu"  # mlp_act is then unused: its default
-    rope, theta = rope_of(getattr(model, "rope", None))
-    if rope != "none":
-        entry.update(rope=rope, rope_theta=theta)
+    entry.update(rope_of(getattr(model, "rope", None)))
     return entry
 
 

@@ -111,17 +111,19 @@ _FIELDS: dict[str, tuple[Any, str]] = {
        for name in ("num_classes", "num_register_tokens", "stem_width")},
     **{name: (_bool, "true or false")
        for name in ("qkv_bias", "qk_norm", "patch_bias", "norm_pre", "class_token", "distill_token",
-                    "no_embed_class", "fc_norm")},
+                    "no_embed_class", "fc_norm", "attn_inner_norm", "mlp_inner_norm")},
     "layer_scale_init": (_positive, "a positive number, or None (no LayerScale)"),
     "norm_eps": (_positive, "a positive number"),
     "rope_theta": (_positive, "a positive number"),
+    "rope_offset": (_number, "a number"),
+    "rope_ref_grid": (_img_size, "a (height, width) pair of integers >= 1, or None"),
     "representation_size": (lambda v: _integer(v, 1), "an integer >= 1, or None (no pre-logits layer)"),
     **{name: (_rate, "a number in [0, 1)") for name in ("dropout", "attn_dropout", "drop_path_rate",
                                                         "patch_drop_rate")},
     "no_residual_blocks": (_blocks, "a list of block indices (integers >= 0)"),
 }
-_OPTIONAL = ("layer_scale_init", "representation_size")
-_CHOICES = {"mlp_layer": MLP_LAYERS, "rope": ROPES,
+_OPTIONAL = ("layer_scale_init", "representation_size", "rope_ref_grid")
+_CHOICES = {"mlp_layer": MLP_LAYERS, "rope": ROPES, "rope_axes": ("xy", "yx"),
             "pool": POOLS, "pos_embed": POS_EMBEDS, "stem": STEMS, "mlp_act": MLP_ACTS, "pos_resample": POS_RESAMPLES,
             "attn_init": ATTN_INITS}
 
@@ -162,6 +164,9 @@ class ViTConfig:
     num_heads: int = 12  # "Heads"
     mlp_dim: int = 3072  # "MLP size" (4 D for every variant of Table 1); the gated hidden width with "swiglu"
     mlp_layer: str = "mlp"  # MLP_LAYERS: the paper's MLP, or SwiGLU (DINOv2 giant)
+    # EVA-02's sub-LayerNorms: on the attention output before its projection, on the MLP's hidden layer (SwiGLU)
+    attn_inner_norm: bool = False
+    mlp_inner_norm: bool = False
     qkv_bias: bool = True
     qk_norm: bool = False  # LayerNorm on q and k per head (Dehghani et al. 2023, ViT-22B)
     layer_scale_init: float | None = None  # LayerScale (Touvron et al. 2021, CaiT); None = off
@@ -182,6 +187,9 @@ class ViTConfig:
     pos_resample: str = "bicubic_antialias"
     rope: str = "none"  # ROPES: rotary position embeddings on q and k of the patch tokens
     rope_theta: float = 100.0  # RoPE's base: axial frequencies theta^(-k/n), DINOv3's periods theta^(2k/(Dh/2))
+    rope_axes: str = "xy"  # axial: the channel blocks' order, [x; y] (timm's vit_*_rope_*, PE) or [y; x] (EVA-02)
+    rope_ref_grid: tuple[int, int] | None = None  # axial: coordinates rescaled to this grid (EVA's ref_feat_shape)
+    rope_offset: float = 0.0  # axial: the first patch's coordinate (Perception Encoder: 1)
     fc_norm: bool = False  # gap only: LayerNorm after pooling (timm) instead of on all tokens (paper)
     representation_size: int | None = None  # paper's pre-logits layer: Linear + tanh before the head
 
@@ -237,6 +245,10 @@ class ViTConfig:
         if self.rope != "none" and (self.embed_dim // self.num_heads) % 4:
             raise ConfigError(f"rope={self.rope!r} turns channel pairs by x and y: the head width "
                               f"{self.embed_dim // self.num_heads} must be divisible by 4")
+        if self.mlp_inner_norm and self.mlp_layer != "swiglu":
+            raise ConfigError("mlp_inner_norm=True is EVA-02's norm inside its SwiGLU: it needs mlp_layer='swiglu'")
+        if self.rope != "axial" and (self.rope_ref_grid is not None or self.rope_axes != "xy" or self.rope_offset):
+            raise ConfigError("rope_ref_grid, rope_axes and rope_offset apply to rope='axial' only")
         if self.rope != "none" and self.patch_drop_rate:
             raise ConfigError("patch_drop_rate with rope is not supported (the dropped patches' rotations would have "
                               "to follow them); set patch_drop_rate=0")

@@ -124,6 +124,7 @@ def count_params(config: ViTConfig) -> int:
         class token D, register tokens R_tok D, position table (class + h w) D if learned
         per block (x L):  2 D (norm1) + 3 D^2 [+ 3 D qkv bias] [+ 4 Dh qk_norm] + D^2 + D (proj)
                           [+ 2 D LayerScale] + 2 D (norm2) + D M + M (fc1; SwiGLU twice) + M D + D (fc2)
+                          [+ 2 D, 2 M: EVA-02's norms inside the attention and the MLP]
         final norm        2 D (on all tokens, or fc_norm after pooling)
         pre_logits        D R + R;  head  F K + K
 
@@ -151,6 +152,8 @@ def count_params(config: ViTConfig) -> int:
     block += 2 * D  # norm2
     gated = 2 if config.mlp_layer == "swiglu" else 1  # SwiGLU's fc1 holds the gate and the value layer
     block += gated * (D * M + M) + M * D + D  # fc1, fc2
+    block += 2 * D if config.attn_inner_norm else 0  # EVA-02's sub-LayerNorms
+    block += 2 * M if config.mlp_inner_norm else 0
     n += config.depth * block
 
     n += 2 * D  # norm (or fc_norm)

@@ -110,6 +110,8 @@ class Attention(nn.Module):
         self.q_norm = nn.LayerNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else nn.Identity()
         self.k_norm = nn.LayerNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else nn.Identity()
         self.attn_drop = nn.Dropout(cfg.attn_dropout)
+        # EVA-02 CLIP's sub-LayerNorm on the heads' concatenated output, before the projection
+        self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps) if cfg.attn_inner_norm else nn.Identity()
         self.proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
         self.proj_drop = nn.Dropout(cfg.dropout)
 
@@ -135,7 +137,7 @@ class Attention(nn.Module):
             probs = (q @ k.transpose(-2, -1) * self.head_dim**-0.5).softmax(dim=-1)  # (B, Nh, N, N)
             x = self.attn_drop(probs) @ v  # (B, Nh, N, Dh)
         x = x.transpose(1, 2).reshape(B, N, D)  # (B, N, Nh*Dh)
-        return self.proj_drop(self.proj(x)), probs
+        return self.proj_drop(self.proj(self.norm(x))), probs
 
 
 class QuickGELU(nn.Module):
@@ -195,7 +197,10 @@ class Block(nn.Module):
         self.ls1 = LayerScale(cfg.embed_dim, ls) if ls is not None else nn.Identity()
         self.drop_path1 = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
-        self.mlp = SwiGLU(cfg.embed_dim, cfg.mlp_dim, cfg.dropout) if cfg.mlp_layer == "swiglu" else Mlp(cfg)
+        if cfg.mlp_layer == "swiglu":
+            self.mlp = SwiGLU(cfg.embed_dim, cfg.mlp_dim, cfg.dropout, cfg.norm_eps if cfg.mlp_inner_norm else None)
+        else:
+            self.mlp = Mlp(cfg)
         self.ls2 = LayerScale(cfg.embed_dim, ls) if ls is not None else nn.Identity()
         self.drop_path2 = DropPath(drop_path)
         self.residual = True  # False: the ablation of Raghu et al. 2021 (see ViTConfig.no_residual_blocks)
@@ -310,7 +315,10 @@ class VisionTransformer(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, n_pos, D)) if cfg.pos_embed == "learned" else None
         self.pos_drop = nn.Dropout(cfg.dropout)
         # RoPE (vitlab.layers.rope): no parameters, its tables computed for each input's grid
-        self.rope = RotaryEmbedding2d(cfg.rope, cfg.head_dim, cfg.rope_theta) if cfg.rope != "none" else None
+        self.rope = None
+        if cfg.rope != "none":
+            self.rope = RotaryEmbedding2d(cfg.rope, cfg.head_dim, cfg.rope_theta, cfg.rope_axes, cfg.rope_ref_grid,
+                                          cfg.rope_offset)
         self.norm_pre = nn.LayerNorm(D, eps=cfg.norm_eps) if cfg.norm_pre else nn.Identity()  # CLIP's ln_pre
         rates = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # grows with depth
         self.blocks = nn.ModuleList([Block(cfg, r) for r in rates])

@@ -24,14 +24,16 @@ Readable (model_type: architectures; vitlab's pool):
                            SiglipForImageClassification: gap (the mean of all tokens, its unused MAP head left out)
     siglip_vision_model    SiglipVisionModel: map; with vision_use_head=False transformers has no pooled output,
                            vitlab pools gap (SiglipForImageClassification's mean) and forward_features matches
+    dinov3_vit             DINOv3ViTModel: token; rope="dinov3" at the config's rope_theta (a bare file: 100, in the
+                           notice), registers, use_gated_mlp -> SwiGLU; the key has no bias (zeros in qkv)
     vit_mae                ViTMAEModel, ViTMAEForPreTraining (the encoder; its pixel decoder is left out, in a
                            warning); token. vitlab has no masking: it runs the encoder on every patch in order,
                            which is transformers' ViTMAEModel with mask_ratio=0 and noise that keeps the order
                            (noise=torch.arange(num_patches)); its default random masking has no counterpart.
 
 Name mapping. The base model's prefix (``vit.``, ``deit.``, ``dinov2.``, ``dinov2_with_registers.``,
-``vision_model.``) comes off first; layer names as save_pretrained writes them, transformers 5's in-memory names
-in brackets (the tables are in ``vitlab.convert.hf_families``):
+``vision_model.``, DINOv3's ``model.``) comes off first; layer names as save_pretrained writes them, transformers
+5's in-memory names in brackets (the tables are in ``vitlab.convert.hf_families``):
   Embeddings
     embeddings.cls_token                           -> cls_token                     ViT, DeiT, DINOv2, MAE
     embeddings.class_embedding (D,)                -> cls_token (1, 1, D)           CLIP
@@ -41,6 +43,7 @@ in brackets (the tables are in ``vitlab.convert.hf_families``):
     embeddings.position_embedding.weight (N, D)    -> pos_embed (1, N, D): CLIP [class, grid], SigLIP [grid]
     embeddings.patch_embeddings.projection         -> patch_embed.proj
     embeddings.patch_embedding                     -> patch_embed.proj (CLIP's has no bias: patch_bias=False)
+    embeddings.patch_embeddings                    -> patch_embed.proj             DINOv3
     pre_layrnorm                                   -> norm_pre                      CLIP
   Blocks: encoder.layer.{i}. (CLIP, SigLIP: encoder.layers.{i}.)  -> blocks.{i}.     [layers.{i}.]
     layernorm_before / layernorm_after             -> norm1 / norm2                 ViT, DeiT, MAE
@@ -50,7 +53,10 @@ in brackets (the tables are in ``vitlab.convert.hf_families``):
     attention.output.dense; self_attn.out_proj     -> attn.proj                     [attention.o_proj]
     intermediate.dense / output.dense              -> mlp.fc1 / mlp.fc2             [mlp.fc1 / mlp.fc2]
     mlp.fc1 / mlp.fc2                              -> mlp.fc1 / mlp.fc2             DINOv2, CLIP, SigLIP
-    layer_scale1.lambda1 / layer_scale2.lambda1    -> ls1.gamma / ls2.gamma         DINOv2
+    layer_scale1.lambda1 / layer_scale2.lambda1    -> ls1.gamma / ls2.gamma         DINOv2, DINOv3
+    mlp.weights_in / weights_out                   -> mlp.fc1 / mlp.fc2 (SwiGLU, rows [gate; value]) DINOv2 giant
+    mlp.gate_proj + mlp.up_proj / mlp.down_proj    -> mlp.fc1 as [gate; up] / mlp.fc2; up_proj alone -> fc1
+                                                      (DINOv3's plain MLP)
   Final norm and heads
     layernorm; post_layernorm                      -> norm. CLIP norms the pooled class token only, which gives
                                                       the same pooled output (its last_hidden_state is before it);

@@ -152,19 +152,29 @@ def entry_hints(entry: dict[str, Any]) -> dict[str, Any]:
     pool = "distill" if entry["model"] == "VisionTransformerDistilled" else TIMM_POOLS[entry["global_pool"]]
     return dict(num_heads=entry["num_heads"], mlp_act=entry["mlp_act"], norm_eps=entry["norm_eps"], pool=pool,
                 mlp_layer=entry.get("mlp_layer", "mlp"), rope=entry.get("rope", "none"),
-                rope_theta=entry.get("rope_theta", 100.0))
+                rope_theta=entry.get("rope_theta", 100.0), rope_axes=entry.get("rope_axes", "xy"),
+                rope_ref_grid=tuple(entry["rope_ref_grid"]) if "rope_ref_grid" in entry else None,
+                rope_offset=entry.get("rope_offset", 0.0))
 
 
-_EVA_MARKS = (".gamma_1", ".attn.q_bias", ".mlp.fc1_g.")  # names only timm's Eva class writes
+_Q_PROJ = re.compile(r"^(.*\.attn\.)q_proj\.(weight|bias)$")
+_EVA_MARKS = (".gamma_1", ".attn.q_bias", ".mlp.fc1_g.", ".attn.q_proj.")  # names only timm's Eva class writes
 
 
 def from_eva(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """timm's Eva names -> vitlab's: gamma_1 / gamma_2 -> ls1.gamma / ls2.gamma; the separate q and v biases
-    (k has none) -> one qkv bias [q; 0; v]; SwiGLU's fc1_g and fc1_x -> one fc1, rows [gate; value]."""
+    (k has none) -> one qkv bias [q; 0; v]; separate q, k, v projections (EVA-02 B/L) -> one qkv; SwiGLU's fc1_g
+    and fc1_x -> one fc1, rows [gate; value]."""
     out: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
-        if key.endswith((".attn.k_bias", ".attn.v_bias", ".mlp.fc1_x.weight", ".mlp.fc1_x.bias")):
+        if key.endswith((".attn.k_bias", ".attn.v_bias", ".mlp.fc1_x.weight", ".mlp.fc1_x.bias")) or \
+                any(key.endswith(f".attn.{p}_proj.{t}") for p in "kv" for t in ("weight", "bias")):
             continue  # joined with their siblings below
+        if (m := _Q_PROJ.match(key)) is not None:
+            attn, param = m.groups()
+            k = sd.get(f"{attn}k_proj.{param}", torch.zeros_like(value))  # EVA-02's key has no bias
+            out[f"{attn}qkv.{param}"] = torch.cat([value, k, sd[f"{attn}v_proj.{param}"]])  # (3D, ...)
+            continue
         if key.endswith(".attn.q_bias"):
             block = key[:-len("q_bias")]
             k_bias = sd.get(block + "k_bias", torch.zeros_like(value))

@@ -10,9 +10,12 @@ not rotated. Nothing here is learned: the sin and cos tables are computed for wh
 is how these models run at another image size (no table to resample).
 
 Two schemes, as the weights' own code computes them (``ViTConfig.rope``):
-    axial    timm's ``vit_*_rope_*`` (RoPE-Axial of Heo et al.): integer patch coordinates, frequencies
-             theta^(-k / (Dh/4)) for k < Dh/4, channels ordered [x frequencies, y frequencies], each value
-             repeated for the two channels of a pair, which are adjacent: (c0, c1), (c2, c3), ...
+    axial    timm's ``vit_*_rope_*`` (RoPE-Axial of Heo et al.), EVA-02 (Fang et al. 2023) and Perception
+             Encoder: integer patch coordinates, frequencies theta^(-k / (Dh/4)) for k < Dh/4, channels ordered
+             [x frequencies, y frequencies] (``axes="xy"``; EVA-02's are [y, x]), each value repeated for the two
+             channels of a pair, which are adjacent: (c0, c1), (c2, c3), ... Coordinates may start at an offset
+             (Perception Encoder's 1, 0 being its class token's) and, with a reference grid (EVA's
+             ``ref_feat_shape``, the pretraining grid), be rescaled to it: (i + offset) * ref / n.
     dinov3   DINOv3 (Simeoni et al. 2025): coordinates of the patch centres in [-1, 1] ((i + 0.5) / n * 2 - 1, so
              another image size covers the same range), periods theta^(2k / (Dh/2)), angles 2 pi c / period,
              channels ordered [y, x], the two channels of a pair half a head apart: (c0, c_{Dh/2}), ...
@@ -29,11 +32,13 @@ from torch import nn
 class RotaryEmbedding2d(nn.Module):
     """The (sin, cos) tables of a (h, w) grid, each (h*w, head_dim), for :func:`apply_rope`."""
 
-    def __init__(self, kind: str, head_dim: int, theta: float):
+    def __init__(self, kind: str, head_dim: int, theta: float, axes: str = "xy",
+                 ref_grid: tuple[int, int] | None = None, offset: float = 0.0):
         super().__init__()
         if kind not in ("axial", "dinov3") or head_dim % 4:
             raise ValueError(f"RoPE {kind!r} needs a head width divisible by 4, got {head_dim}")
-        self.kind, self.head_dim, self.theta = kind, head_dim, theta
+        self.kind, self.head_dim, self.theta, self.axes, self.ref_grid = kind, head_dim, theta, axes, ref_grid
+        self.offset = offset
 
     def angles(self, grid: tuple[int, int]) -> torch.Tensor:
         """(h*w, head_dim / 2): each patch's angle for each channel pair, in the scheme's channel order."""
@@ -41,9 +46,13 @@ class RotaryEmbedding2d(nn.Module):
         n = self.head_dim // 4  # frequencies per axis
         if self.kind == "axial":
             freqs = 1.0 / self.theta ** (torch.arange(n, dtype=torch.float32) / n)  # (n,)
-            ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
-                                    indexing="ij")  # (h, w) each
-            coords = torch.stack([xs, ys], dim=-1).reshape(h * w, 2)  # (h*w, 2): [x, y]
+            y = torch.arange(h, dtype=torch.float32) + self.offset
+            x = torch.arange(w, dtype=torch.float32) + self.offset
+            if self.ref_grid is not None:  # EVA: the pretraining grid's coordinates at any size
+                y, x = y / h * self.ref_grid[0], x / w * self.ref_grid[1]
+            ys, xs = torch.meshgrid(y, x, indexing="ij")  # (h, w) each
+            pair = [xs, ys] if self.axes == "xy" else [ys, xs]
+            coords = torch.stack(pair, dim=-1).reshape(h * w, 2)  # (h*w, 2): [x, y] or [y, x]
             return (coords[:, :, None] * freqs).flatten(1)  # (h*w, 2n)
         periods = self.theta ** (2.0 * torch.arange(n, dtype=torch.float32) / (self.head_dim // 2))  # (n,)
         ys = (torch.arange(0.5, h, dtype=torch.float32) / h) * 2 - 1  # patch centres in [-1, 1]
