@@ -2,7 +2,8 @@
 another (RoPE has no table to resample: the rotations are computed for each grid): timm's DINOv3 (plain, ``_qkvb``
 with separate q and v biases, ``_plus`` with a SwiGLU of separate gate and value layers), RoPE-ViT (``vit_*_rope_*``,
 with and without a learned table), EVA-01 (Eva class, no RoPE) and EVA-02 (RoPE on a reference grid, q/k/v
-projections, sub-LayerNorms in the attention and the SwiGLU), as bare .safetensors and hub folders;
+projections, sub-LayerNorms in the attention and the SwiGLU) and Perception Encoder (RoPE from 1, an 8-head
+attention pool over every token, no final norm in the spatial tower), as bare .safetensors and hub folders;
 transformers' ``DINOv3ViTModel`` (plain and gated MLP, with registers) as a folder and bare; and what the tools need:
 the attention maps of the explicit path equal to the fused one, a training step, the ONNX export.
 """
@@ -14,11 +15,11 @@ import timm
 import torch
 from conftest import randomize_, save_state_dict
 from timm.models._hub import save_for_hf
-from timm_architectures import rope_of
 
 import vitlab
 from vitlab.config import ViTConfig
 from vitlab.convert import AssumedSettingsNotice, CheckpointError
+from vitlab.convert.timm import entry_hints, known_architectures
 from vitlab.errors import ConfigError
 from vitlab.layers.rope import RotaryEmbedding2d, apply_rope
 from vitlab.model import VisionTransformer
@@ -36,6 +37,8 @@ TIMM = {  # architecture: (native size, another size)
     "eva02_tiny_patch14_224": (56, 42),  # RoPE [y; x] on a 16 x 16 reference grid, packed SwiGLU
     "eva02_base_patch14_448": (56, 70),  # q, k, v projections, a LayerNorm inside the SwiGLU
     "eva02_base_patch16_clip_224": (64, 48),  # and a LayerNorm inside the attention
+    "vit_pe_core_tiny_patch16_384": (64, 48),  # RoPE from 1, an 8-head attention pool over every token
+    "vit_pe_spatial_tiny_patch16_512": (64, 48),  # no final norm
 }
 
 
@@ -53,16 +56,21 @@ def test_timm(tmp_path, arch, form):
     if form == "hub":
         save_for_hf(ref, tmp_path / "hub", safe_serialization=True)
         model = vitlab.load(tmp_path / "hub").eval()
-    else:  # a width-64 layout is no timm architecture's: Eva's names without a config ask for the RoPE
+    else:  # a width-64 layout is no timm architecture's: the RoPE is asked for, or assumed in the notice
         path = save_state_dict(ref.state_dict(), tmp_path / "m.safetensors")
-        with pytest.raises(CheckpointError, match="the tensors do not show rope .* pass rope=... to vitlab.load"):
-            vitlab.load(path, num_heads=4)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                vitlab.load(path, num_heads=4)
+            except CheckpointError as e:
+                assert "\n" not in str(e)
+            else:
+                assert any("rope" in w.message.fields for w in caught if isinstance(w.message, AssumedSettingsNotice))
+        # what the architecture's config would state (the table's row), then it is exact
+        stated = entry_hints(known_architectures()[arch]) | dict(num_heads=4)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", AssumedSettingsNotice)
-            rope = {"rope": "none", **rope_of(ref.rope)}  # what a config would state: the bare file asks
-            model = vitlab.load(path, num_heads=4, **rope, norm_eps=ref.blocks[0].norm1.eps,
-                                pool="gap" if ref.global_pool == "avg" else "token")
-        model.eval()
+            model = vitlab.load(path, **stated).eval()
     d, d_other = _diff(ref, model, size), _diff(ref, model, other)
     print(f"timm {arch} {form}: max |diff| {d:.2e} at {size} px, {d_other:.2e} at {other} px")
     assert d <= TOL and d_other <= TOL

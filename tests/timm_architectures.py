@@ -127,12 +127,11 @@ def _unsupported(model: nn.Module) -> str | None:
     if not isinstance(model.patch_embed.norm, nn.Identity):
         return "a norm after the patch embedding (timm's embed_norm_layer)"
     pool = getattr(model, "attn_pool", None)
-    if pool is not None and (pool.num_heads != block.attn.num_heads or pool.latent_len != 1):
-        return f"an attention pool of {pool.num_heads} heads and {pool.latent_len} queries"
-    if isinstance(model.norm, nn.Identity) and isinstance(getattr(model, "fc_norm", nn.Identity()), nn.Identity):
-        return "no final LayerNorm (timm's final_norm=False; Perception Encoder's spatial and language towers)"
-    if pool is not None and getattr(model, "cls_token", None) is not None:
-        return "an attention pool over the class token too (vitlab's pools the patch tokens)"
+    if pool is not None and (pool.latent_len != 1 or pool.pos_embed is not None or pool.pool != "token"
+                             or not isinstance(pool.q_norm, nn.Identity)):
+        return f"an attention pool of {pool.latent_len} queries, a position table or a q/k norm"
+    if pool is not None and pool.mlp.fc1.out_features != block.mlp.fc1.out_features:
+        return "an attention pool whose MLP is not as wide as the blocks' (vit_pe_core_gigantic_*)"
     eps = {m.eps for m in model.modules() if isinstance(m, nn.LayerNorm)}
     if len(eps) > 1:
         return f"LayerNorms of different eps ({sorted(eps)})"
@@ -154,6 +153,13 @@ def describe(name: str) -> dict:
     if swiglu:
         entry["mlp_layer"] = "swiglu"  # mlp_act is then unused: its default
     entry.update(rope_of(getattr(model, "rope", None)))
+    if isinstance(model.norm, nn.Identity) and isinstance(getattr(model, "fc_norm", nn.Identity()), nn.Identity):
+        entry["final_norm"] = False  # Perception Encoder's spatial and language towers
+    pool = getattr(model, "attn_pool", None)
+    if pool is not None and pool.num_heads != block.attn.num_heads:
+        entry["attn_pool_heads"] = pool.num_heads  # Perception Encoder: 8
+    if pool is not None and model.num_prefix_tokens:  # timm's pool reads every token
+        entry["attn_pool_prefix"] = True
     return entry
 
 

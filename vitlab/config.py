@@ -108,10 +108,11 @@ _FIELDS: dict[str, tuple[Any, str]] = {
        for name in ("patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_dim")},
     "stem_depth": (lambda v: _integer(v, 0), "an integer >= 1"),  # 0 gets the conv stem's own message below
     **{name: (lambda v: _integer(v, 0), "an integer >= 0")
-       for name in ("num_classes", "num_register_tokens", "stem_width")},
+       for name in ("num_classes", "num_register_tokens", "stem_width", "attn_pool_heads")},
     **{name: (_bool, "true or false")
        for name in ("qkv_bias", "qk_norm", "patch_bias", "norm_pre", "class_token", "distill_token",
-                    "no_embed_class", "fc_norm", "attn_inner_norm", "mlp_inner_norm")},
+                    "no_embed_class", "fc_norm", "attn_inner_norm", "mlp_inner_norm", "final_norm",
+                    "attn_pool_prefix")},
     "layer_scale_init": (_positive, "a positive number, or None (no LayerScale)"),
     "norm_eps": (_positive, "a positive number"),
     "rope_theta": (_positive, "a positive number"),
@@ -191,6 +192,9 @@ class ViTConfig:
     rope_ref_grid: tuple[int, int] | None = None  # axial: coordinates rescaled to this grid (EVA's ref_feat_shape)
     rope_offset: float = 0.0  # axial: the first patch's coordinate (Perception Encoder: 1)
     fc_norm: bool = False  # gap only: LayerNorm after pooling (timm) instead of on all tokens (paper)
+    final_norm: bool = True  # False: no LayerNorm after the last block (Perception Encoder's spatial towers)
+    attn_pool_heads: int = 0  # map: the attention pool's heads (0: num_heads; Perception Encoder: 8)
+    attn_pool_prefix: bool = False  # map: the pool reads the class and register tokens too (timm's Eva, PE)
     representation_size: int | None = None  # paper's pre-logits layer: Linear + tanh before the head
 
     # Stem.
@@ -245,6 +249,12 @@ class ViTConfig:
         if self.rope != "none" and (self.embed_dim // self.num_heads) % 4:
             raise ConfigError(f"rope={self.rope!r} turns channel pairs by x and y: the head width "
                               f"{self.embed_dim // self.num_heads} must be divisible by 4")
+        if self.pool != "map" and (self.attn_pool_heads or self.attn_pool_prefix):
+            raise ConfigError("attn_pool_heads and attn_pool_prefix apply to pool='map' only")
+        if self.attn_pool_heads and self.embed_dim % self.attn_pool_heads:
+            raise ConfigError(f"attn_pool_heads={self.attn_pool_heads} does not divide embed_dim={self.embed_dim}")
+        if not self.final_norm and self.fc_norm:
+            raise ConfigError("final_norm=False with fc_norm=True: fc_norm replaces the final norm already")
         if self.mlp_inner_norm and self.mlp_layer != "swiglu":
             raise ConfigError("mlp_inner_norm=True is EVA-02's norm inside its SwiGLU: it needs mlp_layer='swiglu'")
         if self.rope != "axial" and (self.rope_ref_grid is not None or self.rope_axes != "xy" or self.rope_offset):

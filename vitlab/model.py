@@ -222,7 +222,8 @@ class AttentionPool(nn.Module):
 
     def __init__(self, cfg: ViTConfig):
         super().__init__()
-        self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
+        self.num_heads = cfg.attn_pool_heads or cfg.num_heads
+        self.head_dim = cfg.embed_dim // self.num_heads
         self.latent = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))  # the learned query ("probe")
         self.q = nn.Linear(cfg.embed_dim, cfg.embed_dim, bias=cfg.qkv_bias)
         self.kv = nn.Linear(cfg.embed_dim, 2 * cfg.embed_dim, bias=cfg.qkv_bias)
@@ -324,7 +325,7 @@ class VisionTransformer(nn.Module):
         self.blocks = nn.ModuleList([Block(cfg, r) for r in rates])
         for i in cfg.no_residual_blocks:
             self.blocks[i].residual = False
-        self.norm = nn.Identity() if cfg.fc_norm else nn.LayerNorm(D, eps=cfg.norm_eps)
+        self.norm = nn.Identity() if cfg.fc_norm or not cfg.final_norm else nn.LayerNorm(D, eps=cfg.norm_eps)
         self.fc_norm = nn.LayerNorm(D, eps=cfg.norm_eps) if cfg.fc_norm else nn.Identity()
         self.attn_pool = AttentionPool(cfg) if cfg.pool == "map" else None
         if cfg.representation_size:
@@ -467,7 +468,7 @@ class VisionTransformer(nn.Module):
         elif pool == "token_gap":
             x = torch.cat([x[:, 0], patches.mean(dim=1)], dim=-1)  # (B, 2D)
         else:  # map
-            x, _ = self.attn_pool(patches)
+            x, _ = self.attn_pool(x if self.config.attn_pool_prefix else patches)
         x = self.pre_logits(self.fc_norm(x))
         return x if pre_logits else self.head(x)
 
@@ -497,7 +498,8 @@ class VisionTransformer(nn.Module):
         x = self.norm(x)
         pool_attention = None
         if return_attention and self.attn_pool is not None:
-            _, pool_attention = self.attn_pool(x[:, self.config.num_prefix_tokens:], return_attention=True)
+            pooled = x if self.config.attn_pool_prefix else x[:, self.config.num_prefix_tokens:]
+            _, pool_attention = self.attn_pool(pooled, return_attention=True)
         return Intermediates(tokens, attention, x, grid, self.config.num_prefix_tokens, pool_attention)
 
     def reset_classifier(self, num_classes: int) -> None:

@@ -154,7 +154,8 @@ def entry_hints(entry: dict[str, Any]) -> dict[str, Any]:
                 mlp_layer=entry.get("mlp_layer", "mlp"), rope=entry.get("rope", "none"),
                 rope_theta=entry.get("rope_theta", 100.0), rope_axes=entry.get("rope_axes", "xy"),
                 rope_ref_grid=tuple(entry["rope_ref_grid"]) if "rope_ref_grid" in entry else None,
-                rope_offset=entry.get("rope_offset", 0.0))
+                rope_offset=entry.get("rope_offset", 0.0), final_norm=entry.get("final_norm", True),
+                attn_pool_heads=entry.get("attn_pool_heads", 0), attn_pool_prefix=entry.get("attn_pool_prefix", False))
 
 
 _Q_PROJ = re.compile(r"^(.*\.attn\.)q_proj\.(weight|bias)$")
@@ -255,6 +256,9 @@ def _generic_assumptions(sd: dict[str, torch.Tensor]) -> tuple[dict[str, Any], s
             hints["num_heads"] = heads
             said = f"num_heads={heads} ({'the standard size of width' if D in HEADS_BY_WIDTH else 'heads of 64 at'} " \
                    f"{D}), " + said
+    if "pos_embed" in sd:  # a position table: most likely no rotations too (timm's *_rope_ape_* have both)
+        hints["rope"] = "none"
+        said += ", rope='none' (no rotary position embedding: EVA-02, PE and RoPE-ViT rotate q and k)"
     if "cls_token" in sd and "fc_norm.weight" not in sd and "attn_pool.latent" not in sd and "dist_token" not in sd:
         hints["pool"] = "token"  # timm's default; its *_gap_* and DINOv3 architectures average the patches
         said += ", pool='token' (the class token; 'gap' averages the patch tokens)"
@@ -273,10 +277,11 @@ def read_state_dict(sd: dict[str, torch.Tensor]) -> Converted:
     layout = known_layout(sd)  # by timm's own names
     eva = any(mark in k for k in sd for mark in _EVA_MARKS)
     conv = Converted(from_eva(sd) if eva else dict(sd), "timm")
-    if eva and layout is None:  # a hub folder's config.json names the architecture; a bare file must be told
-        conv.undetermined["rope"] = (f"timm's Eva names (gamma_1, q_bias or fc1_g) in a layout none of timm "
-                                     f"{timm_version()}'s architectures has: its queries may turn with RoPE, 'axial' "
-                                     "(vit_*_rope_*) or 'dinov3', or not ('none', EVA-01), at a base rope_theta")
+    if (eva or "pos_embed" not in sd) and layout is None:  # a hub folder's config.json names the architecture
+        what = "Eva names (gamma_1, q_bias, q_proj or fc1_g)" if eva else "no position table"
+        conv.undetermined["rope"] = (f"{what} in a layout none of timm {timm_version()}'s architectures has: its "
+                                     "queries may turn with RoPE, 'axial' (vit_*_rope_*, EVA-02, PE) or 'dinov3', or "
+                                     "not ('none'), at a base rope_theta")
     if layout is None:
         assumed, said = _generic_assumptions(sd)
         conv.hints.update(assumed)
