@@ -158,8 +158,8 @@ def describe(name: str) -> dict:
     pool = getattr(model, "attn_pool", None)
     if pool is not None and pool.num_heads != block.attn.num_heads:
         entry["attn_pool_heads"] = pool.num_heads  # Perception Encoder: 8
-    if pool is not None and model.num_prefix_tokens:  # timm's pool reads every token
-        entry["attn_pool_prefix"] = True
+    if pool is not None and model.num_prefix_tokens and type(model).__name__ == "Eva":  # Eva's pool reads every
+        entry["attn_pool_prefix"] = True  # token; VisionTransformer's the patches (or refused: pool_include_prefix)
     return entry
 
 

@@ -298,8 +298,8 @@ def read_state_dict(sd: dict[str, torch.Tensor]) -> Converted:
     family, said_family = _family(sd)
     if family is None and conv.hints.get("rope") == "dinov3":
         family, said_family = "dinov2", "DINOv3's RoPE: ImageNet statistics (DINOv2's preprocessing)"
-    if family is not None and size is not None:
-        conv.preprocessing = Preprocessing.for_family(family, size)
+    if family is not None and (size is not None or "pos_embed" not in sd):  # no table: RoPE, any size (224)
+        conv.preprocessing = Preprocessing.for_family(family, size or (224, 224))
     parts = [p for p in (said_family, settings) if p]
     if parts:
         warnings.warn(AssumedSettingsNotice(f"a bare timm state dict: {'; '.join(parts)}. Or load its timm hub "
