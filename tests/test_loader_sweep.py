@@ -1,10 +1,11 @@
 """The loader sweep (``tests/loader_sweep.py``) in the suite: no checkpoint of the ViT family loads silently wrong.
 
 Every case is exact, refused in one line, or loaded with a notice whose override (the peer's values of the fields
-it names) makes it exact. The quick tier runs a sample (the cases a sweep on 017cab9 found silently wrong, and a
-spread of the rest); the slow tier runs every architecture of timm's ViT modules, the transformers configurations
-and the OpenCLIP towers. ``test_the_table_is_the_installed_timms`` fails when a timm release adds or changes an
-architecture, until ``python tests/timm_architectures.py`` rewrites the table (and the sweep checks the new rows).
+it names) makes it exact. The non-slow suite runs a sample (the cases a sweep on 017cab9 found silently wrong, and
+a spread of the rest); the slow tier runs the rest of every architecture of timm's ViT modules, the transformers
+configurations and the OpenCLIP towers. ``test_the_table_is_the_installed_timms`` fails when a timm release adds
+or changes an architecture, until ``python tests/timm_architectures.py`` rewrites the table (and the sweep checks
+the new rows).
 """
 
 import json
@@ -52,36 +53,23 @@ def test_the_table_is_the_installed_timms():
     assert not changed, f"timm's architectures differ from the table: {changed[:10]}"
 
 
-@pytest.mark.parametrize("name,form", TIMM_QUICK)
-def test_timm_sample(tmp_path, name, form):
+def _tiered(cases, quick):
+    """Every case: those in ``quick`` run in the non-slow suite, the rest are slow-marked."""
+    return [pytest.param(*case, marks=() if case in quick else pytest.mark.slow) for case in cases]
+
+
+@pytest.mark.parametrize("name,form", _tiered(timm_cases(), TIMM_QUICK))
+def test_timm_architecture(tmp_path, name, form):
     _check(timm_case(name, form, tmp_path))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name,form", timm_cases())
-def test_timm_every_architecture(tmp_path, name, form):
-    _check(timm_case(name, form, tmp_path))
-
-
-@pytest.mark.parametrize("name,form", hf_cases()[::9])
-def test_transformers_sample(tmp_path, name, form):
+@pytest.mark.parametrize("name,form", _tiered(hf_cases(), hf_cases()[::9]))
+def test_transformers_configuration(tmp_path, name, form):
     _check(hf_case(name, form, tmp_path))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name,form", hf_cases())
-def test_transformers_every_configuration(tmp_path, name, form):
-    _check(hf_case(name, form, tmp_path))
-
-
-@pytest.mark.parametrize("name,form", openclip_cases()[::15])
-def test_openclip_sample(tmp_path, name, form):
-    _check(openclip_case(name, form, tmp_path))
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name,form", openclip_cases())
-def test_openclip_every_tower(tmp_path, name, form):
+@pytest.mark.parametrize("name,form", _tiered(openclip_cases(), openclip_cases()[::15]))
+def test_openclip_tower(tmp_path, name, form):
     _check(openclip_case(name, form, tmp_path))
 
 

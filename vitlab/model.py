@@ -15,7 +15,9 @@ Parameter names follow timm's, so a timm state dict loads with little renaming.
 The paper's ViT is the default path. The options the ViT family added after it are config fields
 (``vitlab.config.ViTConfig``), each marked where it acts: DeiT's distillation token, CLIP's LayerNorm before
 the blocks and bias-free patch projection, QuickGELU, layer scale and registers (DINOv2), a position table
-without prefix rows, and the heads: class token, average, [class; average] and attention pooling (SigLIP).
+without prefix rows, and the heads: class token, average, [class; average] and attention pooling (SigLIP). The
+modern ViTs' pieces live in ``vitlab.layers``: the SwiGLU MLP and rotary position embeddings (RoPE: DINOv3, EVA-02,
+Perception Encoder), which rotate each head's queries and keys by the patch's position instead of adding E_pos.
 """
 
 from __future__ import annotations
