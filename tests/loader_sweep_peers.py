@@ -74,9 +74,10 @@ def _peers() -> dict[str, Peer]:
         "ViTForImageClassification": Peer("ViTForImageClassification", {**TINY, **P8, **labels}, "logits", "token"),
         "ViT non-square 80x112": Peer("ViTForImageClassification", {**TINY, "image_size": (80, 112), "patch_size": 16,
                                                                     **labels}, "logits", "token"),
-        # vitlab drops a pooler that config.json says is not tanh (a warning): the pooled output is the class token
-        "ViTModel pooler_act=relu": Peer("ViTModel", {**TINY, **P8, "pooler_act": "relu"}, "cls", "token",
-                                         bare_output="pooler_output"),
+        # the pooler keeps its activation (representation_act); one vitlab has not is dropped, in a warning
+        "ViTModel pooler_act=relu": Peer("ViTModel", {**TINY, **P8, "pooler_act": "relu"}, "pooler_output", "token"),
+        "ViTModel pooler_act=gelu_new": Peer("ViTModel", {**TINY, **P8, "pooler_act": "gelu_new"}, "cls", "token",
+                                             bare_output="pooler_output"),
         "ViT hidden_act=relu": Peer("ViTModel", {**TINY, **P8, "hidden_act": "relu"}, "cls", "token",
                                     dict(add_pooling_layer=False)),
         "ViT hidden_act=silu": Peer("ViTModel", {**TINY, **P8, "hidden_act": "silu"}, "cls", "token",
@@ -242,7 +243,7 @@ def _hf_truth(model: torch.nn.Module, peer: Peer) -> dict[str, Any]:
     if getattr(cfg, "rope_theta", None) is not None:
         truth["rope_theta"] = float(cfg.rope_theta)
     if getattr(cfg, "pooler_act", None) is not None:
-        truth["pooler_act"] = cfg.pooler_act  # not a ViTConfig field: vitlab's pooler is tanh's
+        truth["representation_act"] = cfg.pooler_act
     if peer.pool is not None:
         truth["pool"] = peer.pool
     return truth

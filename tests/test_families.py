@@ -138,7 +138,7 @@ def test_distillation_head_averages_the_two_tokens():
     (dict(pool="map", representation_size=16), "not supported"),
     (dict(pool="token_gap", class_token=False), "needs class_token"),
     (dict(pos_resample="nearest"), "pos_resample"),
-    (dict(mlp_act="relu"), "mlp_act"),
+    (dict(mlp_act="mish"), "mlp_act"),
 ], ids=str)
 def test_config_rejects_inconsistent_family_options(bad, match):
     with pytest.raises(ValueError, match=match):

@@ -91,16 +91,23 @@ def test_deit(tmp_path, form):
         assert (pre.img_size, pre.crop_pct, pre.interpolation) == ((32, 32), pytest.approx(32 / 36), "bicubic")
 
 
-def test_deit_pooler_that_is_not_tanh_is_left_out(tmp_path):
-    cfg = transformers.DeiTConfig(**LAYERS, **PATCH8, pooler_act="relu")
-    ref = randomize_(transformers.DeiTModel(cfg), STD)
-    ref.save_pretrained(tmp_path)
-    with pytest.warns(UserWarning, match="pooler_act='relu'; the pooler is left out"):
-        model = vitlab.load(tmp_path).eval()
-    assert model.config.representation_size is None
+def test_deit_pooler_keeps_its_activation_or_is_left_out(tmp_path):
+    """pooler_act relu (one of vitlab's representation_act): the pooled output is transformers'; gelu_new (not one
+    of them): the pooler is left out, in a warning, and the tokens still match."""
     x = torch.randn(2, 3, 32, 32)
+    ref = randomize_(transformers.DeiTModel(transformers.DeiTConfig(**LAYERS, **PATCH8, pooler_act="relu")), STD)
+    ref.save_pretrained(tmp_path / "relu")
+    model = vitlab.load(tmp_path / "relu").eval()
+    assert model.config.representation_act == "relu"
     with torch.no_grad():
-        assert _diff(ref(pixel_values=x).last_hidden_state, model.forward_features(x), "DeiTModel relu pooler") <= TOL
+        assert _diff(ref(pixel_values=x).pooler_output, model(x), "DeiTModel relu pooler") <= TOL
+    ref = randomize_(transformers.DeiTModel(transformers.DeiTConfig(**LAYERS, **PATCH8, pooler_act="gelu_new")), STD)
+    ref.save_pretrained(tmp_path / "gelu_new")
+    with pytest.warns(UserWarning, match="pooler_act='gelu_new'; the pooler is left out"):
+        model = vitlab.load(tmp_path / "gelu_new").eval()
+    assert model.config.representation_size is None
+    with torch.no_grad():
+        assert _diff(ref(pixel_values=x).last_hidden_state, model.forward_features(x), "DeiTModel gelu_new") <= TOL
 
 
 # ----------------------------------------------------------------------------------------------------- DINOv2

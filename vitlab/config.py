@@ -41,7 +41,11 @@ MLP_ACTS = (
     "gelu",  # exact erf GELU (the paper's code via flax is tanh, but timm, transformers and torchvision use erf)
     "gelu_tanh",  # the tanh approximation (flax's default: big_vision, SigLIP)
     "quick_gelu",  # x * sigmoid(1.702 x) (OpenAI CLIP)
+    "relu",  # max(0, x), and
+    "silu",  # x * sigmoid(x): what transformers' ViT family may be configured with (hidden_act)
 )
+# The paper's pre-logits layer's non-linearity (transformers' pooler_act; the paper's, and its default, is tanh):
+REPRESENTATION_ACTS = ("tanh", "relu", "gelu", "silu")
 # How a learned position table is resampled to another grid (paper Sec. 3.2), the way the weights' own code does it:
 POS_RESAMPLES = (
     "bicubic_antialias",  # timm, OpenCLIP, transformers' Dinov2WithRegisters, original DINOv2 with registers
@@ -124,9 +128,11 @@ _FIELDS: dict[str, tuple[Any, str]] = {
     "no_residual_blocks": (_blocks, "a list of block indices (integers >= 0)"),
 }
 _OPTIONAL = ("layer_scale_init", "representation_size", "rope_ref_grid")
-_CHOICES = {"mlp_layer": MLP_LAYERS, "rope": ROPES, "rope_axes": ("xy", "yx"),
-            "pool": POOLS, "pos_embed": POS_EMBEDS, "stem": STEMS, "mlp_act": MLP_ACTS, "pos_resample": POS_RESAMPLES,
-            "attn_init": ATTN_INITS}
+_CHOICES = {
+    "mlp_layer": MLP_LAYERS, "rope": ROPES, "representation_act": REPRESENTATION_ACTS, "rope_axes": ("xy", "yx"),
+    "pool": POOLS, "pos_embed": POS_EMBEDS, "stem": STEMS, "mlp_act": MLP_ACTS, "pos_resample": POS_RESAMPLES,
+    "attn_init": ATTN_INITS,
+}
 
 
 def check_field(name: str, value: Any) -> Any:
@@ -196,6 +202,7 @@ class ViTConfig:
     attn_pool_heads: int = 0  # map: the attention pool's heads (0: num_heads; Perception Encoder: 8)
     attn_pool_prefix: bool = False  # map: the pool reads the class and register tokens too (timm's Eva, PE)
     representation_size: int | None = None  # paper's pre-logits layer: Linear + tanh before the head
+    representation_act: str = "tanh"  # REPRESENTATION_ACTS: its non-linearity (transformers' pooler_act)
 
     # Stem.
     stem: str = "patch"

@@ -157,6 +157,8 @@ class Mlp(nn.Module):
         self.fc1 = nn.Linear(cfg.embed_dim, cfg.mlp_dim)
         if cfg.mlp_act == "quick_gelu":
             self.act = QuickGELU()
+        elif cfg.mlp_act in ("relu", "silu"):
+            self.act = nn.ReLU() if cfg.mlp_act == "relu" else nn.SiLU()
         else:
             self.act = nn.GELU(approximate="tanh" if cfg.mlp_act == "gelu_tanh" else "none")
         self.drop1 = nn.Dropout(cfg.dropout)
@@ -331,7 +333,8 @@ class VisionTransformer(nn.Module):
         self.fc_norm = nn.LayerNorm(D, eps=cfg.norm_eps) if cfg.fc_norm else nn.Identity()
         self.attn_pool = AttentionPool(cfg) if cfg.pool == "map" else None
         if cfg.representation_size:
-            self.pre_logits = nn.Sequential(nn.Linear(D, cfg.representation_size), nn.Tanh())
+            act = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}[cfg.representation_act]
+            self.pre_logits = nn.Sequential(nn.Linear(D, cfg.representation_size), act())
         else:
             self.pre_logits = nn.Identity()
         self.head = nn.Linear(cfg.num_features, cfg.num_classes) if cfg.num_classes else nn.Identity()

@@ -72,7 +72,8 @@ Name mapping. The base model's prefix (``vit.``, ``deit.``, ``dinov2.``, ``dinov
 ``embeddings.mask_token`` is dropped: it only replaces patches under ``bool_masked_pos`` (masked image modelling)
 and never enters a plain forward pass; so is the ``position_ids`` buffer older CLIP and SigLIP files hold. A
 ``ViTForMaskedImageModeling`` decoder is passed through under its own names, so ``vitlab.load`` reports it as
-unexpected (``strict=False`` loads the encoder). A pooler whose pooler_act is not tanh is dropped, with a warning.
+unexpected (``strict=False`` loads the encoder). A pooler keeps its pooler_act (``representation_act``: tanh, relu,
+gelu or silu); one of another activation is dropped, with a warning.
 
 Position tables are resampled as the family's own ``interpolate_pos_encoding`` does (``pos_resample``): plain
 bicubic for all but Dinov2WithRegisters, which antialiases; ``vitlab.load(..., pos_resample=...)`` overrides it.
@@ -89,6 +90,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from vitlab.config import REPRESENTATION_ACTS
 from vitlab.convert import (
     HEADS_BY_WIDTH,
     AssumedSettingsNotice,
@@ -110,7 +112,8 @@ from vitlab.convert.hf_families import (
 )
 from vitlab.preprocess import FAMILY_PREPROCESSING, INCEPTION_MEAN, INCEPTION_STD, Preprocessing
 
-HF_ACTS = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "quick_gelu": "quick_gelu"}
+HF_ACTS = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "quick_gelu": "quick_gelu",
+           "relu": "relu", "silu": "silu"}
 PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL.Image.Resampling codes HF stores
 _PATCH_KEYS = ("embeddings.patch_embeddings.projection.weight", "embeddings.patch_embedding.weight",
                "embeddings.patch_embeddings.weight")
@@ -179,8 +182,9 @@ def read_state_dict(sd: dict[str, torch.Tensor]) -> Converted:
         said += f", RoPE base rope_theta={family.defaults['rope_theta']:g}"
         fields.append("rope_theta")
     if "pre_logits.0.weight" in out:
-        said += " and a tanh pooler (pooler_act='tanh'; vitlab's pre-logits layer has no other)"
-        fields.append("pooler_act")
+        said += (" and a tanh pooler (transformers' pooler_act: representation_act='tanh'; one of another "
+                 f"activation than {', '.join(REPRESENTATION_ACTS)} vitlab cannot run)")
+        fields.append("representation_act")
     if family.name == "clip" and "head.weight" in out and "visual_projection.weight" not in {base_name(k) for k in sd}:
         raise CheckpointError("a bare transformers CLIPForImageClassification state dict: its classifier reads the "
                               "mean of the patch tokens before the final LayerNorm, which vitlab has no counterpart "
@@ -194,10 +198,8 @@ def read_state_dict(sd: dict[str, torch.Tensor]) -> Converted:
                  f"crop_pct {crop_pct}, {interp})")
     warnings.warn(AssumedSettingsNotice(
         f"a bare transformers {family.title} state dict has no config.json: vitlab assumes {said}, transformers' "
-        f"defaults for the family; pass {', '.join(f + '=' for f in fields if f != 'pooler_act')} to vitlab.load "
-        "if they differ (an "
-        "activation other than GELU's forms, or another pooler_act, vitlab cannot run), or load its save_pretrained "
-        "folder", tuple(fields)), stacklevel=3)
+        f"defaults for the family; pass {', '.join(f + '=' for f in fields)} to vitlab.load if they differ, or load "
+        "its save_pretrained folder", tuple(fields)), stacklevel=3)
     return conv
 
 
@@ -362,9 +364,12 @@ def read_folder(path: str | Path, hub_cfg: dict[str, Any]) -> Converted:
     hints = hints_from_config(hub_cfg)
     sd = _convert(_load_weights(path), family)
     check_config_against_weights(cfg, sd, family, where)
-    if "pre_logits.0.weight" in sd and hub_cfg.get("pooler_act", "tanh") != "tanh":
+    if "pre_logits.0.weight" in sd and hub_cfg.get("pooler_act", "tanh") in REPRESENTATION_ACTS:
+        hints["representation_act"] = hub_cfg.get("pooler_act", "tanh")
+    elif "pre_logits.0.weight" in sd:
         warnings.warn(f"config.json: pooler_act={hub_cfg['pooler_act']!r}; the pooler is left out, since vitlab's "
-                      "pre-logits layer is Linear + tanh (the pooled output is the class token)", stacklevel=3)
+                      f"pre-logits layer is Linear + one of {', '.join(REPRESENTATION_ACTS)} (the pooled output is the "
+                      "class token)", stacklevel=3)
         sd = {k: v for k, v in sd.items() if not k.startswith("pre_logits.")}
     hints["pool"] = _pool(family.name, sd)
     conv = Converted(sd, "hf", hints=hints, stated_by="config.json", stated=frozenset(hints))
