@@ -159,3 +159,18 @@ def test_the_attention_command_on_a_rope_model(tmp_path, capsys, method):
     code = main(["attention", str(png), "--model", str(ckpt), "--method", method, "--out", str(tmp_path / "a.png")])
     out, err = capsys.readouterr()
     assert code == 0 and "Traceback" not in err and (tmp_path / "a.png").is_file(), err
+
+
+def test_the_explorer_on_a_rope_model():
+    """The explorer's model panel, maps and hover rows on a DINOv3-style model (RoPE, registers, no table)."""
+    from vitlab.explore.compute import Explorer, MapParams
+
+    explorer = Explorer(_rope_model(), "rope", shapes_samples=1)
+    info = explorer.model_info()
+    assert "rotations" in info["position"]["reason"] and info["num_prefix"] == 3
+    analysis = explorer.analyze("s0")
+    assert analysis["top"]
+    for method in ("raw", "rollout"):
+        saliency, _ = explorer.saliency("s0", MapParams(method=method))
+        assert saliency.numel() == explorer.grid[0] * explorer.grid[1] and torch.isfinite(saliency).all()
+    assert explorer.row("s0", 1, "mean", 0)

@@ -318,6 +318,9 @@ class Explorer:
                     "model does for this input")
         elif cfg.pos_embed == "sincos2d":
             sim, what = position_similarity(sincos_2d(grid, cfg.embed_dim), grid, 0), "the fixed 2D sin-cos table"
+        elif cfg.rope != "none":
+            return {"reason": f"the model's positions are rotations of its queries and keys (rope={cfg.rope!r}), "
+                              "not a table: no position similarity to show"}
         else:
             return {"reason": f"the model has no position embedding (pos_embed={cfg.pos_embed!r})"}
         n = grid[0] * grid[1]
