@@ -219,7 +219,11 @@ def test_finetune_from_a_checkpoint_at_another_resolution_and_class_count(data, 
     dict(class_token=False, pool="map", mlp_act="gelu_tanh", pos_resample="bicubic"),  # SigLIP
     dict(layer_scale_init=1e-5, pool="token_gap", pos_resample="bicubic_offset"),  # DINOv2's probe head
     dict(norm_pre=True, patch_bias=False, mlp_act="quick_gelu", no_embed_class=True),  # CLIP
-], ids=["deit", "siglip", "dinov2", "clip"])
+    dict(layer_scale_init=1e-5, pos_embed="none", rope="dinov3", num_register_tokens=2, mlp_layer="swiglu",
+         pool="gap"),  # DINOv3 (_plus)
+    dict(rope="axial", rope_axes="yx", rope_ref_grid=(4, 4), mlp_layer="swiglu", mlp_inner_norm=True,
+         attn_inner_norm=True),  # EVA-02
+], ids=["deit", "siglip", "dinov2", "clip", "dinov3", "eva02"])
 def test_finetune_a_family_checkpoint(data, tmp_path, options):
     init = vitlab.create_model("Ti/4@32", img_size=16, num_classes=10, embed_dim=32, depth=2, num_heads=2, mlp_dim=64,
                                **options)
