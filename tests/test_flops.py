@@ -95,6 +95,9 @@ def test_count_params_registered(name):
     dict(pool="token_gap"), dict(norm_pre=True, patch_bias=False, mlp_act="quick_gelu"),
     dict(mlp_layer="swiglu"), dict(mlp_layer="swiglu", mlp_inner_norm=True, attn_inner_norm=True),
     dict(rope="dinov3", pos_embed="none"),
+    dict(norm_layer="rmsnorm", patch_norm=True, proj_bias=False, mlp_bias=False, mlp_layer="swiglu", pool="gap",
+         class_token=False),  # AIMv2
+    dict(class_token=False, pool="map", attn_pool_heads=2, final_norm=False, norm_layer="rmsnorm", qk_norm=True),
 ], ids=str)
 def test_count_params_variants(overrides):
     # Real tensors: the meta path is not involved. Narrower than Ti/16, so that initialising them is quick.

@@ -1,7 +1,8 @@
 """The SwiGLU MLP (DINOv2 giant's, ``vitlab.layers.SwiGLU``) in every form its weights come in, against the peer's
 outputs at the native size and at another: timm's ``vit_giant_patch14_dinov2`` (bare .safetensors, .pth, hub folder),
 transformers' ``Dinov2Model(use_swiglu_ffn=True)`` (folder and bare), the original DINOv2 layout (``mlp.w12``/``w3``,
-against timm's model loaded by timm's own converter), and back to timm with ``export_timm``. Tiny: width 96, two
+against timm's model loaded by timm's own converter), and back to timm with ``export_timm``; and AIMv2's SwiGLU
+with RMSNorm (timm's ``aimv2_*``). Tiny: width 96, two
 blocks, four heads (timm's giant MLP ratio gives a gated width of 256).
 """
 
@@ -112,3 +113,25 @@ def test_original_dinov2_giant_layout(tmp_path):
     model = vitlab.load(save_state_dict(sd, tmp_path / "dinov2_vitg14.pth"), num_heads=4).eval()
     assert model.config.mlp_layer == "swiglu"
     assert _diff(peer.eval(), model, SIZE) <= TOL
+
+
+@pytest.mark.parametrize("form", ["bare", "hub"])
+def test_timm_aimv2(tmp_path, form):
+    """AIMv2 (El-Nouby et al. 2024): RMSNorm everywhere, a norm on the patch embeddings, a SwiGLU of separate gate
+    and value layers and no biases in the projections, as timm's aimv2_* build it."""
+    ref = randomize_(timm.create_model("aimv2_large_patch14_224", img_size=SIZE, dynamic_img_size=True,
+                                       num_classes=7, **TINY), std=0.1)
+    if form == "hub":
+        save_for_hf(ref, tmp_path / "hub", safe_serialization=True)
+        model = vitlab.load(tmp_path / "hub").eval()
+    else:
+        path = save_state_dict(ref.state_dict(), tmp_path / "m.safetensors")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AssumedSettingsNotice)
+            model = vitlab.load(path, num_heads=4, norm_eps=1e-5, pool="gap").eval()
+    cfg = model.config
+    assert (cfg.norm_layer, cfg.patch_norm, cfg.proj_bias, cfg.mlp_bias, cfg.mlp_layer) == \
+        ("rmsnorm", True, False, False, "swiglu")
+    d, d_other = _diff(ref, model, SIZE), _diff(ref, model, OTHER)
+    print(f"timm aimv2_large_patch14_224 {form}: max |diff| {d:.2e} at {SIZE} px, {d_other:.2e} at {OTHER} px")
+    assert d <= TOL and d_other <= TOL

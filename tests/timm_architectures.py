@@ -35,7 +35,6 @@ UNSUPPORTED_PARTS = {
     "ParallelScalingBlock": "parallel blocks (attention and MLP side by side, timm's ParallelScalingBlock)",
     "ParallelThingsBlock": "parallel blocks (several attention and MLP branches, timm's ParallelThingsBlock)",
     "DiffParallelScalingBlock": "parallel blocks with differential attention (timm's DiffParallelScalingBlock)",
-    "RmsNorm": "RMSNorm",
     "HybridEmbed": "a CNN backbone before the patch embedding (hybrid ViT)",
 }
 
@@ -103,8 +102,11 @@ def _unsupported(model: nn.Module) -> str | None:
         return f"timm's {type(block).__name__} with {type(block.attn).__name__}"
     if getattr(block.attn, "qkv", None) is None and getattr(block.attn, "q_proj", None) is None:
         return f"timm's {type(block.attn).__name__} without q, k and v projections"
-    if getattr(block.attn, "gate", None) is not None or getattr(block.attn, "num_kv_groups", 1) != 1:
-        return "gated or grouped-query attention"
+    for b in model.blocks:  # per-block settings (timm's sapiens2 vary them by depth)
+        if getattr(b.attn, "gate", None) is not None or getattr(b.attn, "num_kv_groups", 1) != 1:
+            return "gated or grouped-query attention"
+        if (getattr(b, "gamma_1", None) is None) != (getattr(b, "gamma_2", None) is None):
+            return "layer scale on one branch only (timm's attn_only_layer_scale)"
     if type(block.attn.norm).__name__ not in ("Identity", "LayerNorm"):
         return f"a {type(block.attn.norm).__name__} inside the attention"
     gated = type(block.mlp).__name__ in ("GluMlp", "SwiGLU")
@@ -124,15 +126,18 @@ def _unsupported(model: nn.Module) -> str | None:
         return f"timm's global_pool={model.global_pool!r}"
     if getattr(model, "pool_include_prefix", False):
         return "average pooling over the prefix tokens too (timm's pool_include_prefix)"
-    if not isinstance(model.patch_embed.norm, nn.Identity):
-        return "a norm after the patch embedding (timm's embed_norm_layer)"
+    norms = {type(m).__name__ for m in model.modules() if type(m).__name__ in ("LayerNorm", "RmsNorm")}
+    if len(norms) > 1:
+        return f"both {' and '.join(sorted(norms))}"
+    if type(model.patch_embed.norm).__name__ not in ("Identity", *norms):
+        return f"a {type(model.patch_embed.norm).__name__} after the patch embedding"
     pool = getattr(model, "attn_pool", None)
     if pool is not None and (pool.latent_len != 1 or pool.pos_embed is not None or pool.pool != "token"
                              or not isinstance(pool.q_norm, nn.Identity)):
         return f"an attention pool of {pool.latent_len} queries, a position table or a q/k norm"
     if pool is not None and pool.mlp.fc1.out_features != block.mlp.fc1.out_features:
         return "an attention pool whose MLP is not as wide as the blocks' (vit_pe_core_gigantic_*)"
-    eps = {m.eps for m in model.modules() if isinstance(m, nn.LayerNorm)}
+    eps = {m.eps for m in model.modules() if type(m).__name__ in ("LayerNorm", "RmsNorm")}
     if len(eps) > 1:
         return f"LayerNorms of different eps ({sorted(eps)})"
     return None
@@ -153,6 +158,8 @@ def describe(name: str) -> dict:
     if swiglu:
         entry["mlp_layer"] = "swiglu"  # mlp_act is then unused: its default
     entry.update(rope_of(getattr(model, "rope", None)))
+    if type(block.norm1).__name__ == "RmsNorm":
+        entry["norm_layer"] = "rmsnorm"  # AIMv2 (the tensors show no bias, which a bias-free LayerNorm would too)
     if isinstance(model.norm, nn.Identity) and isinstance(getattr(model, "fc_norm", nn.Identity()), nn.Identity):
         entry["final_norm"] = False  # Perception Encoder's spatial and language towers
     pool = getattr(model, "attn_pool", None)

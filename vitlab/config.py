@@ -116,7 +116,7 @@ _FIELDS: dict[str, tuple[Any, str]] = {
     **{name: (_bool, "true or false")
        for name in ("qkv_bias", "qk_norm", "patch_bias", "norm_pre", "class_token", "distill_token",
                     "no_embed_class", "fc_norm", "attn_inner_norm", "mlp_inner_norm", "final_norm",
-                    "attn_pool_prefix")},
+                    "attn_pool_prefix", "patch_norm", "proj_bias", "mlp_bias")},
     "layer_scale_init": (_positive, "a positive number, or None (no LayerScale)"),
     "norm_eps": (_positive, "a positive number"),
     "rope_theta": (_positive, "a positive number"),
@@ -129,7 +129,8 @@ _FIELDS: dict[str, tuple[Any, str]] = {
 }
 _OPTIONAL = ("layer_scale_init", "representation_size", "rope_ref_grid")
 _CHOICES = {
-    "mlp_layer": MLP_LAYERS, "rope": ROPES, "representation_act": REPRESENTATION_ACTS, "rope_axes": ("xy", "yx"),
+    "mlp_layer": MLP_LAYERS, "norm_layer": ("layernorm", "rmsnorm"), "rope": ROPES,
+    "representation_act": REPRESENTATION_ACTS, "rope_axes": ("xy", "yx"),
     "pool": POOLS, "pos_embed": POS_EMBEDS, "stem": STEMS, "mlp_act": MLP_ACTS, "pos_resample": POS_RESAMPLES,
     "attn_init": ATTN_INITS,
 }
@@ -171,6 +172,10 @@ class ViTConfig:
     num_heads: int = 12  # "Heads"
     mlp_dim: int = 3072  # "MLP size" (4 D for every variant of Table 1); the gated hidden width with "swiglu"
     mlp_layer: str = "mlp"  # MLP_LAYERS: the paper's MLP, or SwiGLU (DINOv2 giant)
+    norm_layer: str = "layernorm"  # every norm: "layernorm", or "rmsnorm" (no centring, no bias; AIMv2)
+    patch_norm: bool = False  # a norm on each patch embedding, before the position embedding (AIMv2)
+    proj_bias: bool = True  # the attention's output projection has a bias (AIMv2: none)
+    mlp_bias: bool = True  # the MLP's layers have biases (AIMv2: none)
     # EVA-02's sub-LayerNorms: on the attention output before its projection, on the MLP's hidden layer (SwiGLU)
     attn_inner_norm: bool = False
     mlp_inner_norm: bool = False

@@ -142,23 +142,26 @@ def count_params(config: ViTConfig) -> int:
     if config.pos_embed == "learned":
         h, w = config.grid_size
         n += (config.num_pos_prefix + h * w) * D
-    n += 2 * D if config.norm_pre else 0
+    norm = 1 if config.norm_layer == "rmsnorm" else 2  # parameters per feature: RMSNorm has no bias
+    n += norm * D if config.norm_pre else 0
+    n += norm * D if config.patch_norm else 0
+    mlp_bias = M + D if config.mlp_bias else 0  # fc1's and fc2's
 
-    block = 2 * D  # norm1
+    block = norm * D  # norm1
     block += 3 * D * D + (3 * D if config.qkv_bias else 0)  # qkv
-    block += 2 * 2 * config.head_dim if config.qk_norm else 0  # q_norm, k_norm
-    block += D * D + D  # proj
+    block += 2 * norm * config.head_dim if config.qk_norm else 0  # q_norm, k_norm
+    block += D * D + (D if config.proj_bias else 0)  # proj
     block += 2 * D if config.layer_scale_init is not None else 0  # ls1, ls2
-    block += 2 * D  # norm2
+    block += norm * D  # norm2
     gated = 2 if config.mlp_layer == "swiglu" else 1  # SwiGLU's fc1 holds the gate and the value layer
-    block += gated * (D * M + M) + M * D + D  # fc1, fc2
-    block += 2 * D if config.attn_inner_norm else 0  # EVA-02's sub-LayerNorms
-    block += 2 * M if config.mlp_inner_norm else 0
+    block += gated * D * M + M * D + (gated * M + D if config.mlp_bias else 0)  # fc1, fc2
+    block += norm * D if config.attn_inner_norm else 0  # EVA-02's sub-LayerNorms
+    block += norm * M if config.mlp_inner_norm else 0
     n += config.depth * block
 
-    n += 2 * D  # norm (or fc_norm)
+    n += norm * D if config.final_norm or config.fc_norm else 0  # norm (or fc_norm)
     if config.pool == "map":  # attention pool: latent query, q, kv, proj, norm, MLP
-        n += D + 3 * D * D + (3 * D if config.qkv_bias else 0) + D * D + D + 2 * D + D * M + M + M * D + D
+        n += D + 3 * D * D + (3 * D if config.qkv_bias else 0) + D * D + D + norm * D + 2 * D * M + mlp_bias
     if config.representation_size:
         n += D * config.representation_size + config.representation_size
     if config.num_classes:

@@ -39,6 +39,14 @@ from vitlab.pos_embed import resample_pos_embed, sincos_2d
 Rope = tuple[torch.Tensor, torch.Tensor]  # RoPE's (sin, cos) tables of the patch grid, (h*w, Dh) each
 
 
+def norm_layer(cfg: ViTConfig, dim: int) -> nn.Module:
+    """The model's normalisation over the last ``dim`` features: LayerNorm (the paper's LN), or RMSNorm (Zhang &
+    Sennrich 2019: no centring, no bias; AIMv2)."""
+    if cfg.norm_layer == "rmsnorm":
+        return nn.RMSNorm(dim, eps=cfg.norm_eps)
+    return nn.LayerNorm(dim, eps=cfg.norm_eps)
+
+
 def _trunc_normal_(t: torch.Tensor, std: float) -> torch.Tensor:
     return nn.init.trunc_normal_(t, std=std, a=-2 * std, b=2 * std)
 
@@ -76,9 +84,11 @@ class PatchEmbed(nn.Module):
         super().__init__()
         self.proj = nn.Conv2d(cfg.in_chans, cfg.embed_dim, kernel_size=cfg.patch_size, stride=cfg.patch_size,
                               bias=cfg.patch_bias)  # OpenAI CLIP: no bias
+        self.norm = norm_layer(cfg, cfg.embed_dim) if cfg.patch_norm else nn.Identity()  # AIMv2, on each patch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x)  # (B, C, H, W) -> (B, D, h, w)
+        x = self.proj(x)  # (B, C, H, W) -> (B, D, h, w)
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # normed over D
 
 
 class ConvStem(nn.Module):
@@ -109,12 +119,12 @@ class Attention(nn.Module):
         self.rope_kind = cfg.rope
         self.fused = True  # False: use the explicit path everywhere (see VisionTransformer.set_fused_attn)
         self.qkv = nn.Linear(cfg.embed_dim, 3 * cfg.embed_dim, bias=cfg.qkv_bias)
-        self.q_norm = nn.LayerNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else nn.Identity()
-        self.k_norm = nn.LayerNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else nn.Identity()
+        self.q_norm = norm_layer(cfg, cfg.head_dim) if cfg.qk_norm else nn.Identity()
+        self.k_norm = norm_layer(cfg, cfg.head_dim) if cfg.qk_norm else nn.Identity()
         self.attn_drop = nn.Dropout(cfg.attn_dropout)
         # EVA-02 CLIP's sub-LayerNorm on the heads' concatenated output, before the projection
-        self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps) if cfg.attn_inner_norm else nn.Identity()
-        self.proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
+        self.norm = norm_layer(cfg, cfg.embed_dim) if cfg.attn_inner_norm else nn.Identity()
+        self.proj = nn.Linear(cfg.embed_dim, cfg.embed_dim, bias=cfg.proj_bias)
         self.proj_drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, return_attention: bool = False, rope: Rope | None = None
@@ -154,7 +164,7 @@ class Mlp(nn.Module):
 
     def __init__(self, cfg: ViTConfig):
         super().__init__()
-        self.fc1 = nn.Linear(cfg.embed_dim, cfg.mlp_dim)
+        self.fc1 = nn.Linear(cfg.embed_dim, cfg.mlp_dim, bias=cfg.mlp_bias)
         if cfg.mlp_act == "quick_gelu":
             self.act = QuickGELU()
         elif cfg.mlp_act in ("relu", "silu"):
@@ -162,7 +172,7 @@ class Mlp(nn.Module):
         else:
             self.act = nn.GELU(approximate="tanh" if cfg.mlp_act == "gelu_tanh" else "none")
         self.drop1 = nn.Dropout(cfg.dropout)
-        self.fc2 = nn.Linear(cfg.mlp_dim, cfg.embed_dim)
+        self.fc2 = nn.Linear(cfg.mlp_dim, cfg.embed_dim, bias=cfg.mlp_bias)
         self.drop2 = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -196,13 +206,14 @@ class Block(nn.Module):
     def __init__(self, cfg: ViTConfig, drop_path: float):
         super().__init__()
         ls = cfg.layer_scale_init
-        self.norm1 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        self.norm1 = norm_layer(cfg, cfg.embed_dim)
         self.attn = Attention(cfg)
         self.ls1 = LayerScale(cfg.embed_dim, ls) if ls is not None else nn.Identity()
         self.drop_path1 = DropPath(drop_path)
-        self.norm2 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        self.norm2 = norm_layer(cfg, cfg.embed_dim)
         if cfg.mlp_layer == "swiglu":
-            self.mlp = SwiGLU(cfg.embed_dim, cfg.mlp_dim, cfg.dropout, cfg.norm_eps if cfg.mlp_inner_norm else None)
+            self.mlp = SwiGLU(cfg.embed_dim, cfg.mlp_dim, cfg.dropout, cfg.norm_eps if cfg.mlp_inner_norm else None,
+                              bias=cfg.mlp_bias)
         else:
             self.mlp = Mlp(cfg)
         self.ls2 = LayerScale(cfg.embed_dim, ls) if ls is not None else nn.Identity()
@@ -232,7 +243,7 @@ class AttentionPool(nn.Module):
         self.q = nn.Linear(cfg.embed_dim, cfg.embed_dim, bias=cfg.qkv_bias)
         self.kv = nn.Linear(cfg.embed_dim, 2 * cfg.embed_dim, bias=cfg.qkv_bias)
         self.proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
-        self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        self.norm = norm_layer(cfg, cfg.embed_dim)
         self.mlp = Mlp(cfg)
 
     def forward(self, x: torch.Tensor, return_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -324,13 +335,13 @@ class VisionTransformer(nn.Module):
         if cfg.rope != "none":
             self.rope = RotaryEmbedding2d(cfg.rope, cfg.head_dim, cfg.rope_theta, cfg.rope_axes, cfg.rope_ref_grid,
                                           cfg.rope_offset)
-        self.norm_pre = nn.LayerNorm(D, eps=cfg.norm_eps) if cfg.norm_pre else nn.Identity()  # CLIP's ln_pre
+        self.norm_pre = norm_layer(cfg, D) if cfg.norm_pre else nn.Identity()  # CLIP's ln_pre
         rates = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # grows with depth
         self.blocks = nn.ModuleList([Block(cfg, r) for r in rates])
         for i in cfg.no_residual_blocks:
             self.blocks[i].residual = False
-        self.norm = nn.Identity() if cfg.fc_norm or not cfg.final_norm else nn.LayerNorm(D, eps=cfg.norm_eps)
-        self.fc_norm = nn.LayerNorm(D, eps=cfg.norm_eps) if cfg.fc_norm else nn.Identity()
+        self.norm = nn.Identity() if cfg.fc_norm or not cfg.final_norm else norm_layer(cfg, D)
+        self.fc_norm = norm_layer(cfg, D) if cfg.fc_norm else nn.Identity()
         self.attn_pool = AttentionPool(cfg) if cfg.pool == "map" else None
         if cfg.representation_size:
             act = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}[cfg.representation_act]
@@ -377,9 +388,10 @@ class VisionTransformer(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.LayerNorm, nn.BatchNorm2d)):
+            elif isinstance(m, (nn.LayerNorm, nn.BatchNorm2d, nn.RMSNorm)):
                 nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
             elif isinstance(m, LayerScale):
                 nn.init.constant_(m.gamma, self.config.layer_scale_init)
         if self.pos_embed is not None:

@@ -171,7 +171,10 @@ def infer_config(sd: dict[str, torch.Tensor], hints: dict[str, Any]) -> ViTConfi
     cfg: dict[str, Any] = dict(
         patch_size=P, in_chans=C, embed_dim=D, depth=depth, mlp_dim=fc2.shape[1] if swiglu else fc1.shape[0],
         mlp_layer="swiglu" if swiglu else "mlp", mlp_inner_norm="blocks.0.mlp.norm.weight" in sd,
-        attn_inner_norm="blocks.0.attn.norm.weight" in sd,
+        attn_inner_norm="blocks.0.attn.norm.weight" in sd, patch_norm="patch_embed.norm.weight" in sd,
+        proj_bias="blocks.0.attn.proj.bias" in sd, mlp_bias="blocks.0.mlp.fc2.bias" in sd,
+        # a norm without a bias: RMSNorm (timm's, transformers' RMSNorm); a LayerNorm always has one in these sources
+        norm_layer="layernorm" if "blocks.0.norm1.bias" in sd else "rmsnorm",
         qkv_bias="blocks.0.attn.qkv.bias" in sd, qk_norm="blocks.0.attn.q_norm.weight" in sd,
         class_token="cls_token" in sd, num_register_tokens=sd["reg_token"].shape[1] if "reg_token" in sd else 0,
         distill_token="dist_token" in sd, pos_embed="learned" if "pos_embed" in sd else "none",

@@ -155,7 +155,8 @@ def entry_hints(entry: dict[str, Any]) -> dict[str, Any]:
                 rope_theta=entry.get("rope_theta", 100.0), rope_axes=entry.get("rope_axes", "xy"),
                 rope_ref_grid=tuple(entry["rope_ref_grid"]) if "rope_ref_grid" in entry else None,
                 rope_offset=entry.get("rope_offset", 0.0), final_norm=entry.get("final_norm", True),
-                attn_pool_heads=entry.get("attn_pool_heads", 0), attn_pool_prefix=entry.get("attn_pool_prefix", False))
+                attn_pool_heads=entry.get("attn_pool_heads", 0), attn_pool_prefix=entry.get("attn_pool_prefix", False),
+                norm_layer=entry.get("norm_layer", "layernorm"))
 
 
 _Q_PROJ = re.compile(r"^(.*\.attn\.)q_proj\.(weight|bias)$")
@@ -452,6 +453,9 @@ def hub_config_leaves_open(hub_cfg: dict[str, Any], hints: dict[str, Any]) -> se
 
 
 def _check_exportable(cfg: ViTConfig) -> None:
+    if cfg.norm_layer != "layernorm" or cfg.patch_norm or not cfg.proj_bias or not cfg.mlp_bias:
+        raise CheckpointError("RMSNorm, a patch norm or bias-free projections (AIMv2's) are not written for timm's "
+                              "VisionTransformer by vitlab; save this model in vitlab's format instead")
     if cfg.rope != "none":
         raise CheckpointError(f"rope={cfg.rope!r}: timm's VisionTransformer has no RoPE (timm runs it in its Eva "
                               "class, which vitlab does not write); save this model in vitlab's format instead")

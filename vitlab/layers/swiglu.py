@@ -19,13 +19,14 @@ from torch import nn
 class SwiGLU(nn.Module):
     """(B, N, D) -> (B, N, D) through a gated hidden layer of width ``hidden``: fc1 (2 hidden, D), fc2 (D, hidden)."""
 
-    def __init__(self, dim: int, hidden: int, dropout: float = 0.0, inner_norm_eps: float | None = None):
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0, inner_norm_eps: float | None = None,
+                 bias: bool = True):
         super().__init__()
-        self.fc1 = nn.Linear(dim, 2 * hidden)  # rows [W; V]: the gate, then the value
+        self.fc1 = nn.Linear(dim, 2 * hidden, bias=bias)  # rows [W; V]: the gate, then the value
         self.drop1 = nn.Dropout(dropout)
         # EVA-02's sub-LayerNorm on the hidden layer (Wang et al. 2022, "Foundation Transformers"), when an eps is given
         self.norm = nn.LayerNorm(hidden, eps=inner_norm_eps) if inner_norm_eps is not None else nn.Identity()
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = nn.Linear(hidden, dim, bias=bias)
         self.drop2 = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
