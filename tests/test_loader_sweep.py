@@ -93,3 +93,36 @@ def test_an_image_size_that_leaves_a_remainder_runs_as_timm_runs_it(tmp_path):
         assert (ref(x) - model(x)).abs().max().item() <= 1e-5
     with pytest.raises(UsageError, match="not divisible by the patch size 14.*e.g. 42x42"):
         model(torch.randn(1, 3, 50, 50))
+
+
+def test_a_hub_config_outside_the_table_or_with_eva_model_args():
+    """An architecture the table does not have (a newer timm's) falls back to the name rules and says which
+    settings it assumes; model_args of an Eva architecture that would change what vitlab reads are refused."""
+    from vitlab.convert import AssumedSettingsNotice, CheckpointError
+    from vitlab.convert.timm import hints_from_hub_config
+
+    with pytest.warns(AssumedSettingsNotice, match="not among the timm .* mlp_act=, norm_eps=") as caught:
+        hints, _, _ = hints_from_hub_config({"architecture": "vit_newer_patch16_224", "model_args": {"num_heads": 6}})
+    assert caught[0].message.fields == ("mlp_act", "norm_eps") and hints["num_heads"] == 6
+    with pytest.raises(CheckpointError, match=r"model_args \['rope_temperature'\] of timm's Eva class"):
+        hints_from_hub_config({"architecture": "vit_small_patch16_dinov3", "model_args": {"rope_temperature": 10}})
+
+
+def test_an_error_of_no_reader_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    """Any other exception while a layout is read (here a KeyError a reader might raise) is one CheckpointError."""
+    import torch
+
+    import vitlab
+    import vitlab.checkpoint as checkpoint
+    from vitlab.convert import CheckpointError
+
+    def config_of(conv, overrides):
+        raise KeyError("blocks.0.mlp.fc1.weight")
+
+    path = tmp_path / "m.pth"
+    torch.save(vitlab.create_model("Ti/4@32", depth=1).state_dict(), path)
+    monkeypatch.setattr(checkpoint, "config_of", config_of)
+    with pytest.raises(CheckpointError, match=r"m\.pth: vitlab cannot read this checkpoint's layout "
+                                              r"\(KeyError: 'blocks\.0\.mlp\.fc1\.weight'\)") as e:
+        vitlab.load(path, num_heads=3)
+    assert "\n" not in str(e.value)

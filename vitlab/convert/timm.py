@@ -141,10 +141,14 @@ def table_size(sd: dict[str, torch.Tensor]) -> tuple[int, int] | None:
 
 
 @functools.cache
+def _table() -> dict[str, Any]:
+    return json.loads(ARCHITECTURES_FILE.read_text())  # read once per process
+
+
 def known_architectures() -> dict[str, dict[str, Any]]:
     """timm's ViT-family architectures as ``tests/timm_architectures.py`` read them off timm (the version in the
     file's ``timm_version``): name -> its layout signature and the settings its tensors cannot show."""
-    return json.loads(ARCHITECTURES_FILE.read_text())["architectures"]
+    return _table()["architectures"]
 
 
 def entry_hints(entry: dict[str, Any]) -> dict[str, Any]:
@@ -163,6 +167,11 @@ _Q_PROJ = re.compile(r"^(.*\.attn\.)q_proj\.(weight|bias)$")
 _EVA_MARKS = (".gamma_1", ".attn.q_bias", ".mlp.fc1_g.", ".attn.q_proj.")  # names only timm's Eva class writes
 
 
+def _qkv(q: torch.Tensor, k: torch.Tensor | None, v: torch.Tensor) -> torch.Tensor:
+    """Rows [q; k; v] of a fused qkv weight or bias; a missing key bias is zeros."""
+    return torch.cat([q, torch.zeros_like(q) if k is None else k, v])  # (3D, ...)
+
+
 def from_eva(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """timm's Eva names -> vitlab's: gamma_1 / gamma_2 -> ls1.gamma / ls2.gamma; the separate q and v biases
     (k has none) -> one qkv bias [q; 0; v]; separate q, k, v projections (EVA-02 B/L) -> one qkv; SwiGLU's fc1_g
@@ -172,15 +181,12 @@ def from_eva(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if key.endswith((".attn.k_bias", ".attn.v_bias", ".mlp.fc1_x.weight", ".mlp.fc1_x.bias")) or \
                 any(key.endswith(f".attn.{p}_proj.{t}") for p in "kv" for t in ("weight", "bias")):
             continue  # joined with their siblings below
-        if (m := _Q_PROJ.match(key)) is not None:
+        if (m := _Q_PROJ.match(key)) is not None:  # EVA-02 B/L: q_proj, k_proj (no bias), v_proj
             attn, param = m.groups()
-            k = sd.get(f"{attn}k_proj.{param}", torch.zeros_like(value))  # EVA-02's key has no bias
-            out[f"{attn}qkv.{param}"] = torch.cat([value, k, sd[f"{attn}v_proj.{param}"]])  # (3D, ...)
-            continue
-        if key.endswith(".attn.q_bias"):
-            block = key[:-len("q_bias")]
-            k_bias = sd.get(block + "k_bias", torch.zeros_like(value))
-            out[block + "qkv.bias"] = torch.cat([value, k_bias, sd[block + "v_bias"]])  # (3D,)
+            out[f"{attn}qkv.{param}"] = _qkv(value, sd.get(f"{attn}k_proj.{param}"), sd[f"{attn}v_proj.{param}"])
+        elif key.endswith(".attn.q_bias"):  # q_bias, v_bias beside a bias-free qkv
+            attn = key[:-len("q_bias")]
+            out[attn + "qkv.bias"] = _qkv(value, sd.get(attn + "k_bias"), sd[attn + "v_bias"])
         elif ".mlp.fc1_g." in key:
             out[key.replace(".fc1_g.", ".fc1.")] = torch.cat([value, sd[key.replace(".fc1_g.", ".fc1_x.")]])
         else:
@@ -198,7 +204,6 @@ class Layout:
     agrees on, the ones they disagree on (assumed: the most common value, with the others for the notice), and the
     head count when they disagree on it (no safe rule)."""
 
-    architectures: list[str]
     certain: dict[str, Any]
     assumed: dict[str, Any]
     alternatives: dict[str, str]  # field -> "value for names; ..." of the values not assumed
@@ -219,7 +224,7 @@ def known_layout(sd: dict[str, torch.Tensor]) -> Layout | None:
         also = f"; its tensors also fit {_names(supported)}: load that model's timm hub folder" if supported else ""
         raise CheckpointError(f"this timm state dict has the layout of timm's {_names(list(unsupported))} "
                               f"({reason}), which vitlab's VisionTransformer cannot run{also}")
-    layout = Layout(list(entries), {}, {}, {}, {})
+    layout = Layout({}, {}, {}, {})
     values = {name: entry_hints(e) for name, e in entries.items()}
     for field_name in next(iter(values.values())):
         by_value: dict[Any, list[str]] = {}
@@ -309,7 +314,7 @@ def read_state_dict(sd: dict[str, torch.Tensor]) -> Converted:
 
 
 def timm_version() -> str:
-    return json.loads(ARCHITECTURES_FILE.read_text())["timm_version"]
+    return _table()["timm_version"]
 
 
 def _family(sd: dict[str, torch.Tensor]) -> tuple[str | None, str]:
