@@ -164,7 +164,14 @@ def _peers() -> dict[str, Peer]:
         "ChineseCLIPVisionModel": Peer("ChineseCLIPVisionModel", {**TINY, **P8}, "pooler_output", "token"),
         "DPTModel": Peer("DPTModel", {**TINY, **P8}, "pooler_output", "token"),
         "BeitModel": Peer("BeitModel", {**TINY, **P8}, "pooler_output"),
-        "Aimv2VisionModel": Peer("Aimv2VisionModel", {**TINY, **P8}, "pooler_output"),
+        # AIMv2: RMSNorm, SwiGLU, its pool's query the token itself and no MLP after it; native: MAE's sin-cos
+        "Aimv2VisionModel": Peer("Aimv2VisionModel", {**TINY, **P8}, "pooler_output", "map"),
+        "Aimv2VisionModel native, biases": Peer("Aimv2VisionModel", {**TINY, **P8, "is_native": True,
+                                                                      "qkv_bias": True, "mlp_bias": True},
+                                                "pooler_output", "map"),
+        "Aimv2VisionModel use_head=False": Peer("Aimv2VisionModel", {**TINY, **P8, "use_head": False}, "mean",
+                                                "gap"),
+        "Aimv2Model": Peer("Aimv2Model", {**TINY, **P8}, "features", "map", vision=True),
         "SwinModel": Peer("SwinModel", dict(embed_dim=32, depths=[2], num_heads=[2], window_size=4, image_size=32,
                                             patch_size=4), "pooler_output"),
     }
@@ -239,6 +246,8 @@ def _hf_truth(model: torch.nn.Module, peer: Peer) -> dict[str, Any]:
         truth["mlp_act"] = HF_ACTS.get(cfg.hidden_act, cfg.hidden_act)
     if getattr(cfg, "layer_norm_eps", None) is not None:
         truth["norm_eps"] = cfg.layer_norm_eps
+    elif getattr(cfg, "rms_norm_eps", None) is not None:  # AIMv2
+        truth["norm_eps"] = cfg.rms_norm_eps
     truth["img_size"] = _image_size(peer)
     if getattr(cfg, "rope_theta", None) is not None:
         truth["rope_theta"] = float(cfg.rope_theta)

@@ -82,7 +82,10 @@ def test_metadata_round_trip(exported):
     dict(mlp_layer="swiglu"),
     dict(rope="dinov3", pos_embed="none", num_register_tokens=2),
     dict(rope="axial"),
-], ids=["gap", "registers_conv_stem", "sincos_non_square", "swiglu", "rope_dinov3", "rope_axial"])
+    dict(rope="mixed", pos_embed="none"),
+    dict(res_post_norm=True, pos_embed="sincos2d_mae", class_token=False, pool="map", attn_pool_mlp=False),
+], ids=["gap", "registers_conv_stem", "sincos_non_square", "swiglu", "rope_dinov3", "rope_axial", "rope_mixed",
+        "post_norm_aimv2_pool"])
 def test_other_architectures_export_dynamically(tmp_path, kw):
     model = tiny(**kw)
     report = export_onnx(model, tmp_path / "m.onnx", dynamic=True)

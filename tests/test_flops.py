@@ -94,7 +94,10 @@ def test_count_params_registered(name):
     dict(class_token=False, pool="map"), dict(class_token=False, pool="map", qkv_bias=False),
     dict(pool="token_gap"), dict(norm_pre=True, patch_bias=False, mlp_act="quick_gelu"),
     dict(mlp_layer="swiglu"), dict(mlp_layer="swiglu", mlp_inner_norm=True, attn_inner_norm=True),
-    dict(rope="dinov3", pos_embed="none"),
+    dict(rope="dinov3", pos_embed="none"), dict(rope="mixed"),
+    dict(class_token=False, pool="map", attn_pool_mlp_dim=96, mlp_bias=False),  # PE gigantic's narrower pool MLP
+    dict(class_token=False, pool="map", attn_pool_mlp=False, pos_embed="sincos2d_mae"),  # AIMv2's pool, native
+    dict(res_post_norm=True),
     dict(norm_layer="rmsnorm", patch_norm=True, proj_bias=False, mlp_bias=False, mlp_layer="swiglu", pool="gap",
          class_token=False),  # AIMv2
     dict(class_token=False, pool="map", attn_pool_heads=2, final_norm=False, norm_layer="rmsnorm", qk_norm=True),

@@ -25,7 +25,8 @@ TIMM_QUICK = [(name, "bare") for name in (
     "vit_so400m_patch14_siglip_gap_224", "vit_base_patch16_gap_224", "vit_base_patch16_siglip_gap_224",
     "vit_base_patch16_rpn_224", "vit_pe_core_small_patch16_384", "vit_base_patch16_18x2_224",
     "vit_base_patch16_siglip_gap_256", "eva02_tiny_patch14_224", "vit_small_patch14_reg4_dinov2",
-    "vit_base_patch32_clip_quickgelu_224", "deit_tiny_distilled_patch16_224")] + [
+    "vit_base_patch32_clip_quickgelu_224", "deit_tiny_distilled_patch16_224", "vit_small_patch16_rope_mixed_224",
+    "vit_pe_core_gigantic_patch14_448")] + [
     ("vit_base_patch16_gap_224", "hub"), ("vit_base_patch16_rpn_224", "hub"), ("vit_small_patch14_dinov2", "hub")]
 
 

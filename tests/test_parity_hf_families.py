@@ -354,7 +354,8 @@ def test_unknown_model_type_lists_the_readable_ones(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**hub_cfg, "model_type": "beit"}))
     with pytest.raises(vitlab.CheckpointError, match=r"model_type='beit'; vitlab reads transformers' 'vit', 'deit', "
                                                      r"'dinov2', 'dinov2_with_registers', 'clip', 'siglip', 'vit_mae', "
-                                                     r"'dinov3_vit', 'clip_vision_model', 'siglip_vision_model'$"):
+                                                     r"'dinov3_vit', 'aimv2_vision_model', 'clip_vision_model', "
+                                                     r"'siglip_vision_model', 'aimv2'$"):
         vitlab.load(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({**hub_cfg, "architectures": ["CLIPForImageClassification"]}))
     with pytest.raises(vitlab.CheckpointError, match="of model_type 'deit' vitlab reads DeiTModel, "):

@@ -2,8 +2,9 @@
 another (RoPE has no table to resample: the rotations are computed for each grid): timm's DINOv3 (plain, ``_qkvb``
 with separate q and v biases, ``_plus`` with a SwiGLU of separate gate and value layers), RoPE-ViT (``vit_*_rope_*``,
 with and without a learned table), EVA-01 (Eva class, no RoPE) and EVA-02 (RoPE on a reference grid, q/k/v
-projections, sub-LayerNorms in the attention and the SwiGLU) and Perception Encoder (RoPE from 1, an 8-head
-attention pool over every token, no final norm in the spatial tower), as bare .safetensors and hub folders;
+projections, sub-LayerNorms in the attention and the SwiGLU), RoPE-Mixed (``vit_*_rope_mixed_*``: learned frequencies
+per block and head) and Perception Encoder (RoPE from 1, an 8-head attention pool over every token, no final norm in
+the spatial tower; gigantic's pool MLP narrower than the blocks'), as bare .safetensors and hub folders;
 transformers' ``DINOv3ViTModel`` (plain and gated MLP, with registers) as a folder and bare; and what the tools need:
 the attention maps of the explicit path equal to the fused one, a training step, the ONNX export.
 """
@@ -33,12 +34,15 @@ TIMM = {  # architecture: (native size, another size)
     "vit_small_plus_patch16_dinov3": (64, 48),
     "vit_small_patch16_rope_224": (64, 48),
     "vit_small_patch16_rope_ape_224": (64, 48),
+    "vit_small_patch16_rope_mixed_224": (64, 80),  # learned frequencies: rope.freqs shows the heads
+    "vit_small_patch16_rope_mixed_ape_224": (64, 48),
     "eva_giant_patch14_224": (56, 42),
     "eva02_tiny_patch14_224": (56, 42),  # RoPE [y; x] on a 16 x 16 reference grid, packed SwiGLU
     "eva02_base_patch14_448": (56, 70),  # q, k, v projections, a LayerNorm inside the SwiGLU
     "eva02_base_patch16_clip_224": (64, 48),  # and a LayerNorm inside the attention
     "vit_pe_core_tiny_patch16_384": (64, 48),  # RoPE from 1, an 8-head attention pool over every token
     "vit_pe_spatial_tiny_patch16_512": (64, 48),  # no final norm
+    "vit_pe_core_gigantic_patch14_448": (56, 42),  # the pool's MLP 4 D wide, the blocks' 5.8 D
 }
 
 
@@ -56,6 +60,14 @@ def test_timm(tmp_path, arch, form):
     if form == "hub":
         save_for_hf(ref, tmp_path / "hub", safe_serialization=True)
         model = vitlab.load(tmp_path / "hub").eval()
+    elif "rope.freqs" in ref.state_dict():  # RoPE-Mixed: its learned frequencies show the scheme and the heads
+        path = save_state_dict(ref.state_dict(), tmp_path / "m.safetensors")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = vitlab.load(path).eval()
+        notices = [w.message for w in caught if isinstance(w.message, AssumedSettingsNotice)]
+        assert not any({"rope", "num_heads"} & set(n.fields) for n in notices), notices
+        assert model.config.rope == "mixed" and model.config.num_heads == 4
     else:  # a width-64 layout is no timm architecture's: the RoPE is asked for, or assumed in the notice
         path = save_state_dict(ref.state_dict(), tmp_path / "m.safetensors")
         with warnings.catch_warnings(record=True) as caught:
@@ -113,14 +125,31 @@ def test_a_rotation_keeps_the_norm_and_depends_on_the_offset_only():
             assert torch.allclose(qs[0] @ ks[2], qs[3] @ ks[5], atol=1e-4)
 
 
-def _rope_model(**kw):
+def test_a_mixed_rotation_depends_on_the_offset_only():
+    """RoPE-Mixed turns along learned directions of the grid: still lengths kept and q . k a function of the 2D
+    offset alone, and at init each head's directions are the axial magnitudes at a random angle."""
+    from vitlab.layers.rope import RotaryEmbeddingMixed
+
+    rope = RotaryEmbeddingMixed(depth=2, num_heads=3, head_dim=16, theta=10.0)
+    magnitude = rope.freqs.norm(dim=0)  # (depth, Nh, Dh/2): |(f_x, f_y)|
+    assert torch.allclose(magnitude, (10.0 ** -(torch.arange(4) / 4)).repeat(2).expand_as(magnitude), atol=1e-6)
+    sin, cos = rope((3, 4))[1]  # block 1: (Nh, 12, Dh)
+    q, k = torch.randn(3, 1, 16), torch.randn(3, 1, 16)
+    qs, ks = apply_rope(q.expand(3, 12, 16), sin, cos, "mixed"), apply_rope(k.expand(3, 12, 16), sin, cos, "mixed")
+    assert torch.allclose(qs.norm(dim=-1), q.norm(dim=-1).expand(3, 12), atol=1e-5)
+    # (row, col) (0, 0) -> (1, 2) and (1, 1) -> (2, 3): tokens 0 -> 6 and 5 -> 11 of the 3 x 4 grid
+    assert torch.allclose((qs[:, 0] * ks[:, 6]).sum(-1), (qs[:, 5] * ks[:, 11]).sum(-1), atol=1e-4)
+
+
+def _rope_model(rope="dinov3", **kw):
     cfg = ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_dim=64, num_classes=3,
-                    rope="dinov3", pos_embed="none", num_register_tokens=2, layer_scale_init=1e-5, **kw)
+                    rope=rope, pos_embed="none", num_register_tokens=2, layer_scale_init=1e-5, **kw)
     return randomize_(VisionTransformer(cfg), std=0.1)
 
 
-def test_attention_maps_and_training_with_rope():
-    model = _rope_model()
+@pytest.mark.parametrize("rope", ["dinov3", "mixed"])
+def test_attention_maps_and_training_with_rope(rope):
+    model = _rope_model(rope)
     x = torch.randn(2, 3, 32, 48)
     with torch.no_grad():
         inter = model.forward_intermediates(x, return_attention=True)
@@ -144,8 +173,9 @@ def test_rope_config_errors():
             vitlab.convert.timm.timm_model_args(_rope_model().config)
 
 
-@pytest.mark.parametrize("method", ["raw", "rollout", "grad-rollout"])
-def test_the_attention_command_on_a_rope_model(tmp_path, capsys, method):
+@pytest.mark.parametrize("rope,method", [("dinov3", "raw"), ("dinov3", "rollout"), ("dinov3", "grad-rollout"),
+                                         ("mixed", "rollout")])
+def test_the_attention_command_on_a_rope_model(tmp_path, capsys, rope, method):
     """A DINOv3-style model (RoPE, registers, no table) through `vitlab attention`: the maps come from the same
     rotated queries and keys as the fused forward pass."""
     import numpy as np
@@ -153,7 +183,7 @@ def test_the_attention_command_on_a_rope_model(tmp_path, capsys, method):
 
     from vitlab.cli import main
 
-    ckpt = vitlab.save(_rope_model(), tmp_path / "rope.safetensors")
+    ckpt = vitlab.save(_rope_model(rope), tmp_path / "rope.safetensors")
     png = tmp_path / "photo.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(png)
     code = main(["attention", str(png), "--model", str(ckpt), "--method", method, "--out", str(tmp_path / "a.png")])
@@ -161,11 +191,12 @@ def test_the_attention_command_on_a_rope_model(tmp_path, capsys, method):
     assert code == 0 and "Traceback" not in err and (tmp_path / "a.png").is_file(), err
 
 
-def test_the_explorer_on_a_rope_model():
+@pytest.mark.parametrize("rope", ["dinov3", "mixed"])
+def test_the_explorer_on_a_rope_model(rope):
     """The explorer's model panel, maps and hover rows on a DINOv3-style model (RoPE, registers, no table)."""
     from vitlab.explore.compute import Explorer, MapParams
 
-    explorer = Explorer(_rope_model(), "rope", shapes_samples=1)
+    explorer = Explorer(_rope_model(rope), "rope", shapes_samples=1)
     info = explorer.model_info()
     assert "rotations" in info["position"]["reason"] and info["num_prefix"] == 3
     analysis = explorer.analyze("s0")

@@ -171,8 +171,10 @@ def test_hub_architecture_defaults(arch, expected):
 
 
 def test_hub_errors_and_notes():
-    with pytest.raises(CheckpointError, match="post-norm blocks"):
-        hints_from_hub_config({"architecture": "vit_base_patch16_rpn_224"})
+    with pytest.raises(CheckpointError, match="parallel blocks"):
+        hints_from_hub_config({"architecture": "vit_base_patch16_18x2_224"})
+    hints, _, _ = hints_from_hub_config({"architecture": "vit_base_patch16_rpn_224"})
+    assert hints["res_post_norm"] is True
     with pytest.raises(CheckpointError, match="mlp_layer"):
         hints_from_hub_config({"architecture": "vit_base_patch16_224", "model_args": {"mlp_layer": "swiglu"}})
     with pytest.raises(CheckpointError, match="act_layer='silu'"):
@@ -440,3 +442,32 @@ def test_export_timm_of_an_original_dinov2_and_the_errors(tmp_path):
 def test_an_unknown_state_dict_lists_what_is_readable(tmp_path):
     with pytest.raises(CheckpointError, match="OpenCLIP visual.* state dict, original DINOv2"):
         vitlab.load(save_state_dict({"foo.weight": torch.zeros(2)}, tmp_path / "foo.safetensors"))
+
+
+@pytest.mark.parametrize("form", ["bare", "hub"])
+@pytest.mark.parametrize("arch", ["vit_base_patch16_rpn_224", "eva02_enormous_patch14_clip_224"])
+def test_res_post_norm(tmp_path, arch, form):
+    """Norms after each branch (x + norm(f(x)): timm's ResPostBlock and EvaBlockPostNorm) have a pre-norm block's
+    tensors: the hub folder's architecture says which; a bare file of a layout timm does not have is assumed
+    pre-norm in the notice, and res_post_norm=True makes it exact."""
+    ref = randomize_(timm.create_model(arch, img_size=32, patch_size=8, dynamic_img_size=True, num_classes=5,
+                                       **TINY), std=0.1).eval()
+    if form == "hub":
+        save_for_hf(ref, tmp_path / "hub", safe_serialization=True)
+        model = vitlab.load(tmp_path / "hub").eval()
+    else:
+        path = save_state_dict(ref.state_dict(), tmp_path / "m.safetensors")
+        with pytest.warns(AssumedSettingsNotice, match="res_post_norm=False") as caught:
+            vitlab.load(path, num_heads=4)
+        assert any("res_post_norm" in w.message.fields for w in caught if isinstance(w.message, AssumedSettingsNotice))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AssumedSettingsNotice)
+            pool = "gap" if "rpn" in arch else "token"
+            model = vitlab.load(path, num_heads=4, res_post_norm=True, pool=pool).eval()
+    assert model.config.res_post_norm
+    for size in (32, 48):
+        x = torch.randn(2, 3, size, size)
+        with torch.no_grad():
+            d = (ref(x) - model(x)).abs().max().item()
+        print(f"timm {arch} {form}: max |diff| {d:.2e} at {size} px")
+        assert d <= TOL

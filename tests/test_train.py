@@ -223,7 +223,10 @@ def test_finetune_from_a_checkpoint_at_another_resolution_and_class_count(data, 
          pool="gap"),  # DINOv3 (_plus)
     dict(rope="axial", rope_axes="yx", rope_ref_grid=(4, 4), mlp_layer="swiglu", mlp_inner_norm=True,
          attn_inner_norm=True),  # EVA-02
-], ids=["deit", "siglip", "dinov2", "clip", "dinov3", "eva02"])
+    dict(rope="mixed", rope_theta=10.0, pos_embed="none", layer_scale_init=1e-5),  # RoPE-Mixed
+    dict(norm_layer="rmsnorm", patch_norm=True, mlp_layer="swiglu", class_token=False, pool="map",
+         attn_pool_mlp=False, pos_embed="sincos2d_mae", res_post_norm=True),  # AIMv2's parts, post-norm blocks
+], ids=["deit", "siglip", "dinov2", "clip", "dinov3", "eva02", "rope_mixed", "aimv2_post_norm"])
 def test_finetune_a_family_checkpoint(data, tmp_path, options):
     init = vitlab.create_model("Ti/4@32", img_size=16, num_classes=10, embed_dim=32, depth=2, num_heads=2, mlp_dim=64,
                                **options)

@@ -31,7 +31,6 @@ MODULES = ("vision_transformer", "deit", "eva", "vision_transformer_relpos", "vi
 SUPPORTED_MODELS = ("VisionTransformer", "VisionTransformerDistilled", "Eva")
 # timm classes vitlab's block has no counterpart for, by what they do
 UNSUPPORTED_PARTS = {
-    "ResPostBlock": "post-norm blocks (timm's ResPostBlock: the norm after each residual branch)",
     "ParallelScalingBlock": "parallel blocks (attention and MLP side by side, timm's ParallelScalingBlock)",
     "ParallelThingsBlock": "parallel blocks (several attention and MLP branches, timm's ParallelThingsBlock)",
     "DiffParallelScalingBlock": "parallel blocks with differential attention (timm's DiffParallelScalingBlock)",
@@ -78,8 +77,8 @@ def rope_of(rope: nn.Module | None) -> dict | str:
         if a["ref_feat_shape"] is not None:
             fields["rope_ref_grid"] = list(a["ref_feat_shape"])
         return fields
-    if kind == "RotaryEmbeddingMixed":
-        return "learned per-head RoPE frequencies (RoPE-Mixed, timm's RotaryEmbeddingMixed)"
+    if kind == "RotaryEmbeddingMixed" and a["grid_indexing"] == "xy":
+        return dict(rope="mixed", rope_theta=float(a["temperature"]))
     return (f"timm's {kind} (grid {a.get('grid_type')}, indexing {a.get('grid_indexing')}, reference shape "
             f"{a.get('ref_feat_shape')}), a RoPE vitlab does not have")
 
@@ -96,7 +95,7 @@ def _unsupported(model: nn.Module) -> str | None:
     if kind not in SUPPORTED_MODELS:
         return f"timm's {kind} class"
     block = model.blocks[0]
-    blocks = ("Block", "EvaBlock")
+    blocks = ("Block", "EvaBlock", "ResPostBlock", "EvaBlockPostNorm")
     attentions = ("Attention", "EvaAttention", "AttentionRope")
     if type(block).__name__ not in blocks or type(block.attn).__name__ not in attentions:
         return f"timm's {type(block).__name__} with {type(block.attn).__name__}"
@@ -135,8 +134,6 @@ def _unsupported(model: nn.Module) -> str | None:
     if pool is not None and (pool.latent_len != 1 or pool.pos_embed is not None or pool.pool != "token"
                              or not isinstance(pool.q_norm, nn.Identity)):
         return f"an attention pool of {pool.latent_len} queries, a position table or a q/k norm"
-    if pool is not None and pool.mlp.fc1.out_features != block.mlp.fc1.out_features:
-        return "an attention pool whose MLP is not as wide as the blocks' (vit_pe_core_gigantic_*)"
     eps = {m.eps for m in model.modules() if type(m).__name__ in ("LayerNorm", "RmsNorm")}
     if len(eps) > 1:
         return f"LayerNorms of different eps ({sorted(eps)})"
@@ -158,6 +155,8 @@ def describe(name: str) -> dict:
     if swiglu:
         entry["mlp_layer"] = "swiglu"  # mlp_act is then unused: its default
     entry.update(rope_of(getattr(model, "rope", None)))
+    if type(block).__name__ in ("ResPostBlock", "EvaBlockPostNorm"):
+        entry["res_post_norm"] = True  # x + norm(f(x)): the same tensors as pre-norm blocks
     if type(block.norm1).__name__ == "RmsNorm":
         entry["norm_layer"] = "rmsnorm"  # AIMv2 (the tensors show no bias, which a bias-free LayerNorm would too)
     if isinstance(model.norm, nn.Identity) and isinstance(getattr(model, "fc_norm", nn.Identity()), nn.Identity):

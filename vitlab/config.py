@@ -25,12 +25,14 @@ POOLS = (
                   # ForImageClassification)
     "distill",  # class and distillation tokens, each through its own head, logits averaged (DeiT at inference)
 )
-POS_EMBEDS = ("learned", "sincos2d", "none")  # paper: learned 1D; sincos2d as in big_vision / MoCo v3
+# paper: learned 1D; sincos2d as in big_vision / MoCo v3; sincos2d_mae with MAE's frequencies (AIMv2 native)
+POS_EMBEDS = ("learned", "sincos2d", "sincos2d_mae", "none")
 # Rotary position embeddings on the queries and keys (vitlab.layers.rope), with or without a pos_embed table:
 ROPES = (
     "none",
     "axial",  # timm's vit_*_rope_* (Heo et al. 2024): integer coordinates, [x; y] frequencies, adjacent pairs
     "dinov3",  # DINOv3: patch centres in [-1, 1], [y; x] periods, pairs half a head apart
+    "mixed",  # RoPE-Mixed (Heo et al. 2024): learned frequencies per block and head, angle = x f_x + y f_y
 )
 STEMS = ("patch", "conv")  # linear patch projection (Eq. 1) | conv stack (hybrid input, Sec. 3.1)
 MLP_LAYERS = (
@@ -112,11 +114,11 @@ _FIELDS: dict[str, tuple[Any, str]] = {
        for name in ("patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_dim")},
     "stem_depth": (lambda v: _integer(v, 0), "an integer >= 1"),  # 0 gets the conv stem's own message below
     **{name: (lambda v: _integer(v, 0), "an integer >= 0")
-       for name in ("num_classes", "num_register_tokens", "stem_width", "attn_pool_heads")},
+       for name in ("num_classes", "num_register_tokens", "stem_width", "attn_pool_heads", "attn_pool_mlp_dim")},
     **{name: (_bool, "true or false")
        for name in ("qkv_bias", "qk_norm", "patch_bias", "norm_pre", "class_token", "distill_token",
                     "no_embed_class", "fc_norm", "attn_inner_norm", "mlp_inner_norm", "final_norm",
-                    "attn_pool_prefix", "patch_norm", "proj_bias", "mlp_bias")},
+                    "attn_pool_prefix", "attn_pool_mlp", "patch_norm", "proj_bias", "mlp_bias", "res_post_norm")},
     "layer_scale_init": (_positive, "a positive number, or None (no LayerScale)"),
     "norm_eps": (_positive, "a positive number"),
     "rope_theta": (_positive, "a positive number"),
@@ -179,6 +181,9 @@ class ViTConfig:
     # EVA-02's sub-LayerNorms: on the attention output before its projection, on the MLP's hidden layer (SwiGLU)
     attn_inner_norm: bool = False
     mlp_inner_norm: bool = False
+    # Norm placement: False is the paper's pre-norm, x + f(norm(x)) (Eq. 2-3); True normalises each branch's output
+    # instead, x + norm(f(x)) ("res-post-norm": Swin V2, Liu et al. 2022; timm's *_rpn_*, EVA-02 enormous)
+    res_post_norm: bool = False
     qkv_bias: bool = True
     qk_norm: bool = False  # LayerNorm on q and k per head (Dehghani et al. 2023, ViT-22B)
     layer_scale_init: float | None = None  # LayerScale (Touvron et al. 2021, CaiT); None = off
@@ -198,7 +203,8 @@ class ViTConfig:
     no_embed_class: bool = False
     pos_resample: str = "bicubic_antialias"
     rope: str = "none"  # ROPES: rotary position embeddings on q and k of the patch tokens
-    rope_theta: float = 100.0  # RoPE's base: axial frequencies theta^(-k/n), DINOv3's periods theta^(2k/(Dh/2))
+    # RoPE's base: axial frequencies theta^(-k/n), DINOv3's periods theta^(2k/(Dh/2)); mixed: the initial ones'
+    rope_theta: float = 100.0
     rope_axes: str = "xy"  # axial: the channel blocks' order, [x; y] (timm's vit_*_rope_*, PE) or [y; x] (EVA-02)
     rope_ref_grid: tuple[int, int] | None = None  # axial: coordinates rescaled to this grid (EVA's ref_feat_shape)
     rope_offset: float = 0.0  # axial: the first patch's coordinate (Perception Encoder: 1)
@@ -206,6 +212,8 @@ class ViTConfig:
     final_norm: bool = True  # False: no LayerNorm after the last block (Perception Encoder's spatial towers)
     attn_pool_heads: int = 0  # map: the attention pool's heads (0: num_heads; Perception Encoder: 8)
     attn_pool_prefix: bool = False  # map: the pool reads the class and register tokens too (timm's Eva, PE)
+    attn_pool_mlp_dim: int = 0  # map: the pool's MLP width (0: mlp_dim; Perception Encoder gigantic: 4 D)
+    attn_pool_mlp: bool = True  # map: a norm and a residual MLP after the pool's projection (AIMv2's pool: none)
     representation_size: int | None = None  # paper's pre-logits layer: Linear + tanh before the head
     representation_act: str = "tanh"  # REPRESENTATION_ACTS: its non-linearity (transformers' pooler_act)
 
@@ -239,6 +247,9 @@ class ViTConfig:
             if not 0 <= i < self.depth:
                 raise ConfigError(f"no_residual_blocks: block {i} does not exist "
                                  f"(depth={self.depth}: 0..{self.depth - 1})")
+        if self.no_residual_blocks and self.res_post_norm:
+            raise ConfigError("no_residual_blocks (the skip-connection ablation) is written for pre-norm blocks; "
+                              "set res_post_norm=False")
         if self.embed_dim % self.num_heads:
             raise ConfigError(
                 f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}; "
@@ -256,13 +267,17 @@ class ViTConfig:
             raise ConfigError("fc_norm=True only applies to pool='gap'")
         if self.representation_size and self.pool in ("map", "token_gap", "distill"):
             raise ConfigError(f"representation_size (the pre-logits layer) is not supported with pool={self.pool!r}")
-        if self.pos_embed == "sincos2d" and self.embed_dim % 4:
-            raise ConfigError(f"pos_embed='sincos2d' needs embed_dim divisible by 4, got {self.embed_dim}")
+        if self.pos_embed.startswith("sincos2d") and self.embed_dim % 4:
+            raise ConfigError(f"pos_embed={self.pos_embed!r} needs embed_dim divisible by 4, got {self.embed_dim}")
         if self.rope != "none" and (self.embed_dim // self.num_heads) % 4:
             raise ConfigError(f"rope={self.rope!r} turns channel pairs by x and y: the head width "
                               f"{self.embed_dim // self.num_heads} must be divisible by 4")
-        if self.pool != "map" and (self.attn_pool_heads or self.attn_pool_prefix):
-            raise ConfigError("attn_pool_heads and attn_pool_prefix apply to pool='map' only")
+        if self.pool != "map" and (self.attn_pool_heads or self.attn_pool_prefix or self.attn_pool_mlp_dim
+                                   or not self.attn_pool_mlp):
+            raise ConfigError("attn_pool_heads, attn_pool_prefix, attn_pool_mlp_dim and attn_pool_mlp apply to "
+                              "pool='map' only")
+        if self.attn_pool_mlp_dim and not self.attn_pool_mlp:
+            raise ConfigError("attn_pool_mlp_dim with attn_pool_mlp=False: the pool has no MLP to be that wide")
         if self.attn_pool_heads and self.embed_dim % self.attn_pool_heads:
             raise ConfigError(f"attn_pool_heads={self.attn_pool_heads} does not divide embed_dim={self.embed_dim}")
         if not self.final_norm and self.fc_norm:

@@ -90,7 +90,7 @@ def flops_breakdown(config: ViTConfig, img_size: int | tuple[int, int] | None = 
 
 def _head_flops(config: ViTConfig, T: int) -> int:
     """The classifier (both of DeiT's), and the attention pool of pool='map' over the T patch tokens."""
-    D, M = config.embed_dim, config.mlp_dim
+    D, M = config.embed_dim, (config.attn_pool_mlp_dim or config.mlp_dim) if config.attn_pool_mlp else 0
     n = 2 * config.num_features * config.num_classes * (2 if config.pool == "distill" else 1)
     if config.pool == "map":  # q of one query, k and v of T tokens, its attention, proj, MLP
         n += 2 * (D * D + T * 2 * D * D + 2 * T * D + D * D + 2 * D * M)
@@ -126,6 +126,7 @@ def count_params(config: ViTConfig) -> int:
                           [+ 2 D LayerScale] + 2 D (norm2) + D M + M (fc1; SwiGLU twice) + M D + D (fc2)
                           [+ 2 D, 2 M: EVA-02's norms inside the attention and the MLP]
         final norm        2 D (on all tokens, or fc_norm after pooling)
+        RoPE-Mixed        L D (frequencies (f_x, f_y) per block, head and channel pair)
         pre_logits        D R + R;  head  F K + K
 
     BatchNorm running statistics are buffers, not parameters, and are not counted.
@@ -145,7 +146,6 @@ def count_params(config: ViTConfig) -> int:
     norm = 1 if config.norm_layer == "rmsnorm" else 2  # parameters per feature: RMSNorm has no bias
     n += norm * D if config.norm_pre else 0
     n += norm * D if config.patch_norm else 0
-    mlp_bias = M + D if config.mlp_bias else 0  # fc1's and fc2's
 
     block = norm * D  # norm1
     block += 3 * D * D + (3 * D if config.qkv_bias else 0)  # qkv
@@ -160,8 +160,12 @@ def count_params(config: ViTConfig) -> int:
     n += config.depth * block
 
     n += norm * D if config.final_norm or config.fc_norm else 0  # norm (or fc_norm)
-    if config.pool == "map":  # attention pool: latent query, q, kv, proj, norm, MLP
-        n += D + 3 * D * D + (3 * D if config.qkv_bias else 0) + D * D + D + norm * D + 2 * D * M + mlp_bias
+    if config.pool == "map":  # attention pool: latent query, q, kv, proj; norm, MLP (M_pool wide) unless AIMv2's
+        n += D + 3 * D * D + (3 * D if config.qkv_bias else 0) + D * D + D
+        if config.attn_pool_mlp:
+            Mp = config.attn_pool_mlp_dim or M
+            n += norm * D + 2 * D * Mp + (Mp + D if config.mlp_bias else 0)
+    n += config.depth * D if config.rope == "mixed" else 0  # RoPE-Mixed: (2, L, Nh, Dh/2) frequencies
     if config.representation_size:
         n += D * config.representation_size + config.representation_size
     if config.num_classes:

@@ -33,10 +33,11 @@ from torch.utils.checkpoint import checkpoint
 from vitlab.config import ViTConfig
 from vitlab.errors import UsageError
 from vitlab.layers import SwiGLU
-from vitlab.layers.rope import RotaryEmbedding2d, apply_rope
+from vitlab.layers.rope import RotaryEmbedding2d, RotaryEmbeddingMixed, apply_rope
 from vitlab.pos_embed import resample_pos_embed, sincos_2d
 
-Rope = tuple[torch.Tensor, torch.Tensor]  # RoPE's (sin, cos) tables of the patch grid, (h*w, Dh) each
+# RoPE's (sin, cos) tables of the patch grid for one block, (h*w, Dh) each, or (Nh, h*w, Dh) with RoPE-Mixed
+Rope = tuple[torch.Tensor, torch.Tensor]
 
 
 def norm_layer(cfg: ViTConfig, dim: int) -> nn.Module:
@@ -134,8 +135,8 @@ class Attention(nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, Nh, N, Dh)
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:  # rotate the patch tokens' queries and keys; the prefix tokens keep theirs
-            sin, cos = rope  # (h*w, Dh) each
-            n = N - sin.shape[0]  # prefix tokens
+            sin, cos = rope  # (h*w, Dh) or (Nh, h*w, Dh) each
+            n = N - sin.shape[-2]  # prefix tokens
             q = torch.cat([q[:, :, :n], apply_rope(q[:, :, n:], sin, cos, self.rope_kind)], dim=2)
             k = torch.cat([k[:, :, :n], apply_rope(k[:, :, n:], sin, cos, self.rope_kind)], dim=2)
         probs = None
@@ -162,9 +163,10 @@ class QuickGELU(nn.Module):
 class Mlp(nn.Module):
     """The block's MLP: two layers with a GELU non-linearity (paper Sec. 3.1)."""
 
-    def __init__(self, cfg: ViTConfig):
+    def __init__(self, cfg: ViTConfig, width: int | None = None):
         super().__init__()
-        self.fc1 = nn.Linear(cfg.embed_dim, cfg.mlp_dim, bias=cfg.mlp_bias)
+        width = width or cfg.mlp_dim
+        self.fc1 = nn.Linear(cfg.embed_dim, width, bias=cfg.mlp_bias)
         if cfg.mlp_act == "quick_gelu":
             self.act = QuickGELU()
         elif cfg.mlp_act in ("relu", "silu"):
@@ -172,7 +174,7 @@ class Mlp(nn.Module):
         else:
             self.act = nn.GELU(approximate="tanh" if cfg.mlp_act == "gelu_tanh" else "none")
         self.drop1 = nn.Dropout(cfg.dropout)
-        self.fc2 = nn.Linear(cfg.mlp_dim, cfg.embed_dim, bias=cfg.mlp_bias)
+        self.fc2 = nn.Linear(width, cfg.embed_dim, bias=cfg.mlp_bias)
         self.drop2 = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -219,9 +221,14 @@ class Block(nn.Module):
         self.ls2 = LayerScale(cfg.embed_dim, ls) if ls is not None else nn.Identity()
         self.drop_path2 = DropPath(drop_path)
         self.residual = True  # False: the ablation of Raghu et al. 2021 (see ViTConfig.no_residual_blocks)
+        self.res_post_norm = cfg.res_post_norm
 
     def forward(self, x: torch.Tensor, return_attention: bool = False, rope: Rope | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.res_post_norm:  # Swin V2's res-post-norm: x + norm(f(x)), each branch's output normalised
+            y, probs = self.attn(x, return_attention, rope)
+            x = x + self.drop_path1(self.ls1(self.norm1(y)))
+            return x + self.drop_path2(self.ls2(self.norm2(self.mlp(x)))), probs
         y, probs = self.attn(self.norm1(x), return_attention, rope)
         if not self.residual:  # skip-connection ablation (ViTConfig.no_residual_blocks): no identity paths
             x = self.drop_path1(self.ls1(y))
@@ -243,8 +250,8 @@ class AttentionPool(nn.Module):
         self.q = nn.Linear(cfg.embed_dim, cfg.embed_dim, bias=cfg.qkv_bias)
         self.kv = nn.Linear(cfg.embed_dim, 2 * cfg.embed_dim, bias=cfg.qkv_bias)
         self.proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
-        self.norm = norm_layer(cfg, cfg.embed_dim)
-        self.mlp = Mlp(cfg)
+        self.norm = norm_layer(cfg, cfg.embed_dim) if cfg.attn_pool_mlp else None
+        self.mlp = Mlp(cfg, cfg.attn_pool_mlp_dim or cfg.mlp_dim) if cfg.attn_pool_mlp else None
 
     def forward(self, x: torch.Tensor, return_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, N, D = x.shape
@@ -259,7 +266,8 @@ class AttentionPool(nn.Module):
         else:
             x = F.scaled_dot_product_attention(q, k, v)  # (B, Nh, 1, Dh)
         x = self.proj(x.transpose(1, 2).reshape(B, 1, D))  # (B, 1, D)
-        x = x + self.mlp(self.norm(x))
+        if self.mlp is not None:
+            x = x + self.mlp(self.norm(x))
         return x[:, 0], None if probs is None else probs[:, :, 0]  # (B, D), (B, Nh, N)
 
 
@@ -330,9 +338,11 @@ class VisionTransformer(nn.Module):
         n_pos = cfg.num_pos_prefix + cfg.grid_size[0] * cfg.grid_size[1]
         self.pos_embed = nn.Parameter(torch.zeros(1, n_pos, D)) if cfg.pos_embed == "learned" else None
         self.pos_drop = nn.Dropout(cfg.dropout)
-        # RoPE (vitlab.layers.rope): no parameters, its tables computed for each input's grid
+        # RoPE (vitlab.layers.rope): its tables computed for each input's grid; RoPE-Mixed's frequencies are learned
         self.rope = None
-        if cfg.rope != "none":
+        if cfg.rope == "mixed":
+            self.rope = RotaryEmbeddingMixed(cfg.depth, cfg.num_heads, cfg.head_dim, cfg.rope_theta)
+        elif cfg.rope != "none":
             self.rope = RotaryEmbedding2d(cfg.rope, cfg.head_dim, cfg.rope_theta, cfg.rope_axes, cfg.rope_ref_grid,
                                           cfg.rope_offset)
         self.norm_pre = norm_layer(cfg, D) if cfg.norm_pre else nn.Identity()  # CLIP's ln_pre
@@ -372,7 +382,8 @@ class VisionTransformer(nn.Module):
         Position embedding: truncated normal, std 0.02. Class token: 0 (official). Registers: normal,
         std 1e-6 (timm; must differ from each other). Distillation token: truncated normal, std 0.02 (DeiT).
         Attention-pool query: truncated normal, std D^-0.5 (timm). LayerNorm: weight 1, bias 0. LayerScale: the
-        configured init. Heads: weight and bias 0 (official: the first steps train the head only).
+        configured init. RoPE-Mixed's frequencies: the paper's random directions (vitlab.layers.rope).
+        Heads: weight and bias 0 (official: the first steps train the head only).
         ``attn_init="mimetic"``: then every block's qkv and proj weights as :func:`mimetic_init_`.
         """
         for name, m in self.named_modules():
@@ -404,6 +415,8 @@ class VisionTransformer(nn.Module):
             _trunc_normal_(self.dist_token, std=0.02)
         if self.attn_pool is not None:
             _trunc_normal_(self.attn_pool.latent, std=self.config.embed_dim**-0.5)
+        if isinstance(self.rope, RotaryEmbeddingMixed):
+            self.rope.reset_parameters()
         for head in (self.head, self.head_dist):
             if isinstance(head, nn.Linear):
                 nn.init.zeros_(head.weight)
@@ -437,8 +450,8 @@ class VisionTransformer(nn.Module):
         if self.pos_embed is not None:  # learned E_pos, resampled in 2D when (h, w) differs from training
             pos = resample_pos_embed(self.pos_embed, (h, w), cfg.grid_size, num_prefix=n_pos, method=cfg.pos_resample)
             prefix_pos, x = pos[:, :n_pos], x + pos[:, n_pos:]
-        elif self.config.pos_embed == "sincos2d":
-            x = x + sincos_2d((h, w), D).to(x)
+        elif self.config.pos_embed.startswith("sincos2d"):
+            x = x + sincos_2d((h, w), D, mae=self.config.pos_embed == "sincos2d_mae").to(x)
         if self.training and self.config.patch_drop_rate > 0:  # keep a random subset of patches per image
             keep = max(1, round((1 - self.config.patch_drop_rate) * h * w))
             idx = torch.rand(B, h * w, device=x.device).argsort(dim=1)[:, :keep]  # (B, keep)
@@ -451,18 +464,19 @@ class VisionTransformer(nn.Module):
         x = torch.cat([t.expand(B, -1, -1) for t in prefix] + [x], dim=1)  # (B, N, D)
         return self.norm_pre(self.pos_drop(x))  # norm_pre: CLIP's ln_pre (identity otherwise)
 
-    def rope_tables(self, x: torch.Tensor) -> Rope | None:
-        """RoPE's (sin, cos) for images x (B, C, H, W), or None for a model without RoPE."""
+    def rope_tables(self, x: torch.Tensor) -> list[Rope | None]:
+        """Each block's RoPE (sin, cos) for images x (B, C, H, W); None for a model without RoPE."""
         if self.rope is None:
-            return None
+            return [None] * len(self.blocks)
         P = self.config.patch_size
-        return self.rope((x.shape[-2] // P, x.shape[-1] // P), x.device)
+        tables = self.rope((x.shape[-2] // P, x.shape[-1] // P), x.device)
+        return tables if isinstance(tables, list) else [tables] * len(self.blocks)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> final tokens (B, N, D), after the last LayerNorm (unless fc_norm)."""
-        rope = self.rope_tables(x)
+        ropes = self.rope_tables(x)
         x = self.embed(x)
-        for blk in self.blocks:
+        for blk, rope in zip(self.blocks, ropes, strict=True):
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
                 x, _ = checkpoint(blk, x, False, rope, use_reentrant=False)
             else:
@@ -504,10 +518,10 @@ class VisionTransformer(nn.Module):
         keep = layer_indices(layers, len(self.blocks))
         grid = (x.shape[-2] // self.config.patch_size, x.shape[-1] // self.config.patch_size)
         tokens, attention = {}, {}
-        rope = self.rope_tables(x)
+        ropes = self.rope_tables(x)
         x = self.embed(x)
         for i, blk in enumerate(self.blocks):
-            x, probs = blk(x, return_attention=return_attention and i in keep, rope=rope)
+            x, probs = blk(x, return_attention=return_attention and i in keep, rope=ropes[i])
             if i in keep:
                 tokens[i] = x
                 if probs is not None:

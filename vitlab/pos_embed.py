@@ -99,11 +99,12 @@ _RESAMPLE_KWARGS = {
 }
 
 
-def sincos_2d(grid: tuple[int, int], dim: int, temperature: float = 10_000.0) -> torch.Tensor:
+def sincos_2d(grid: tuple[int, int], dim: int, temperature: float = 10_000.0, mae: bool = False) -> torch.Tensor:
     """Fixed 2D sin-cos position embedding, (1, h*w, dim), row-major over the grid.
 
     A quarter of the channels each for sin(x), cos(x), sin(y), cos(y), with frequencies
-    1 / temperature^(k / (dim/4 - 1)) (the layout of big_vision's ``posemb_sincos_2d``).
+    1 / temperature^(k / (dim/4 - 1)) (the layout of big_vision's ``posemb_sincos_2d``), or with ``mae``
+    1 / temperature^(k / (dim/4)) (MAE's ``get_2d_sincos_pos_embed``, AIMv2's native-resolution models).
     """
     if dim % 4:
         raise ConfigError(f"sincos_2d needs dim divisible by 4, got {dim}")
@@ -111,7 +112,7 @@ def sincos_2d(grid: tuple[int, int], dim: int, temperature: float = 10_000.0) ->
     y, x = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
                           indexing="ij")
     n_freq = dim // 4
-    omega = torch.arange(n_freq, dtype=torch.float32) / max(n_freq - 1, 1)
+    omega = torch.arange(n_freq, dtype=torch.float32) / (n_freq if mae else max(n_freq - 1, 1))
     omega = 1.0 / temperature**omega  # (dim/4,)
     x = x.flatten()[:, None] * omega[None, :]  # (h*w, dim/4)
     y = y.flatten()[:, None] * omega[None, :]

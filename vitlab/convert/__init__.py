@@ -187,11 +187,22 @@ def infer_config(sd: dict[str, torch.Tensor], hints: dict[str, Any]) -> ViTConfi
         cfg["representation_size"] = sd["pre_logits.0.weight"].shape[0]
     if "attn_pool.latent" in sd:
         cfg["pool"] = "map"
+        pool_fc1 = sd.get("attn_pool.mlp.fc1.weight")
+        if pool_fc1 is None:  # AIMv2's pool: no norm and MLP after the projection
+            cfg["attn_pool_mlp"] = False
+        elif pool_fc1.shape[0] != cfg["mlp_dim"]:  # Perception Encoder gigantic's 4 D
+            cfg["attn_pool_mlp_dim"] = pool_fc1.shape[0]
     elif cfg["distill_token"]:
         cfg["pool"] = "distill"  # timm's VisionTransformerDistilled
     else:
         cfg["pool"] = "gap" if (cfg["fc_norm"] or not cfg["class_token"]) else "token"
-    if cfg["qk_norm"]:
+    if "rope.freqs" in sd:  # RoPE-Mixed's learned frequencies, (2, depth, heads, Dh/2)
+        freqs = tuple(sd["rope.freqs"].shape)
+        if len(freqs) != 4 or freqs[0] != 2 or freqs[1] != depth or freqs[2] * freqs[3] * 2 != D:
+            raise CheckpointError(f"rope.freqs is {freqs}, not RoPE-Mixed's (2, depth {depth}, heads, head width / 2) "
+                                  f"for width {D}")
+        cfg.update(rope="mixed", num_heads=freqs[2])
+    elif cfg["qk_norm"]:
         cfg["num_heads"] = D // sd["blocks.0.attn.q_norm.weight"].shape[0]
     elif "num_heads" not in hints:  # no reader's rule settled it: say what is assumed
         cfg["num_heads"] = HEADS_BY_WIDTH.get(D, D // 64 if D % 64 == 0 else 0)

@@ -1,5 +1,5 @@
-"""Hugging Face transformers vision models -> vitlab: ViT, DeiT, DINOv2 (with and without registers), the vision
-towers of CLIP and SigLIP, and the ViT-MAE encoder.
+"""Hugging Face transformers vision models -> vitlab: ViT, DeiT, DINOv2 (with and without registers), DINOv3,
+AIMv2, the vision towers of CLIP and SigLIP, and the ViT-MAE encoder.
 
 Two entry points. A ``save_pretrained`` folder (``read_folder``): ``config.json`` names the family
 (``model_type``) and states heads, LayerNorm eps, image size, activation and labels; ``preprocessor_config.json``,
@@ -26,6 +26,10 @@ Readable (model_type: architectures; vitlab's pool):
                            vitlab pools gap (SiglipForImageClassification's mean) and forward_features matches
     dinov3_vit             DINOv3ViTModel: token; rope="dinov3" at the config's rope_theta (a bare file: 100, in the
                            notice), registers, use_gated_mlp -> SwiGLU; the key has no bias (zeros in qkv)
+    aimv2_vision_model     Aimv2VisionModel: map (use_head; the pool's query is its cls_token, q = identity, and
+                           no MLP follows: attn_pool_mlp=False), else gap; RMSNorm, patch_norm, SwiGLU, biases as
+                           qkv_bias (also the output projection's) and mlp_bias; is_native: pos_embed="sincos2d_mae"
+    aimv2                  Aimv2Model: its vision tower and visual_projection (-> head), the text tower left out
     vit_mae                ViTMAEModel, ViTMAEForPreTraining (the encoder; its pixel decoder is left out, in a
                            warning); token. vitlab has no masking: it runs the encoder on every patch in order,
                            which is transformers' ViTMAEModel with mask_ratio=0 and noise that keeps the order
@@ -44,10 +48,12 @@ Name mapping. The base model's prefix (``vit.``, ``deit.``, ``dinov2.``, ``dinov
     embeddings.patch_embeddings.projection         -> patch_embed.proj
     embeddings.patch_embedding                     -> patch_embed.proj (CLIP's has no bias: patch_bias=False)
     embeddings.patch_embeddings                    -> patch_embed.proj             DINOv3
+    embeddings.patch_embed; embeddings.rms_norm    -> patch_embed.proj; patch_embed.norm  AIMv2
     pre_layrnorm                                   -> norm_pre                      CLIP
   Blocks: encoder.layer.{i}. (CLIP, SigLIP: encoder.layers.{i}.)  -> blocks.{i}.     [layers.{i}.]
     layernorm_before / layernorm_after             -> norm1 / norm2                 ViT, DeiT, MAE
     norm1 / norm2; layer_norm1 / layer_norm2       -> norm1 / norm2                 DINOv2; CLIP, SigLIP
+    rms_norm1 / rms_norm2; attention.out_proj      -> norm1 / norm2; attn.proj      AIMv2
     attention.attention.query, key, value          -> attn.qkv, rows [q; k; v]      [attention.q_proj, ...]
     self_attn.q_proj, k_proj, v_proj               -> attn.qkv, rows [q; k; v]      CLIP, SigLIP
     attention.output.dense; self_attn.out_proj     -> attn.proj                     [attention.o_proj]
@@ -56,7 +62,7 @@ Name mapping. The base model's prefix (``vit.``, ``deit.``, ``dinov2.``, ``dinov
     layer_scale1.lambda1 / layer_scale2.lambda1    -> ls1.gamma / ls2.gamma         DINOv2, DINOv3
     mlp.weights_in / weights_out                   -> mlp.fc1 / mlp.fc2 (SwiGLU, rows [gate; value]) DINOv2 giant
     mlp.gate_proj + mlp.up_proj / mlp.down_proj    -> mlp.fc1 as [gate; up] / mlp.fc2; up_proj alone -> fc1
-                                                      (DINOv3's plain MLP)
+                                                      (DINOv3's plain MLP); AIMv2's ffn.* the same
   Final norm and heads
     layernorm; post_layernorm                      -> norm. CLIP norms the pooled class token only, which gives
                                                       the same pooled output (its last_hidden_state is before it);
@@ -69,6 +75,9 @@ Name mapping. The base model's prefix (``vit.``, ``deit.``, ``dinov2.``, ``dinov
     head.attention.in_proj_weight / _bias [q; k; v] -> attn_pool.q (rows :D), attn_pool.kv (rows D:)
     head.attention.out_proj; head.layernorm        -> attn_pool.proj; attn_pool.norm
     head.mlp.fc1 / fc2                             -> attn_pool.mlp.fc1 / fc2
+    rms_norm                                       -> norm                          AIMv2
+    head.cls_token; head.k_proj + head.v_proj      -> attn_pool.latent (q: identity); attn_pool.kv as [k; v]  AIMv2
+    head.output_proj                               -> attn_pool.proj                AIMv2
 ``embeddings.mask_token`` is dropped: it only replaces patches under ``bool_masked_pos`` (masked image modelling)
 and never enters a plain forward pass; so is the ``position_ids`` buffer older CLIP and SigLIP files hold. A
 ``ViTForMaskedImageModeling`` decoder is passed through under its own names, so ``vitlab.load`` reports it as
@@ -116,7 +125,7 @@ HF_ACTS = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_t
            "relu": "relu", "silu": "silu"}
 PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL.Image.Resampling codes HF stores
 _PATCH_KEYS = ("embeddings.patch_embeddings.projection.weight", "embeddings.patch_embedding.weight",
-               "embeddings.patch_embeddings.weight")
+               "embeddings.patch_embeddings.weight", "embeddings.patch_embed.weight")
 # config.json fields the weights state too: (config.json's name, the ViTConfig field the shapes give)
 _ALSO_IN_WEIGHTS = (("hidden_size", "embed_dim"), ("num_hidden_layers", "depth"), ("patch_size", "patch_size"),
                     ("num_channels", "in_chans"), ("intermediate_size", "mlp_dim"),
@@ -133,7 +142,7 @@ def _pool(family: str, sd: dict[str, torch.Tensor]) -> str:
         return "distill" if "head_dist.weight" in sd else "token"
     if family in ("dinov2", "dinov2_with_registers"):
         return "token_gap" if "head.weight" in sd else "token"
-    if family == "siglip":
+    if family in ("siglip", "aimv2_vision_model"):
         return "map" if "attn_pool.latent" in sd else "gap"
     return "token"
 
@@ -160,15 +169,17 @@ def read_state_dict(sd: dict[str, torch.Tensor]) -> Converted:
     family = FAMILIES[family_of_keys(sd)]
     out = _convert(sd, family)
     act = HF_ACTS[family.defaults["hidden_act"]]
-    hints: dict[str, Any] = dict(norm_eps=family.defaults["layer_norm_eps"], mlp_act=act,
-                                 pos_resample=family.pos_resample, pool=_pool(family.name, out))
+    eps = family.defaults.get("layer_norm_eps", family.defaults.get("rms_norm_eps"))
+    hints: dict[str, Any] = dict(norm_eps=eps, mlp_act=act, pos_resample=family.pos_resample,
+                                 pool=_pool(family.name, out))
     if family.pos_prefix_rows:  # transformers gives the class (and distillation) token a row, always
         hints["no_embed_class"] = False
-    said = f"LayerNorm eps {hints['norm_eps']:g}, the {act} MLP activation"
+    norm = "LayerNorm" if "blocks.0.norm1.bias" in out else "RMSNorm"  # (no bias: AIMv2's RMSNorm)
+    said = f"{norm} eps {hints['norm_eps']:g}, the {act} MLP activation"
     fields = ["norm_eps", "mlp_act"]
     fc1, fc2 = out.get("blocks.0.mlp.fc1.weight"), out.get("blocks.0.mlp.fc2.weight")
     if fc1 is not None and fc2 is not None and fc1.shape[0] == 2 * fc2.shape[-1]:  # use_swiglu_ffn: no activation
-        said, fields = f"LayerNorm eps {hints['norm_eps']:g}, a SwiGLU MLP (SiLU gate, DINOv2 giant's)", ["norm_eps"]
+        said, fields = f"{norm} eps {hints['norm_eps']:g}, a SwiGLU MLP (SiLU gate)", ["norm_eps"]
     width = out["patch_embed.proj.weight"].shape[0] if "patch_embed.proj.weight" in out else None
     heads = family.heads_by_width.get(width) or HEADS_BY_WIDTH.get(width)
     if heads is None and width and width % 64 == 0:
@@ -177,6 +188,8 @@ def read_state_dict(sd: dict[str, torch.Tensor]) -> Converted:
         hints["num_heads"] = heads
         said += f", {heads} heads for width {width}"
         fields.append("num_heads")
+    if family.name == "aimv2_vision_model" and "pos_embed" not in out:  # is_native: no table, always MAE's sin-cos
+        hints["pos_embed"] = "sincos2d_mae"
     if family.name == "dinov3_vit":  # DINOv3's RoPE, always; its base is the config's
         hints.update(rope="dinov3", rope_theta=family.defaults["rope_theta"])
         said += f", RoPE base rope_theta={family.defaults['rope_theta']:g}"
@@ -252,9 +265,10 @@ def hints_from_config(hub_cfg: dict[str, Any]) -> dict[str, Any]:
         return cfg.get(key, family.defaults.get(key))
 
     act = get("hidden_act")
-    # DINOv2 giant's SwiGLU (its hidden_act is unused), DINOv3's gated MLP (SiLU): vitlab.layers.SwiGLU
-    swiglu = bool(cfg.get("use_swiglu_ffn")) or bool(cfg.get("use_gated_mlp"))
-    if cfg.get("use_gated_mlp") and act != "silu":
+    # DINOv2 giant's SwiGLU (its hidden_act is unused), DINOv3's gated MLP (SiLU), AIMv2's: vitlab.layers.SwiGLU
+    aimv2 = family.name == "aimv2_vision_model"
+    swiglu = bool(cfg.get("use_swiglu_ffn")) or bool(cfg.get("use_gated_mlp")) or aimv2
+    if (cfg.get("use_gated_mlp") or aimv2) and act != "silu":
         raise CheckpointError(f"config.json: use_gated_mlp with hidden_act={act!r}; vitlab's gated MLP is SwiGLU "
                               "(SiLU)")
     if swiglu:
@@ -270,7 +284,8 @@ def hints_from_config(hub_cfg: dict[str, Any]) -> dict[str, Any]:
     patch = _pair(get("patch_size"), "patch_size")
     if patch[0] != patch[1]:
         raise CheckpointError(f"config.json: non-square patches {patch} are not supported")
-    hints = dict(num_heads=heads, norm_eps=get("layer_norm_eps"), img_size=_pair(get("image_size"), "image_size"),
+    eps = get("rms_norm_eps") if family.name == "aimv2_vision_model" else get("layer_norm_eps")
+    hints = dict(num_heads=heads, norm_eps=eps, img_size=_pair(get("image_size"), "image_size"),
                  in_chans=get("num_channels"), mlp_act=HF_ACTS[act], pos_resample=family.pos_resample)
     if "qkv_bias" in family.defaults:  # CLIP's and SigLIP's attention always has biases
         hints["qkv_bias"] = get("qkv_bias")
@@ -281,6 +296,11 @@ def hints_from_config(hub_cfg: dict[str, Any]) -> dict[str, Any]:
         if not cfg.get("apply_layernorm", True) or cfg.get("proj_bias") is False or cfg.get("mlp_bias") is False:
             raise CheckpointError("config.json: apply_layernorm=False, proj_bias=False or mlp_bias=False: vitlab's "
                                   "DINOv3 has the final norm and these biases")
+    if aimv2:  # RMSNorm, also on the patch embeddings; the attention's output projection has a bias as q, k, v
+        hints.update(norm_layer="rmsnorm", patch_norm=True, qkv_bias=bool(get("qkv_bias")),
+                     proj_bias=bool(get("qkv_bias")), mlp_bias=bool(get("mlp_bias")))
+        if get("is_native"):  # no table: MAE's sin-cos grid at each input size
+            hints["pos_embed"] = "sincos2d_mae"
     return hints
 
 

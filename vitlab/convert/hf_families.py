@@ -59,10 +59,18 @@ FAMILIES = {f.name: f for f in (
     Family("dinov3_vit", "DINOv3", ("DINOv3ViTModel",), "dinov2", "bicubic", 0,
            dict(hidden_size=384, num_attention_heads=6, hidden_act="gelu", layer_norm_eps=1e-5, image_size=224,
                 patch_size=16, num_channels=3, rope_theta=100.0, use_gated_mlp=False)),
+    # RMSNorm everywhere (on the patch embeddings too), a SwiGLU MLP, no class token; a learned table of the grid,
+    # or with is_native the MAE sin-cos grid computed at each size (pos_embed="sincos2d_mae"); use_head: an
+    # attention pool whose query is the learned token itself, with no MLP after it (attn_pool_mlp=False).
+    Family("aimv2_vision_model", "AIMv2", ("Aimv2Model", "Aimv2VisionModel"), "clip", "bicubic", 0,
+           dict(hidden_size=1024, num_attention_heads=8, hidden_act="silu", rms_norm_eps=1e-5, image_size=224,
+                patch_size=14, num_channels=3, qkv_bias=False, mlp_bias=False, use_head=True, is_native=False),
+           heads_by_width={1024: 8, 1536: 12, 2048: 16, 3072: 24}),  # AIMv2's heads are 128 wide
 )}
 # config.json's model_type -> family. clip and siglip hold the vision tower's config in "vision_config".
-MODEL_TYPES = {**{name: name for name in FAMILIES}, "clip_vision_model": "clip", "siglip_vision_model": "siglip"}
-NESTED_MODEL_TYPES = ("clip", "siglip")
+MODEL_TYPES = {**{name: name for name in FAMILIES}, "clip_vision_model": "clip", "siglip_vision_model": "siglip",
+               "aimv2": "aimv2_vision_model"}
+NESTED_MODEL_TYPES = ("clip", "siglip", "aimv2")
 
 # The base model's prefix, on a task model's tensors (ViTForImageClassification's "vit.", CLIP's "vision_model.").
 _PREFIXES = ("vit.", "deit.", "dinov2_with_registers.", "dinov2.", "vision_model.", "model.")  # DINOv3: model.layer
@@ -72,6 +80,7 @@ _LAYER_NAMES = {
     "layernorm_before": "norm1", "layernorm_after": "norm2",  # ViT, DeiT, MAE
     "norm1": "norm1", "norm2": "norm2",  # DINOv2
     "layer_norm1": "norm1", "layer_norm2": "norm2",  # CLIP, SigLIP
+    "rms_norm1": "norm1", "rms_norm2": "norm2", "attention.out_proj": "attn.proj",  # AIMv2
     "attention.output.dense": "attn.proj", "attention.o_proj": "attn.proj", "self_attn.out_proj": "attn.proj",
     "intermediate.dense": "mlp.fc1", "output.dense": "mlp.fc2",  # ViT, DeiT, MAE as saved
     "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",
@@ -82,8 +91,9 @@ _QKV_NAMES = {"attention.attention.query": "q", "attention.attention.key": "k", 
 _LAYER_SCALES = {"layer_scale1.lambda1": "ls1.gamma", "layer_scale2.lambda1": "ls2.gamma"}  # DINOv2
 # DINOv2 giant's SwiGLU MLP (use_swiglu_ffn=True): transformers 4's packed names (weights_in rows [gate; value]),
 # then 5's separate gate and value layers, which vitlab packs into fc1 as [gate; value].
-_SWIGLU = {"mlp.weights_in": "mlp.fc1", "mlp.weights_out": "mlp.fc2", "mlp.down_proj": "mlp.fc2"}
-_SWIGLU_HALVES = {"mlp.gate_proj": 0, "mlp.up_proj": 1}
+_SWIGLU = {"mlp.weights_in": "mlp.fc1", "mlp.weights_out": "mlp.fc2", "mlp.down_proj": "mlp.fc2",
+           "ffn.down_proj": "mlp.fc2"}  # AIMv2: ffn.*
+_SWIGLU_HALVES = {"mlp.gate_proj": 0, "mlp.up_proj": 1, "ffn.gate_proj": 0, "ffn.up_proj": 1}
 _TOP_NAMES = {
     "embeddings.cls_token": "cls_token",
     "embeddings.distillation_token": "dist_token",
@@ -95,6 +105,13 @@ _TOP_NAMES = {
     "embeddings.patch_embedding.bias": "patch_embed.proj.bias",  # SigLIP (CLIP's has none)
     "embeddings.patch_embeddings.weight": "patch_embed.proj.weight",  # DINOv3
     "embeddings.patch_embeddings.bias": "patch_embed.proj.bias",
+    "embeddings.patch_embed.weight": "patch_embed.proj.weight",  # AIMv2
+    "embeddings.patch_embed.bias": "patch_embed.proj.bias",
+    "embeddings.rms_norm.weight": "patch_embed.norm.weight",
+    "rms_norm.weight": "norm.weight",
+    "head.cls_token": "attn_pool.latent",  # AIMv2's pool: this token is the query (vitlab's q: the identity)
+    "head.output_proj.weight": "attn_pool.proj.weight",
+    "head.output_proj.bias": "attn_pool.proj.bias",
     "pre_layrnorm.weight": "norm_pre.weight",  # CLIP (transformers' spelling)
     "pre_layrnorm.bias": "norm_pre.bias",
     "layernorm.weight": "norm.weight",
@@ -139,6 +156,8 @@ def family_of_keys(keys: Any) -> str:
     names = {base_name(k) for k in keys}
     if "embeddings.class_embedding" in names:
         return "clip"
+    if "embeddings.patch_embed.weight" in names:
+        return "aimv2_vision_model"
     if "embeddings.patch_embeddings.weight" in names:
         return "dinov3_vit"
     if "embeddings.patch_embedding.weight" in names:
@@ -166,6 +185,7 @@ def rename(sd: dict[str, torch.Tensor], family: str) -> Renamed:
     out = result.state_dict
     qkv: dict[int, dict[str, dict[str, torch.Tensor]]] = {}  # layer -> "weight"/"bias" -> "q"/"k"/"v" -> tensor
     halves: dict[tuple[int, str], list[torch.Tensor | None]] = {}  # (layer, param) -> SwiGLU's [gate, value]
+    pool_kv: dict[str, dict[str, torch.Tensor]] = {}  # AIMv2's pool: "weight"/"bias" -> "k"/"v" -> tensor
     siglip_classifier = family == "siglip" and "classifier.weight" in sd
     for key, value in sd.items():
         name = base_name(key)
@@ -184,6 +204,8 @@ def rename(sd: dict[str, torch.Tensor], family: str) -> Renamed:
         elif name == "visual_projection.weight":
             out["head.weight"] = value  # (P, D), no bias in CLIP
             out["head.bias"] = value.new_zeros(value.shape[0])
+        elif name in ("head.k_proj.weight", "head.k_proj.bias", "head.v_proj.weight", "head.v_proj.bias"):
+            pool_kv.setdefault(name.rpartition(".")[2], {})[name.split(".")[1][0]] = value  # AIMv2's pool
         elif name in ("head.attention.in_proj_weight", "head.attention.in_proj_bias"):
             param, D = name.rpartition("_")[2], value.shape[0] // 3  # rows [q; k; v], as nn.MultiheadAttention's
             out[f"attn_pool.q.{param}"], out[f"attn_pool.kv.{param}"] = value[:D], value[D:]
@@ -203,6 +225,13 @@ def rename(sd: dict[str, torch.Tensor], family: str) -> Renamed:
                 raise CheckpointError(f"layer {i} has attention {param} tensors for {sorted(parts)} only (BEiT's "
                                       "layout?); vitlab expects query, key and value")
             out[f"blocks.{i}.attn.qkv.{param}"] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)  # (3D, ...)
+    for param, parts in pool_kv.items():
+        if set(parts) != {"k", "v"}:
+            raise CheckpointError(f"the attention pool has a {param} for {sorted(parts)} only; AIMv2's has k and v")
+        out[f"attn_pool.kv.{param}"] = torch.cat([parts["k"], parts["v"]], dim=0)  # (2D, ...)
+        D = parts["k"].shape[0]  # the query is the token itself: q = identity (no bias)
+        out[f"attn_pool.q.{param}"] = torch.eye(D, dtype=parts["k"].dtype) if param == "weight" else \
+            parts["k"].new_zeros(D)
     for (i, param), (gate, value) in halves.items():
         if gate is None and value is not None:  # DINOv3's plain MLP: up_proj -> fc1 (down_proj -> fc2)
             out[f"blocks.{i}.mlp.fc1.{param}"] = value

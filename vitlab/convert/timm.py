@@ -6,8 +6,9 @@ vitlab's layout by ``canonical_pos_embed``. timm's ``VisionTransformerDistilled`
 ``pretrained_cfg``, beside ``model.safetensors`` or ``pytorch_model.bin``, as ``timm.models.save_for_hf`` writes it)
 also gives the architecture and the preprocessing of the weights.
 
-What the weights cannot show (heads, MLP activation, LayerNorm eps, pooling, and what vitlab cannot run: post-norm
-or parallel blocks, RoPE, RMSNorm, hybrid CNN stems, timm's Eva, Beit, NaFlexVit, ... classes) comes from
+What the weights cannot show (heads, MLP activation, LayerNorm eps, pooling, norms before or after each branch
+(``res_post_norm``), the RoPE scheme, and what vitlab cannot run: parallel blocks, grouped-query attention, hybrid
+CNN stems, timm's Beit, NaFlexVit, ... classes) comes from
 ``timm_architectures.json``: every architecture of timm's vision_transformer, deit, eva, vision_transformer_relpos,
 vision_transformer_hybrid, naflexvit, beit and vision_transformer_sam modules, read off timm itself by
 ``tests/timm_architectures.py`` (timm is not a runtime dependency) with its layout signature
@@ -160,7 +161,7 @@ def entry_hints(entry: dict[str, Any]) -> dict[str, Any]:
                 rope_ref_grid=tuple(entry["rope_ref_grid"]) if "rope_ref_grid" in entry else None,
                 rope_offset=entry.get("rope_offset", 0.0), final_norm=entry.get("final_norm", True),
                 attn_pool_heads=entry.get("attn_pool_heads", 0), attn_pool_prefix=entry.get("attn_pool_prefix", False),
-                norm_layer=entry.get("norm_layer", "layernorm"))
+                norm_layer=entry.get("norm_layer", "layernorm"), res_post_norm=entry.get("res_post_norm", False))
 
 
 _Q_PROJ = re.compile(r"^(.*\.attn\.)q_proj\.(weight|bias)$")
@@ -236,7 +237,7 @@ def known_layout(sd: dict[str, torch.Tensor]) -> Layout | None:
             continue
         answers = "the architectures of this layout disagree: " + "; ".join(
             f"{value!r} for {_names(names)}" for value, names in ranked)
-        if field_name == "num_heads":
+        if field_name in ("num_heads", "res_post_norm"):  # no safe guess: asked for
             layout.undetermined[field_name] = answers
         else:
             layout.assumed[field_name] = ranked[0][0]
@@ -256,18 +257,21 @@ def _generic_assumptions(sd: dict[str, torch.Tensor]) -> tuple[dict[str, Any], s
     else:
         hints = dict(mlp_act="gelu", norm_eps=TIMM_NORM_EPS)
         said = "GELU and LayerNorm eps 1e-6 (timm's defaults)"
-    if "blocks.0.attn.q_norm.weight" not in sd:
+    if "blocks.0.attn.q_norm.weight" not in sd and "rope.freqs" not in sd:  # (RoPE-Mixed's show them: certain)
         heads = HEADS_BY_WIDTH.get(D, D // 64 if D % 64 == 0 else 0)
         if heads:
             hints["num_heads"] = heads
             said = f"num_heads={heads} ({'the standard size of width' if D in HEADS_BY_WIDTH else 'heads of 64 at'} " \
                    f"{D}), " + said
-    if "pos_embed" in sd:  # a position table: most likely no rotations too (timm's *_rope_ape_* have both)
+    if "pos_embed" in sd and "rope.freqs" not in sd:  # a position table: most likely no rotations too (timm's
+        # *_rope_ape_* have both)
         hints["rope"] = "none"
         said += ", rope='none' (no rotary position embedding: EVA-02, PE and RoPE-ViT rotate q and k)"
     if "cls_token" in sd and "fc_norm.weight" not in sd and "attn_pool.latent" not in sd and "dist_token" not in sd:
         hints["pool"] = "token"  # timm's default; its *_gap_* and DINOv3 architectures average the patches
         said += ", pool='token' (the class token; 'gap' averages the patch tokens)"
+    hints["res_post_norm"] = False
+    said += ", pre-norm blocks (res_post_norm=False; timm's *_rpn_* and EVA-02 enormous norm each branch's output)"
     fc1, fc2 = sd.get("blocks.0.mlp.fc1.weight"), sd.get("blocks.0.mlp.fc2.weight")
     if fc1 is not None and fc2 is not None and fc2.ndim == 2 and fc1.shape[0] == 2 * fc2.shape[1]:
         said += ("; a gated MLP (fc1 twice fc2's width): SwiGLU, the gate first with SiLU (DINOv2 giant's); "
@@ -283,7 +287,8 @@ def read_state_dict(sd: dict[str, torch.Tensor]) -> Converted:
     layout = known_layout(sd)  # by timm's own names
     eva = any(mark in k for k in sd for mark in _EVA_MARKS)
     conv = Converted(from_eva(sd) if eva else dict(sd), "timm")
-    if (eva or "pos_embed" not in sd) and layout is None:  # a hub folder's config.json names the architecture
+    # (a hub folder's config.json names the architecture)
+    if (eva or "pos_embed" not in sd) and layout is None and "rope.freqs" not in sd:
         what = "Eva names (gamma_1, q_bias, q_proj or fc1_g)" if eva else "no position table"
         conv.undetermined["rope"] = (f"{what} in a layout none of timm {timm_version()}'s architectures has: its "
                                      "queries may turn with RoPE, 'axial' (vit_*_rope_*, EVA-02, PE) or 'dinov3', or "
@@ -300,6 +305,8 @@ def read_state_dict(sd: dict[str, torch.Tensor]) -> Converted:
         settings = "; ".join(f"vitlab assumes {name}={value!r} ({layout.alternatives[name]})"
                              for name, value in layout.assumed.items())
         fields = tuple(layout.assumed)
+    if "rope.freqs" in sd:  # RoPE-Mixed's learned frequencies (2, depth, heads, Dh/2): certain, whatever the layout
+        conv.hints.update(rope="mixed", num_heads=int(sd["rope.freqs"].shape[2]))
     size = table_size(sd)
     family, said_family = _family(sd)
     if family is None and conv.hints.get("rope") == "dinov3":
@@ -461,12 +468,19 @@ def _check_exportable(cfg: ViTConfig) -> None:
     if cfg.norm_layer != "layernorm" or cfg.patch_norm or not cfg.proj_bias or not cfg.mlp_bias:
         raise CheckpointError("RMSNorm, a patch norm or bias-free projections (AIMv2's) are not written for timm's "
                               "VisionTransformer by vitlab; save this model in vitlab's format instead")
+    if cfg.res_post_norm:
+        raise CheckpointError("res_post_norm=True (norms after each branch) is not written for timm's "
+                              "VisionTransformer by vitlab; save this model in vitlab's format instead")
     if cfg.rope != "none":
         raise CheckpointError(f"rope={cfg.rope!r}: timm's VisionTransformer has no RoPE (timm runs it in its Eva "
                               "class, which vitlab does not write); save this model in vitlab's format instead")
-    if cfg.stem != "patch" or cfg.representation_size or cfg.pos_embed == "sincos2d":
+    if cfg.stem != "patch" or cfg.representation_size or cfg.pos_embed.startswith("sincos2d"):
         raise CheckpointError("timm's VisionTransformer has no conv stem, pre-logits layer or sincos2d table; "
                               "save this model in vitlab's format instead")
+    if cfg.attn_pool_mlp_dim or not cfg.attn_pool_mlp:
+        raise CheckpointError("an attention pool whose MLP is narrower than the blocks' or absent (Perception Encoder "
+                              "gigantic's, AIMv2's) is not written for timm's VisionTransformer by vitlab; save this "
+                              "model in vitlab's format instead")
     if cfg.pool == "token_gap":
         raise CheckpointError("pool='token_gap' ([class token; mean patch token]) has no timm counterpart: timm's "
                               "VisionTransformer pools 'token', 'avg' or 'map'; save this model in vitlab's format")

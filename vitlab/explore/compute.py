@@ -316,8 +316,9 @@ class Explorer:
             sim = position_similarity(table, grid, cfg.num_pos_prefix)
             what = (f"the learned position embeddings, resampled from {cfg.grid_size[0]}x{cfg.grid_size[1]} as the "
                     "model does for this input")
-        elif cfg.pos_embed == "sincos2d":
-            sim, what = position_similarity(sincos_2d(grid, cfg.embed_dim), grid, 0), "the fixed 2D sin-cos table"
+        elif cfg.pos_embed.startswith("sincos2d"):
+            table = sincos_2d(grid, cfg.embed_dim, mae=cfg.pos_embed == "sincos2d_mae")
+            sim, what = position_similarity(table, grid, 0), "the fixed 2D sin-cos table"
         elif cfg.rope != "none":
             return {"reason": f"the model's positions are rotations of its queries and keys (rope={cfg.rope!r}), "
                               "not a table: no position similarity to show"}

@@ -6,10 +6,10 @@ channels (a, b) of the patch at (y, x) turn by an angle theta = position * frequ
     (a, b) -> (a cos theta - b sin theta, a sin theta + b cos theta),
 so that q . k depends only on the offset between the two patches. A quarter of a head's channel pairs turns with
 the x coordinate and a quarter with y ("axial"), each at its own frequency. Prefix tokens (class, registers) are
-not rotated. Nothing here is learned: the sin and cos tables are computed for whatever grid the input has, which
-is how these models run at another image size (no table to resample).
+not rotated. The tables are computed for whatever grid the input has, which is how these models run at another
+image size (no table to resample); only RoPE-Mixed learns anything (its frequencies).
 
-Two schemes, as the weights' own code computes them (``ViTConfig.rope``):
+Three schemes, as the weights' own code computes them (``ViTConfig.rope``):
     axial    timm's ``vit_*_rope_*`` (RoPE-Axial of Heo et al.), EVA-02 (Fang et al. 2023) and Perception
              Encoder: integer patch coordinates, frequencies theta^(-k / (Dh/4)) for k < Dh/4, channels ordered
              [x frequencies, y frequencies] (``axes="xy"``; EVA-02's are [y, x]), each value repeated for the two
@@ -19,6 +19,10 @@ Two schemes, as the weights' own code computes them (``ViTConfig.rope``):
     dinov3   DINOv3 (Simeoni et al. 2025): coordinates of the patch centres in [-1, 1] ((i + 0.5) / n * 2 - 1, so
              another image size covers the same range), periods theta^(2k / (Dh/2)), angles 2 pi c / period,
              channels ordered [y, x], the two channels of a pair half a head apart: (c0, c_{Dh/2}), ...
+    mixed    RoPE-Mixed (Heo et al. 2024, Sec. 3.3): each block and head learns its own frequencies, a 2D vector
+             (f_x, f_y) per channel pair, and the angle is x f_x + y f_y at integer patch coordinates, so a head can
+             turn along any direction of the grid, not only x or y. Pairs adjacent as in axial. The only RoPE with
+             parameters: ``rope.freqs`` (2, depth, Nh, Dh/2), as timm's RotaryEmbeddingMixed stores them.
 """
 
 from __future__ import annotations
@@ -66,10 +70,46 @@ class RotaryEmbedding2d(nn.Module):
         return a.sin().to(device), a.cos().to(device)
 
 
+class RotaryEmbeddingMixed(nn.Module):
+    """RoPE-Mixed: learned frequencies ``freqs`` (2, depth, Nh, Dh/2), [f_x; f_y] of every block, head and channel
+    pair. Called with a grid, it gives each block's (sin, cos) tables, (Nh, h*w, Dh) each."""
+
+    def __init__(self, depth: int, num_heads: int, head_dim: int, theta: float):
+        super().__init__()
+        if head_dim % 4:
+            raise ValueError(f"RoPE 'mixed' needs a head width divisible by 4, got {head_dim}")
+        self.theta = theta
+        self.freqs = nn.Parameter(torch.empty(2, depth, num_heads, head_dim // 2))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The paper's initialisation: axial magnitudes theta^(-4k/Dh) for k < Dh/4, each head's Dh/4 pairs along a
+        random direction phi and the next Dh/4 along phi + 90 degrees (a new phi for every block and head)."""
+        _, depth, heads, half = self.freqs.shape
+        magnitude = self.theta ** (-torch.arange(half // 2, dtype=torch.float32) / (half // 2))  # (Dh/4,)
+        phi = torch.rand(depth, heads, 1) * 2 * math.pi  # (depth, Nh, 1)
+        direction = torch.cat([phi.expand(-1, -1, half // 2), phi.expand(-1, -1, half // 2) + math.pi / 2], dim=-1)
+        magnitude = magnitude.repeat(2)  # (Dh/2,)
+        self.freqs.copy_(torch.stack([magnitude * direction.cos(), magnitude * direction.sin()]))
+
+    def forward(self, grid: tuple[int, int], device: torch.device | None = None
+                ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        h, w = grid
+        ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=self.freqs.device),
+                                torch.arange(w, dtype=torch.float32, device=self.freqs.device), indexing="ij")
+        freqs = self.freqs.float()
+        # (depth, Nh, h*w, Dh/2): x f_x + y f_y
+        angles = xs.reshape(-1, 1) * freqs[0].unsqueeze(-2) + ys.reshape(-1, 1) * freqs[1].unsqueeze(-2)
+        angles = angles.repeat_interleave(2, dim=-1)  # (depth, Nh, h*w, Dh): adjacent pairs
+        sin, cos = angles.sin().to(device), angles.cos().to(device)
+        return list(zip(sin.unbind(0), cos.unbind(0), strict=True))
+
+
 def apply_rope(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor, kind: str) -> torch.Tensor:
-    """Rotate (..., N, head_dim) by the (N, head_dim) tables: x cos + turn(x) sin, where turn(x) takes each pair
-    (a, b) to (-b, a): adjacent channels for "axial", channels half a head apart for "dinov3"."""
-    if kind == "axial":
+    """Rotate (..., N, head_dim) by the (..., N, head_dim) tables: x cos + turn(x) sin, where turn(x) takes each pair
+    (a, b) to (-b, a): adjacent channels for "axial" and "mixed", channels half a head apart for "dinov3"."""
+    if kind != "dinov3":
         turned = torch.stack([-x[..., 1::2], x[..., ::2]], dim=-1).reshape(x.shape)  # (a, b) -> (-b, a)
     else:
         first, second = x.chunk(2, dim=-1)

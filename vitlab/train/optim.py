@@ -22,12 +22,12 @@ from vitlab.errors import ConfigError
 from vitlab.model import VisionTransformer
 from vitlab.train.config import OptimConfig
 
-NO_DECAY_NAMES = ("pos_embed", "cls_token", "dist_token", "reg_token", "attn_pool.latent")
+NO_DECAY_NAMES = ("pos_embed", "cls_token", "dist_token", "reg_token", "attn_pool.latent", "rope.freqs")
 
 
 def layer_id(name: str, depth: int) -> int:
     """0 for the embeddings, i + 1 for block i, depth + 1 for the final norm, pre-logits and head."""
-    if name.startswith(("patch_embed", "pos_embed", "cls_token", "dist_token", "reg_token", "norm_pre")):
+    if name.startswith(("patch_embed", "pos_embed", "cls_token", "dist_token", "reg_token", "norm_pre", "rope.")):
         return 0
     if name.startswith("blocks."):
         return int(name.split(".")[1]) + 1
